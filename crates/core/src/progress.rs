@@ -1,0 +1,96 @@
+//! Progress reporting for long loops: a bar with ETA and running metrics, a quiet mode, or
+//! JSON lines on stdout for scripts.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProgressMode {
+    /// Progress bars on stderr with ETA, running loss and accuracy.
+    #[default]
+    Bar,
+    /// Nothing but the final summary.
+    Quiet,
+    /// One JSON object per event on stdout.
+    JsonLines,
+}
+
+impl std::str::FromStr for ProgressMode {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "bar" => Ok(ProgressMode::Bar),
+            "quiet" => Ok(ProgressMode::Quiet),
+            "json" | "json-lines" | "jsonl" => Ok(ProgressMode::JsonLines),
+            _ => Err(crate::Error::config(
+                "progress",
+                format!("`{s}` is not one of bar, quiet, json"),
+            )),
+        }
+    }
+}
+
+/// Reports the progress of one phase (e.g. one epoch) of `total` steps.
+pub struct Progress {
+    mode: ProgressMode,
+    bar: Option<ProgressBar>,
+    phase: String,
+}
+
+impl Progress {
+    pub fn new(mode: ProgressMode, phase: &str, total: u64) -> Self {
+        let bar = match mode {
+            ProgressMode::Bar => {
+                let b = ProgressBar::new(total);
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{prefix:>12} [{bar:30}] {pos}/{len} {elapsed}<{eta} {msg}",
+                    )
+                    .expect("static template")
+                    .progress_chars("=> "),
+                );
+                b.set_prefix(phase.to_string());
+                Some(b)
+            }
+            _ => None,
+        };
+        Progress {
+            mode,
+            bar,
+            phase: phase.to_string(),
+        }
+    }
+
+    /// Advances by `n` steps and shows the running message.
+    pub fn inc(&self, n: u64, msg: impl FnOnce() -> String) {
+        if let Some(b) = &self.bar {
+            b.inc(n);
+            b.set_message(msg());
+        }
+    }
+
+    /// Ends the phase, emitting a JSON event in JSON-lines mode.
+    pub fn finish(self, event: serde_json::Value) {
+        match self.mode {
+            ProgressMode::Bar => {
+                if let Some(b) = self.bar {
+                    b.finish_and_clear();
+                }
+            }
+            ProgressMode::JsonLines => emit_json(&self.phase, event),
+            ProgressMode::Quiet => {}
+        }
+    }
+}
+
+/// Writes one JSON line `{"event": .., ...}` to stdout.
+pub fn emit_json(event: &str, mut body: serde_json::Value) {
+    if let serde_json::Value::Object(m) = &mut body {
+        m.insert("event".into(), serde_json::Value::String(event.into()));
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{body}");
+    let _ = out.flush();
+}
