@@ -1,0 +1,33 @@
+//! rustworthy-models: the model zoo (MLP, LeNet-5, ResNet-18/20, PreAct ResNet-18,
+//! VGG-16-BN) on libtorch.
+//!
+//! * Every [`Model`] takes images in [0, 1] and normalizes them itself with the per-channel
+//!   mean/std of its [`ModelSpec`], so attacks and unlearning work in pixel space.
+//! * Variables carry the state-dict names of the PyTorch reference models in
+//!   `scripts/ref/models.py`; weights round-trip through safetensors in both directions.
+//! * Initialisation follows PyTorch: module defaults for MLP, LeNet and VGG, the torchvision
+//!   scheme (kaiming-normal fan-out convolutions, BN weight 1 / bias 0) for the ResNets.
+//!
+//! ```no_run
+//! use rustworthy_models::{Arch, Model, ModelSpec};
+//! # fn main() -> rustworthy_core::Result<()> {
+//! tch::manual_seed(0);
+//! let model = Model::new(ModelSpec::cifar10(Arch::Resnet20), tch::Device::Cpu)?;
+//! let x = tch::Tensor::rand([8, 3, 32, 32], (tch::Kind::Float, tch::Device::Cpu));
+//! let logits = model.try_forward_t(&x, false)?;
+//! assert_eq!(logits.size(), [8, 10]);
+//! model.save("resnet20.safetensors")?;
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
+mod io;
+mod layers;
+pub mod model;
+mod nets;
+pub mod spec;
+
+pub use model::{LayerInfo, Model};
+pub use spec::{Arch, ModelSpec, CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_MEAN, FASHION_MNIST_STD};

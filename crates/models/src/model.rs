@@ -1,0 +1,285 @@
+//! [`Model`]: a network of the zoo with normalization inside, its variables under PyTorch
+//! state-dict names, and safetensors weight IO.
+
+use crate::layers::{Builder, Role, Var};
+use crate::nets::{self, Net};
+use crate::spec::{Arch, ModelSpec};
+use rustworthy_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::fmt;
+use std::path::Path;
+use tch::{nn, Device, Kind, Tensor};
+
+/// One variable of a model, as listed by [`Model::summary`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerInfo {
+    /// State-dict name, e.g. `layer1.0.conv1.weight`.
+    pub name: String,
+    /// Tensor shape (empty for scalars).
+    pub shape: Vec<i64>,
+    /// Number of elements.
+    pub numel: i64,
+    /// Whether it is a trainable parameter (else a buffer).
+    pub trainable: bool,
+}
+
+/// A classifier of the model zoo.
+///
+/// The model takes images in [0, 1] of shape `[B, C, H, W]` (see [`ModelSpec`]) and normalizes
+/// them itself, so gradients and perturbations live in pixel space. Its variables carry the
+/// state-dict names of the PyTorch reference models (`scripts/ref/models.py`), and
+/// [`Model::save`]/[`Model::load`] read and write safetensors files PyTorch loads with
+/// `load_state_dict(strict=True)`.
+///
+/// Train/eval mode is chosen per call through `train` in [`Model::forward_t`]; batch-norm
+/// running statistics are updated by train-mode calls.
+pub struct Model {
+    /// The variable store holding every parameter and buffer (build optimizers from it).
+    /// Use [`Model::to_device`] rather than `vs.set_device` so the normalization constants move
+    /// too.
+    pub vs: nn::VarStore,
+    /// The spec the model was built from. Treat as read-only.
+    pub spec: ModelSpec,
+    net: Box<dyn Net>,
+    vars: Vec<Var>,
+    mean: Tensor,
+    std: Tensor,
+}
+
+impl fmt::Debug for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Model")
+            .field("arch", &format_args!("{}", self.spec.arch))
+            .field("in_channels", &self.spec.in_channels)
+            .field("num_classes", &self.spec.num_classes)
+            .field("input_size", &self.spec.input_size)
+            .field("num_params", &self.num_params())
+            .field("device", &self.vs.device())
+            .finish()
+    }
+}
+
+impl Model {
+    /// Builds the model of `spec` on `device`, initialised as PyTorch initialises the
+    /// reference model. Random draws come from libtorch's global generator: seed it first
+    /// (`tch::manual_seed`) for reproducible weights.
+    pub fn new(spec: ModelSpec, device: Device) -> Result<Model> {
+        spec.validate()?;
+        let vs = nn::VarStore::new(device);
+        let registry = RefCell::new(Vec::new());
+        let net = {
+            let b = Builder::new(&vs, &registry);
+            nets::build(&b, &spec)?
+        };
+        let vars = registry.into_inner();
+        let (mean, std) = norm_constants(&spec, device)?;
+        Ok(Model {
+            vs,
+            spec,
+            net,
+            vars,
+            mean,
+            std,
+        })
+    }
+
+    /// The spec the model was built from.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// The architecture.
+    pub fn arch(&self) -> Arch {
+        self.spec.arch
+    }
+
+    /// The device holding the variables.
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// Moves every variable and the normalization constants to `device`. Tensor handles from
+    /// [`Model::parameters`] stay valid (they are updated in place).
+    pub fn to_device(&mut self, device: Device) -> Result<()> {
+        self.vs.set_device(device);
+        let (mean, std) = norm_constants(&self.spec, device)?;
+        self.mean = mean;
+        self.std = std;
+        Ok(())
+    }
+
+    /// Checks `x` is a float32 batch `[B, C, H, W]` matching the spec, on the model's device.
+    /// Shape problems give [`Error::Shape`].
+    pub fn check_input(&self, x: &Tensor) -> Result<()> {
+        let size = x.size();
+        let (h, w) = self.spec.input_size;
+        let c = self.spec.in_channels;
+        if size.len() != 4 || size[1] != c || size[2] != h || size[3] != w {
+            return Err(Error::Shape {
+                op: format!("{} input", self.spec.arch),
+                expected: format!("[B, {c}, {h}, {w}]"),
+                got: size,
+            });
+        }
+        if x.kind() != Kind::Float {
+            return Err(Error::invalid(format!(
+                "{} input must be float32 images in [0, 1], got {:?}",
+                self.spec.arch,
+                x.kind()
+            )));
+        }
+        if x.device() != self.device() {
+            return Err(Error::invalid(format!(
+                "{} input is on {:?} but the model is on {:?}",
+                self.spec.arch,
+                x.device(),
+                self.device()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Logits `[B, num_classes]` for images `x` in [0, 1]. `train` selects batch statistics
+    /// in batch norm (and updates the running ones). Panics if `x` does not fit; use
+    /// [`Model::check_input`] or [`Model::try_forward_t`] at boundaries.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.logits_from_features(&self.features_t(x, train))
+    }
+
+    /// [`Model::forward_t`] after [`Model::check_input`].
+    pub fn try_forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.check_input(x)?;
+        Ok(self.forward_t(x, train))
+    }
+
+    /// Penultimate features `[B, feature_dim]`: the input of the final linear layer.
+    pub fn features_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.net.features(&self.normalize(x), train)
+    }
+
+    /// Applies the final linear layer to features from [`Model::features_t`].
+    pub fn logits_from_features(&self, features: &Tensor) -> Tensor {
+        self.net.head().forward(features)
+    }
+
+    /// Width of the penultimate features.
+    pub fn feature_dim(&self) -> i64 {
+        self.net.feature_dim()
+    }
+
+    /// `(x - mean) / std` per channel, as done at the start of every forward pass.
+    pub fn normalize(&self, x: &Tensor) -> Tensor {
+        (x - &self.mean) / &self.std
+    }
+
+    /// Trainable parameters with their state-dict names, in state-dict order.
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.named(|r| r == Role::Param)
+    }
+
+    /// Buffers with their state-dict names, in state-dict order: batch-norm `running_mean` and
+    /// `running_var` (float32) and `num_batches_tracked` (int64 scalar).
+    pub fn buffers(&self) -> Vec<(String, Tensor)> {
+        self.named(|r| r != Role::Param)
+    }
+
+    /// Every parameter and buffer in state-dict order: what [`Model::save`] writes.
+    pub fn state_dict(&self) -> Vec<(String, Tensor)> {
+        self.named(|_| true)
+    }
+
+    fn named(&self, keep: impl Fn(Role) -> bool) -> Vec<(String, Tensor)> {
+        self.vars
+            .iter()
+            .filter(|v| keep(v.role))
+            .map(|v| (v.name.clone(), v.tensor.shallow_clone()))
+            .collect()
+    }
+
+    /// Number of trainable scalars.
+    pub fn num_params(&self) -> i64 {
+        self.vars
+            .iter()
+            .filter(|v| v.role == Role::Param)
+            .map(|v| v.tensor.numel() as i64)
+            .sum()
+    }
+
+    /// Name, shape, size and trainability of every variable, in state-dict order.
+    pub fn summary(&self) -> Vec<LayerInfo> {
+        self.vars
+            .iter()
+            .map(|v| LayerInfo {
+                name: v.name.clone(),
+                shape: v.tensor.size(),
+                numel: v.tensor.numel() as i64,
+                trainable: v.role == Role::Param,
+            })
+            .collect()
+    }
+
+    /// Writes all parameters and buffers to a safetensors file, atomically (temporary file in
+    /// the same folder, then rename). PyTorch loads it with `load_state_dict(strict=True)`.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        crate::io::save(&self.vars, path.as_ref())
+    }
+
+    /// Loads weights saved by [`Model::save`] or by PyTorch (`safetensors.torch.save_file` of
+    /// the reference model's state dict). Strict: every parameter and float buffer must be
+    /// present as float32 with the model's shape and no unknown keys may appear
+    /// (`num_batches_tracked` entries are optional). Nothing is changed on error.
+    pub fn load(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        crate::io::load(&self.vars, path.as_ref())
+    }
+
+    /// Copies every parameter and buffer of `other` into this model (without gradient
+    /// tracking; this model's device is kept). Both must have the same variables and shapes.
+    pub fn copy_from(&mut self, other: &Model) -> Result<()> {
+        let mismatch = |msg: String| {
+            Error::invalid(format!(
+                "copy_from: {} model into {} model: {msg}",
+                other.spec.arch, self.spec.arch
+            ))
+        };
+        if self.vars.len() != other.vars.len() {
+            return Err(mismatch(format!(
+                "{} variables vs {}",
+                other.vars.len(),
+                self.vars.len()
+            )));
+        }
+        for (dst, src) in self.vars.iter().zip(&other.vars) {
+            if dst.name != src.name || dst.tensor.size() != src.tensor.size() {
+                return Err(mismatch(format!(
+                    "`{}` {:?} does not match `{}` {:?}",
+                    src.name,
+                    src.tensor.size(),
+                    dst.name,
+                    dst.tensor.size()
+                )));
+            }
+        }
+        tch::no_grad(|| -> Result<()> {
+            for (dst, src) in self.vars.iter().zip(&other.vars) {
+                dst.tensor.shallow_clone().f_copy_(&src.tensor)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl nn::ModuleT for Model {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        Model::forward_t(self, xs, train)
+    }
+}
+
+fn norm_constants(spec: &ModelSpec, device: Device) -> Result<(Tensor, Tensor)> {
+    let shape = [1, spec.in_channels, 1, 1];
+    let make = |v: &[f64]| -> Result<Tensor> {
+        let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+        Ok(Tensor::from_slice(&v).f_view(shape)?.f_to_device(device)?)
+    };
+    Ok((make(&spec.mean)?, make(&spec.std)?))
+}

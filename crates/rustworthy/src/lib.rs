@@ -1,0 +1,8 @@
+//! rustworthy: trustworthy and scalable machine learning on libtorch.
+//!
+//! This facade re-exports the workspace crates under one name.
+
+pub use rustworthy_core as core;
+pub use rustworthy_data as data;
+pub use rustworthy_models as models;
+pub use rustworthy_train as train;

@@ -1,0 +1,195 @@
+//! Checkpoints: the model as a PyTorch-compatible safetensors state dict, the optimizer state as
+//! a second safetensors file, and a JSON sidecar (config, epoch, metrics, seeds) that is written
+//! last and names the files it belongs to. Every file is written atomically and carries the epoch
+//! in its name, so an interruption at any point leaves the previous checkpoint intact.
+
+use crate::optim::Optimizer;
+use rustworthy_core::fsutil::{atomic_write_with, write_json_atomic};
+use rustworthy_core::{Error, Result};
+use rustworthy_models::{Model, ModelSpec};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The sidecar of a checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    pub format: u32,
+    pub model_spec: ModelSpec,
+    /// The training configuration that produced this state.
+    pub config: serde_json::Value,
+    /// Completed epochs.
+    pub epoch: usize,
+    pub optimizer_steps: u64,
+    pub seeds: BTreeMap<String, u64>,
+    /// Metrics of the last completed epoch.
+    pub metrics: serde_json::Value,
+    /// Per-epoch history so far.
+    pub history: Vec<serde_json::Value>,
+    /// Model weights file, relative to the sidecar.
+    pub model_file: String,
+    /// Optimizer state file, relative to the sidecar (absent for a final model).
+    pub optim_file: Option<String>,
+}
+
+pub const FORMAT: u32 = 1;
+pub const SIDECAR: &str = "checkpoint.json";
+
+/// A checkpoint folder of a training run.
+pub struct Checkpoint {
+    dir: PathBuf,
+}
+
+impl Checkpoint {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Checkpoint { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether a checkpoint exists here.
+    pub fn exists(&self) -> bool {
+        self.dir.join(SIDECAR).is_file()
+    }
+
+    /// Saves the state after `meta.epoch` epochs, then removes older epoch files.
+    pub fn save(&self, model: &Model, opt: &Optimizer, mut meta: CheckpointMeta) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        let model_file = format!("model-e{:04}.safetensors", meta.epoch);
+        let optim_file = format!("optim-e{:04}.safetensors", meta.epoch);
+        model.save(self.dir.join(&model_file))?;
+        let state = opt.state_tensors();
+        atomic_write_with(&self.dir.join(&optim_file), |tmp| {
+            let refs: Vec<(&str, &tch::Tensor)> =
+                state.iter().map(|(n, t)| (n.as_str(), t)).collect();
+            tch::Tensor::write_safetensors(&refs, tmp).map_err(Error::from)
+        })?;
+        meta.format = FORMAT;
+        meta.model_file = model_file.clone();
+        meta.optim_file = Some(optim_file.clone());
+        meta.optimizer_steps = opt.steps();
+        write_json_atomic(&self.dir.join(SIDECAR), &meta)?;
+        // The sidecar now points at the new files: older epoch files can go.
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                let old = (name.starts_with("model-e") || name.starts_with("optim-e"))
+                    && name.ends_with(".safetensors")
+                    && name != model_file
+                    && name != optim_file;
+                if old {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the sidecar.
+    pub fn meta(&self) -> Result<CheckpointMeta> {
+        read_meta(&self.dir.join(SIDECAR))
+    }
+
+    /// Restores model and optimizer; returns the sidecar.
+    pub fn restore(&self, model: &mut Model, opt: &mut Optimizer) -> Result<CheckpointMeta> {
+        let meta = self.meta()?;
+        if meta.model_spec != model.spec {
+            return Err(Error::checkpoint(
+                self.dir.join(SIDECAR),
+                format!(
+                    "checkpoint is for model {:?}, the run builds {:?}",
+                    meta.model_spec, model.spec
+                ),
+            ));
+        }
+        model.load(self.dir.join(&meta.model_file))?;
+        let optim_path = match &meta.optim_file {
+            Some(f) => self.dir.join(f),
+            None => {
+                return Err(Error::checkpoint(
+                    self.dir.join(SIDECAR),
+                    "no optimizer state: this is a final model, not a resumable checkpoint",
+                ))
+            }
+        };
+        let tensors = tch::Tensor::read_safetensors(&optim_path)
+            .map_err(|e| Error::checkpoint(&optim_path, e.to_string()))?;
+        opt.load_state(tensors, meta.optimizer_steps)
+            .map_err(|e| Error::checkpoint(&optim_path, e.to_string()))?;
+        Ok(meta)
+    }
+}
+
+/// Reads and validates a checkpoint sidecar.
+pub fn read_meta(path: &Path) -> Result<CheckpointMeta> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let meta: CheckpointMeta = serde_json::from_str(&text)
+        .map_err(|e| Error::checkpoint(path, format!("unreadable sidecar: {e}")))?;
+    if meta.format != FORMAT {
+        return Err(Error::checkpoint(
+            path,
+            format!(
+                "format {} is not supported (expected {FORMAT})",
+                meta.format
+            ),
+        ));
+    }
+    Ok(meta)
+}
+
+/// Sidecar path of a model weights file: `x.safetensors` -> `x.json`.
+pub fn sidecar_of(weights: &Path) -> PathBuf {
+    weights.with_extension("json")
+}
+
+/// Saves a final model: `path` (safetensors state dict) plus `path.with_extension("json")`.
+pub fn save_model(path: &Path, model: &Model, mut meta: CheckpointMeta) -> Result<()> {
+    model.save(path)?;
+    meta.format = FORMAT;
+    meta.model_file = path
+        .file_name()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    meta.optim_file = None;
+    write_json_atomic(&sidecar_of(path), &meta)
+}
+
+/// Loads a model saved by [`save_model`] (or a checkpoint's model file next to its sidecar), on
+/// `device`. A weights file without a sidecar needs an explicit `spec`.
+pub fn load_model(
+    path: &Path,
+    spec: Option<ModelSpec>,
+    device: tch::Device,
+) -> Result<(Model, Option<CheckpointMeta>)> {
+    if !path.is_file() {
+        return Err(Error::checkpoint(path, "no such file"));
+    }
+    let side = sidecar_of(path);
+    let meta = if side.is_file() {
+        Some(read_meta(&side)?)
+    } else {
+        let ck = path.parent().map(|p| p.join(SIDECAR));
+        match ck {
+            Some(p) if p.is_file() => Some(read_meta(&p)?),
+            _ => None,
+        }
+    };
+    let spec = match (spec, &meta) {
+        (Some(s), _) => s,
+        (None, Some(m)) => m.model_spec.clone(),
+        (None, None) => {
+            return Err(Error::checkpoint(
+                path,
+                format!(
+                    "no sidecar {} to say which model this is; pass the model spec (--arch ...)",
+                    side.display()
+                ),
+            ))
+        }
+    };
+    let mut model = Model::new(spec, device)?;
+    model.load(path)?;
+    Ok((model, meta))
+}

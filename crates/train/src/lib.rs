@@ -1,0 +1,14 @@
+//! rustworthy training: optimizers (with optional masks), learning-rate schedules, the training
+//! loop with seeded, resumable epochs, checkpoints and evaluation.
+
+pub mod checkpoint;
+pub mod eval;
+pub mod optim;
+pub mod schedule;
+pub mod trainer;
+
+pub use checkpoint::{Checkpoint, CheckpointMeta};
+pub use eval::{evaluate, EvalResult};
+pub use optim::{OptimConfig, Optimizer};
+pub use schedule::{LrSchedule, ScheduleConfig};
+pub use trainer::{fit, FitOutcome, TrainConfig};

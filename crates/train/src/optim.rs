@@ -1,0 +1,491 @@
+//! First-order optimizers over named parameters: SGD (momentum, dampening, Nesterov, weight
+//! decay), Adam (L2 weight decay) and AdamW (decoupled weight decay).
+//!
+//! Every optimizer accepts an optional per-parameter mask (1 = may change, 0 = frozen). Masked
+//! entries are left bit-for-bit unchanged: their gradient, weight decay and momentum never reach
+//! them, because the new value is selected with `where(mask, new, old)` instead of being added
+//! as a zero update (which would still turn a NaN update into NaN and touch -0.0).
+
+use rustworthy_core::validate;
+use rustworthy_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tch::{Kind, Tensor};
+
+/// Optimizer hyperparameters (the learning rate comes from the schedule).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "lowercase", deny_unknown_fields)]
+pub enum OptimConfig {
+    Sgd {
+        #[serde(default = "default_momentum")]
+        momentum: f64,
+        #[serde(default)]
+        dampening: f64,
+        #[serde(default)]
+        nesterov: bool,
+        #[serde(default)]
+        weight_decay: f64,
+    },
+    Adam {
+        #[serde(default = "default_beta1")]
+        beta1: f64,
+        #[serde(default = "default_beta2")]
+        beta2: f64,
+        #[serde(default = "default_eps")]
+        eps: f64,
+        #[serde(default)]
+        weight_decay: f64,
+    },
+    Adamw {
+        #[serde(default = "default_beta1")]
+        beta1: f64,
+        #[serde(default = "default_beta2")]
+        beta2: f64,
+        #[serde(default = "default_eps")]
+        eps: f64,
+        #[serde(default = "default_adamw_wd")]
+        weight_decay: f64,
+    },
+}
+
+fn default_momentum() -> f64 {
+    0.9
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_adamw_wd() -> f64 {
+    0.01
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig::Sgd {
+            momentum: 0.9,
+            dampening: 0.0,
+            nesterov: false,
+            weight_decay: 5e-4,
+        }
+    }
+}
+
+impl OptimConfig {
+    /// Checks every hyperparameter; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            OptimConfig::Sgd {
+                momentum,
+                dampening,
+                nesterov,
+                weight_decay,
+            } => {
+                validate::in_half_open("optim.momentum", momentum, 0.0, 1.0)?;
+                validate::in_range("optim.dampening", dampening, 0.0, 1.0)?;
+                validate::non_negative("optim.weight_decay", weight_decay)?;
+                if nesterov && (momentum <= 0.0 || dampening != 0.0) {
+                    return Err(Error::config(
+                        "optim.nesterov",
+                        "Nesterov momentum needs momentum > 0 and dampening = 0",
+                    ));
+                }
+            }
+            OptimConfig::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            }
+            | OptimConfig::Adamw {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => {
+                validate::in_half_open("optim.beta1", beta1, 0.0, 1.0)?;
+                validate::in_half_open("optim.beta2", beta2, 0.0, 1.0)?;
+                validate::positive("optim.eps", eps)?;
+                validate::non_negative("optim.weight_decay", weight_decay)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Per-parameter optimizer state.
+struct Slot {
+    name: String,
+    param: Tensor,
+    mask: Option<Tensor>,
+    /// SGD: [momentum]; Adam: [m, v].
+    bufs: Vec<Tensor>,
+}
+
+/// A stateful optimizer over named parameters.
+pub struct Optimizer {
+    cfg: OptimConfig,
+    slots: Vec<Slot>,
+    step: u64,
+}
+
+impl Optimizer {
+    /// Builds an optimizer for the given named trainable parameters.
+    pub fn new(cfg: OptimConfig, params: Vec<(String, Tensor)>) -> Result<Self> {
+        cfg.validate()?;
+        if params.is_empty() {
+            return Err(Error::invalid("optimizer: no trainable parameters"));
+        }
+        let slots = params
+            .into_iter()
+            .map(|(name, param)| Slot {
+                name,
+                param,
+                mask: None,
+                bufs: Vec::new(),
+            })
+            .collect();
+        Ok(Optimizer {
+            cfg,
+            slots,
+            step: 0,
+        })
+    }
+
+    pub fn config(&self) -> &OptimConfig {
+        &self.cfg
+    }
+
+    /// Number of steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// Restricts updates to the entries where `masks[name]` is non-zero. Parameters absent from
+    /// `masks` are frozen entirely. Masks must have the parameter's shape.
+    pub fn set_masks(&mut self, masks: &BTreeMap<String, Tensor>) -> Result<()> {
+        for s in &mut self.slots {
+            let m = match masks.get(&s.name) {
+                Some(m) => {
+                    if m.size() != s.param.size() {
+                        return Err(Error::Shape {
+                            op: format!("mask for {}", s.name),
+                            expected: format!("{:?}", s.param.size()),
+                            got: m.size(),
+                        });
+                    }
+                    m.to_device(s.param.device()).ne(0.0)
+                }
+                None => Tensor::zeros_like(&s.param).to_kind(Kind::Bool),
+            };
+            s.mask = Some(m);
+        }
+        Ok(())
+    }
+
+    /// Removes all masks.
+    pub fn clear_masks(&mut self) {
+        for s in &mut self.slots {
+            s.mask = None;
+        }
+    }
+
+    /// Clears the gradients of every parameter.
+    pub fn zero_grad(&mut self) {
+        for s in &mut self.slots {
+            let mut g = s.param.grad();
+            if g.defined() {
+                let _ = g.detach_();
+                let _ = g.zero_();
+            }
+        }
+    }
+
+    /// Applies one update with learning rate `lr`. Parameters without a gradient are skipped.
+    pub fn step(&mut self, lr: f64) -> Result<()> {
+        validate::finite("lr", lr)?;
+        self.step += 1;
+        let t = self.step as f64;
+        let cfg = self.cfg.clone();
+        tch::no_grad(|| {
+            for s in &mut self.slots {
+                let g = s.param.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let p = &s.param;
+                let new = match cfg {
+                    OptimConfig::Sgd {
+                        momentum,
+                        dampening,
+                        nesterov,
+                        weight_decay,
+                    } => {
+                        let mut d = if weight_decay > 0.0 {
+                            &g + p * weight_decay
+                        } else {
+                            g.shallow_clone()
+                        };
+                        if let Some(m) = &s.mask {
+                            d = d.where_self(m, &d.zeros_like());
+                        }
+                        if momentum > 0.0 {
+                            if s.bufs.is_empty() {
+                                // PyTorch semantics: the first buffer is the raw gradient.
+                                s.bufs.push(d.detach().copy());
+                            } else {
+                                let b = &mut s.bufs[0];
+                                let _ = b.g_mul_scalar_(momentum);
+                                let _ = b.g_add_(&(&d * (1.0 - dampening)));
+                            }
+                            let b = &s.bufs[0];
+                            d = if nesterov {
+                                &d + b * momentum
+                            } else {
+                                b.shallow_clone()
+                            };
+                        }
+                        p - d * lr
+                    }
+                    OptimConfig::Adam {
+                        beta1,
+                        beta2,
+                        eps,
+                        weight_decay,
+                    }
+                    | OptimConfig::Adamw {
+                        beta1,
+                        beta2,
+                        eps,
+                        weight_decay,
+                    } => {
+                        let decoupled = matches!(cfg, OptimConfig::Adamw { .. });
+                        let mut d = if weight_decay > 0.0 && !decoupled {
+                            &g + p * weight_decay
+                        } else {
+                            g.shallow_clone()
+                        };
+                        if let Some(m) = &s.mask {
+                            d = d.where_self(m, &d.zeros_like());
+                        }
+                        if s.bufs.is_empty() {
+                            s.bufs.push(p.zeros_like());
+                            s.bufs.push(p.zeros_like());
+                        }
+                        {
+                            let (m1, rest) = s.bufs.split_at_mut(1);
+                            let _ = m1[0].g_mul_scalar_(beta1);
+                            let _ = m1[0].g_add_(&(&d * (1.0 - beta1)));
+                            let _ = rest[0].g_mul_scalar_(beta2);
+                            let _ = rest[0].g_add_(&(&d * &d * (1.0 - beta2)));
+                        }
+                        let bc1 = 1.0 - beta1.powf(t);
+                        let bc2 = 1.0 - beta2.powf(t);
+                        let denom = (&s.bufs[1] / bc2).sqrt() + eps;
+                        let upd = (&s.bufs[0] / bc1) / denom;
+                        let base = if decoupled && weight_decay > 0.0 {
+                            p * (1.0 - lr * weight_decay)
+                        } else {
+                            p.shallow_clone()
+                        };
+                        base - upd * lr
+                    }
+                };
+                let new = match &s.mask {
+                    Some(m) => new.where_self(m, p),
+                    None => new,
+                };
+                let mut pm = p.shallow_clone();
+                pm.copy_(&new);
+            }
+        });
+        Ok(())
+    }
+
+    /// The optimizer state as named tensors, for checkpoints.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for s in &self.slots {
+            for (i, b) in s.bufs.iter().enumerate() {
+                out.push((format!("{}::{i}", s.name), b.shallow_clone()));
+            }
+        }
+        out
+    }
+
+    /// Restores the state written by [`Optimizer::state_tensors`] and the step count.
+    pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>, steps: u64) -> Result<()> {
+        let mut by_name: BTreeMap<String, Tensor> = tensors.into_iter().collect();
+        for s in &mut self.slots {
+            s.bufs.clear();
+            for i in 0.. {
+                match by_name.remove(&format!("{}::{i}", s.name)) {
+                    Some(t) => {
+                        if t.size() != s.param.size() {
+                            return Err(Error::invalid(format!(
+                                "optimizer state for {} has shape {:?}, parameter has {:?}",
+                                s.name,
+                                t.size(),
+                                s.param.size()
+                            )));
+                        }
+                        s.bufs.push(t.to_device(s.param.device()));
+                    }
+                    None => break,
+                }
+            }
+        }
+        if let Some(k) = by_name.keys().next() {
+            return Err(Error::invalid(format!(
+                "optimizer state has an entry `{k}` for no parameter"
+            )));
+        }
+        self.step = steps;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quad_params() -> (Tensor, Vec<(String, Tensor)>) {
+        let w = Tensor::from_slice(&[1.0f32, -2.0, 3.0, 0.5]).set_requires_grad(true);
+        (w.shallow_clone(), vec![("w".to_string(), w)])
+    }
+
+    fn grad_step(opt: &mut Optimizer, w: &Tensor, lr: f64) {
+        opt.zero_grad();
+        let loss = (w * w).sum(Kind::Float);
+        loss.backward();
+        opt.step(lr).unwrap();
+    }
+
+    #[test]
+    fn sgd_matches_hand_computation() {
+        // w <- w - lr * (2w + wd*w), momentum buffer starts at the first gradient.
+        let (w, params) = quad_params();
+        let cfg = OptimConfig::Sgd {
+            momentum: 0.9,
+            dampening: 0.0,
+            nesterov: false,
+            weight_decay: 0.1,
+        };
+        let mut opt = Optimizer::new(cfg, params).unwrap();
+        grad_step(&mut opt, &w, 0.1);
+        // g = 2.1 w0 ; w1 = w0 - 0.1*2.1 w0 = 0.79 w0
+        let w1: Vec<f32> = Vec::try_from(&w).unwrap();
+        assert!((w1[0] - 0.79).abs() < 1e-6, "{w1:?}");
+        grad_step(&mut opt, &w, 0.1);
+        // b = 0.9*2.1 w0 + 2.1 w1 ; w2 = w1 - 0.1 b
+        let expect = 0.79 - 0.1 * (0.9 * 2.1 + 2.1 * 0.79);
+        let w2: Vec<f32> = Vec::try_from(&w).unwrap();
+        assert!((w2[0] - expect as f32).abs() < 1e-6, "{w2:?} vs {expect}");
+    }
+
+    #[test]
+    fn adam_first_step_is_lr_times_sign() {
+        let (w, params) = quad_params();
+        let cfg = OptimConfig::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let mut opt = Optimizer::new(cfg, params).unwrap();
+        grad_step(&mut opt, &w, 0.01);
+        let v: Vec<f32> = Vec::try_from(&w).unwrap();
+        let expect = [0.99f32, -1.99, 2.99, 0.49];
+        for (a, b) in v.iter().zip(expect) {
+            assert!((a - b).abs() < 1e-5, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn masked_entries_never_move_even_with_momentum_and_decay() {
+        for cfg in [
+            OptimConfig::Sgd {
+                momentum: 0.9,
+                dampening: 0.0,
+                nesterov: true,
+                weight_decay: 5e-4,
+            },
+            OptimConfig::Adamw {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.1,
+            },
+        ] {
+            let (w, params) = quad_params();
+            let before: Vec<f32> = Vec::try_from(&w).unwrap();
+            let mut opt = Optimizer::new(cfg, params).unwrap();
+            // Warm momentum up without a mask, then freeze entries 1 and 3.
+            grad_step(&mut opt, &w, 0.1);
+            let frozen: Vec<f32> = Vec::try_from(&w).unwrap();
+            let mut masks = BTreeMap::new();
+            masks.insert(
+                "w".to_string(),
+                Tensor::from_slice(&[1.0f32, 0.0, 1.0, 0.0]),
+            );
+            opt.set_masks(&masks).unwrap();
+            for _ in 0..5 {
+                grad_step(&mut opt, &w, 0.1);
+            }
+            let after: Vec<f32> = Vec::try_from(&w).unwrap();
+            assert_eq!(after[1].to_bits(), frozen[1].to_bits());
+            assert_eq!(after[3].to_bits(), frozen[3].to_bits());
+            assert_ne!(after[0], frozen[0]);
+            assert_ne!(before[0], frozen[0]);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_hyperparameters() {
+        let bad = OptimConfig::Sgd {
+            momentum: 1.5,
+            dampening: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+        };
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("optim.momentum"), "{e}");
+        let bad = OptimConfig::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: f64::NAN,
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("weight_decay"));
+        let (_w, params) = quad_params();
+        let mut opt = Optimizer::new(OptimConfig::default(), params).unwrap();
+        assert!(opt.step(f64::NAN).is_err());
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let (w, params) = quad_params();
+        let mut opt = Optimizer::new(OptimConfig::default(), params).unwrap();
+        grad_step(&mut opt, &w, 0.1);
+        let st = opt.state_tensors();
+        assert_eq!(st.len(), 1);
+        let (w2, params2) = quad_params();
+        let _ = w2;
+        let mut opt2 = Optimizer::new(OptimConfig::default(), params2).unwrap();
+        opt2.load_state(st, opt.steps()).unwrap();
+        assert_eq!(opt2.steps(), 1);
+        let bad = vec![(
+            "zz::0".to_string(),
+            Tensor::zeros([4], (Kind::Float, tch::Device::Cpu)),
+        )];
+        assert!(opt2.load_state(bad, 1).is_err());
+    }
+}

@@ -1,0 +1,308 @@
+//! The training loop. Every epoch draws its randomness (shuffle order, augmentation, libtorch's
+//! generator) from streams derived from the run seed and the epoch number, so an interrupted run
+//! resumed from its last checkpoint replays exactly what an uninterrupted run would have done.
+
+use crate::checkpoint::{Checkpoint, CheckpointMeta};
+use crate::eval::{evaluate, EvalResult};
+use crate::optim::{OptimConfig, Optimizer};
+use crate::schedule::ScheduleConfig;
+use rustworthy_core::progress::{emit_json, Progress, ProgressMode};
+use rustworthy_core::seed::derive;
+use rustworthy_core::validate;
+use rustworthy_core::{Error, Result, SeedRng};
+use rustworthy_data::augment::Augment;
+use rustworthy_data::dataset::{epoch_order, Dataset};
+use rustworthy_models::Model;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+/// Hyperparameters of a supervised training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    #[serde(default = "default_eval_batch")]
+    pub eval_batch_size: usize,
+    pub optim: OptimConfig,
+    pub lr: ScheduleConfig,
+    #[serde(default)]
+    pub augment: Augment,
+    /// Drop the last incomplete batch of each epoch.
+    #[serde(default)]
+    pub drop_last: bool,
+    /// Seed of the training randomness (shuffle, augmentation, libtorch's generator).
+    pub seed: u64,
+}
+
+fn default_eval_batch() -> usize {
+    1000
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        validate::positive_int("epochs", self.epochs)?;
+        validate::positive_int("batch_size", self.batch_size)?;
+        validate::positive_int("eval_batch_size", self.eval_batch_size)?;
+        self.optim.validate()?;
+        self.lr.validate(self.epochs)?;
+        if self.augment.crop_padding < 0 {
+            return Err(Error::config("augment.crop_padding", "must be >= 0"));
+        }
+        Ok(())
+    }
+}
+
+/// Options of one `fit` call that do not change the result.
+#[derive(Clone, Debug, Default)]
+pub struct FitOptions {
+    pub progress: ProgressMode,
+    /// Where to write per-epoch checkpoints (none if `None`).
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Continue from the checkpoint in `checkpoint_dir` if there is one.
+    pub resume: bool,
+    /// Stop (as if interrupted) after this many completed epochs.
+    pub stop_after: Option<usize>,
+}
+
+/// One row of the training history.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val_loss: Option<f64>,
+    pub val_accuracy: Option<f64>,
+    pub seconds: f64,
+}
+
+/// What `fit` returns.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FitOutcome {
+    pub history: Vec<EpochRecord>,
+    /// Completed epochs loaded from a checkpoint, if the run resumed.
+    pub resumed_from: Option<usize>,
+    /// Whether all configured epochs are done (false after `stop_after`).
+    pub completed: bool,
+    pub train_seconds: f64,
+    pub last_val: Option<EvalResult>,
+}
+
+/// Named trainable parameters of a model in a stable order.
+pub fn named_trainable(model: &Model) -> Vec<(String, Tensor)> {
+    model.parameters()
+}
+
+/// Trains `model` on `train`, evaluating on `val` after each epoch.
+pub fn fit(
+    model: &mut Model,
+    train: &Dataset,
+    val: Option<&Dataset>,
+    cfg: &TrainConfig,
+    opts: &FitOptions,
+) -> Result<FitOutcome> {
+    cfg.validate()?;
+    if train.is_empty() {
+        return Err(Error::invalid("training set is empty"));
+    }
+    let device = model.vs.device();
+    if train.device() != device {
+        return Err(Error::Device(format!(
+            "training data on {:?} but model on {:?}",
+            train.device(),
+            device
+        )));
+    }
+    let mut opt = Optimizer::new(cfg.optim.clone(), named_trainable(model))?;
+    let cfg_json = serde_json::to_value(cfg)?;
+    let mut history: Vec<EpochRecord> = Vec::new();
+    let mut start_epoch = 0usize;
+    let mut resumed_from = None;
+    let ckpt = opts.checkpoint_dir.as_ref().map(Checkpoint::new);
+    if let (true, Some(ck)) = (opts.resume, &ckpt) {
+        if ck.exists() {
+            let meta = ck.restore(model, &mut opt)?;
+            if meta.config != cfg_json {
+                return Err(Error::checkpoint(
+                    ck.dir(),
+                    format!(
+                        "cannot resume: the checkpoint was made with a different training config ({})",
+                        diff_fields(&meta.config, &cfg_json)
+                    ),
+                ));
+            }
+            start_epoch = meta.epoch;
+            resumed_from = Some(meta.epoch);
+            for h in meta.history {
+                history.push(serde_json::from_value(h)?);
+            }
+        }
+    }
+
+    let n = train.len();
+    let steps_per_epoch = if cfg.drop_last {
+        n / cfg.batch_size
+    } else {
+        n.div_ceil(cfg.batch_size)
+    };
+    if steps_per_epoch == 0 {
+        return Err(Error::config(
+            "batch_size",
+            format!(
+                "{} exceeds the {n} training samples with drop_last",
+                cfg.batch_size
+            ),
+        ));
+    }
+    let t_run = Instant::now();
+    let mut last_val = None;
+    let end_epoch = match opts.stop_after {
+        Some(s) => s.min(cfg.epochs),
+        None => cfg.epochs,
+    };
+    for epoch in start_epoch..end_epoch {
+        let t0 = Instant::now();
+        rustworthy_core::seed::seed_torch(derive(cfg.seed, "torch", epoch as u64));
+        let order = epoch_order(n, true, cfg.seed, epoch as u64);
+        let mut aug_rng = SeedRng::stream(cfg.seed, "augment", epoch as u64);
+        let bar = Progress::new(
+            opts.progress,
+            &format!("epoch {}/{}", epoch + 1, cfg.epochs),
+            steps_per_epoch as u64,
+        );
+        let loss_sum = Tensor::zeros([], (Kind::Float, device));
+        let correct = Tensor::zeros([], (Kind::Int64, device));
+        let mut seen = 0usize;
+        let mut shown = 0u64;
+        let mut lr = cfg.lr.lr_at(epoch as f64, cfg.epochs);
+        for step in 0..steps_per_epoch {
+            let lo = step * cfg.batch_size;
+            let hi = (lo + cfg.batch_size).min(n);
+            let (x, y) = train.batch(&order[lo..hi]);
+            let x = cfg.augment.apply(&x, &mut aug_rng);
+            lr = cfg.lr.lr_at(
+                epoch as f64 + step as f64 / steps_per_epoch as f64,
+                cfg.epochs,
+            );
+            let out = model.forward_t(&x, true);
+            let loss = out.cross_entropy_for_logits(&y);
+            opt.zero_grad();
+            loss.backward();
+            opt.step(lr)?;
+            let bs = (hi - lo) as i64;
+            tch::no_grad(|| {
+                let _ = loss_sum
+                    .shallow_clone()
+                    .g_add_(&(loss.detach() * bs as f64));
+                let _ = correct
+                    .shallow_clone()
+                    .g_add_(&out.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64));
+            });
+            seen += hi - lo;
+            let refresh = step % 25 == 24 || step + 1 == steps_per_epoch;
+            if refresh {
+                let l = loss_sum.double_value(&[]) / seen as f64;
+                if !l.is_finite() {
+                    return Err(Error::Numerical(format!(
+                        "training loss became {l} in epoch {} (step {}); lower the learning rate",
+                        epoch + 1,
+                        step + 1
+                    )));
+                }
+                let a = 100.0 * correct.int64_value(&[]) as f64 / seen as f64;
+                let done = step as u64 + 1;
+                bar.inc(done - shown, || {
+                    format!("loss {l:.4} acc {a:.2}% lr {lr:.4}")
+                });
+                shown = done;
+            }
+        }
+        let train_loss = loss_sum.double_value(&[]) / seen as f64;
+        let train_accuracy = 100.0 * correct.int64_value(&[]) as f64 / seen as f64;
+        let v = match val {
+            Some(v) => Some(evaluate(model, v, cfg.eval_batch_size)?),
+            None => None,
+        };
+        let rec = EpochRecord {
+            epoch: epoch + 1,
+            lr,
+            train_loss,
+            train_accuracy,
+            val_loss: v.as_ref().map(|r| r.loss),
+            val_accuracy: v.as_ref().map(|r| r.accuracy),
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        bar.finish(serde_json::to_value(&rec)?);
+        if opts.progress == ProgressMode::Bar {
+            eprintln!(
+                "epoch {:>3}/{}  loss {:.4}  train {:.2}%{}  lr {:.5}  {:.1}s",
+                rec.epoch,
+                cfg.epochs,
+                rec.train_loss,
+                rec.train_accuracy,
+                rec.val_accuracy
+                    .map(|a| format!("  val {a:.2}%"))
+                    .unwrap_or_default(),
+                rec.lr,
+                rec.seconds
+            );
+        }
+        history.push(rec);
+        last_val = v;
+        if let Some(ck) = &ckpt {
+            let mut seeds = BTreeMap::new();
+            seeds.insert("train".to_string(), cfg.seed);
+            let meta = CheckpointMeta {
+                format: crate::checkpoint::FORMAT,
+                model_spec: model.spec.clone(),
+                config: cfg_json.clone(),
+                epoch: epoch + 1,
+                optimizer_steps: opt.steps(),
+                seeds,
+                metrics: serde_json::to_value(history.last())?,
+                history: history
+                    .iter()
+                    .map(serde_json::to_value)
+                    .collect::<std::result::Result<_, _>>()?,
+                model_file: String::new(),
+                optim_file: None,
+            };
+            ck.save(model, &opt, meta)?;
+        }
+    }
+    if opts.progress == ProgressMode::JsonLines {
+        emit_json(
+            "fit-done",
+            serde_json::json!({"epochs": history.len(), "seconds": t_run.elapsed().as_secs_f64()}),
+        );
+    }
+    Ok(FitOutcome {
+        completed: history.len() >= cfg.epochs,
+        history,
+        resumed_from,
+        train_seconds: t_run.elapsed().as_secs_f64(),
+        last_val,
+    })
+}
+
+/// Names the top-level fields in which two JSON configs differ.
+fn diff_fields(a: &serde_json::Value, b: &serde_json::Value) -> String {
+    match (a.as_object(), b.as_object()) {
+        (Some(x), Some(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            let d: Vec<String> = keys
+                .into_iter()
+                .filter(|k| x.get(*k) != y.get(*k))
+                .map(|k| format!("`{k}`"))
+                .collect();
+            format!("differs in {}", d.join(", "))
+        }
+        _ => "not comparable".to_string(),
+    }
+}
