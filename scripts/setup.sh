@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# One-command set-up on a fresh Debian/Ubuntu machine, then the main job.
+#
+#   scripts/setup.sh            install everything, build, run the main job
+#   scripts/setup.sh --no-run   install everything and build only
+#
+# Installs: Debian's dataset-fashion-mnist (where apt exists), a project virtualenv .venv with
+# the PyPI wheel torch==2.11.0 (libtorch for the `tch` crate; it runs on CPU and CUDA) plus
+# numpy and safetensors (reference scripts and fixtures), and links ./libtorch to the wheel's
+# torch folder so plain `cargo build`, `cargo test` and `cargo run` work with no variables set.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_VERSION=2.11.0
+PYTHON=${PYTHON:-python3}
+run_main=1
+[[ "${1:-}" == "--no-run" ]] && run_main=0
+
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+
+# 1. System packages.
+if command -v apt-get >/dev/null 2>&1; then
+    need=()
+    [[ -d /usr/share/datasets/fashion-mnist ]] || need+=(dataset-fashion-mnist)
+    command -v cc >/dev/null 2>&1 || need+=(build-essential)
+    command -v "$PYTHON" >/dev/null 2>&1 || need+=(python3 python3-venv)
+    if ((${#need[@]})); then
+        sudo=""
+        [[ "$(id -u)" == 0 ]] || sudo=sudo
+        say "apt-get install ${need[*]}"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+else
+    say "no apt-get: install Fashion-MNIST yourself and set RUSTWORTHY_DATA (see README)"
+fi
+
+# 2. Python virtualenv with torch.
+if [[ ! -x .venv/bin/python ]]; then
+    say "creating .venv"
+    "$PYTHON" -m venv .venv
+fi
+if ! .venv/bin/python - "$TORCH_VERSION" <<'PY' 2>/dev/null
+import sys, torch
+sys.exit(0 if torch.__version__.split("+")[0] == sys.argv[1] else 1)
+PY
+then
+    say "pip install torch==$TORCH_VERSION (large download on a fresh machine)"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
+fi
+if ! .venv/bin/python -c "import numpy, safetensors" 2>/dev/null; then
+    say "pip install numpy safetensors"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check numpy safetensors
+fi
+torch_dir=$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))' 2>/dev/null)
+ln -sfn "$torch_dir" libtorch
+say "libtorch -> $torch_dir"
+
+# 3. Build.
+command -v cargo >/dev/null 2>&1 || { say "cargo not found: install Rust (https://rustup.rs)"; exit 1; }
+say "cargo build --release"
+cargo build --release --quiet
+
+# 4. The main job.
+if ((run_main)); then
+    say "main job: rustworthy train --preset fmnist-lenet"
+    target/release/rustworthy train --preset fmnist-lenet
+fi

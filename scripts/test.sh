@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command: makes sure the set-up is done (without the main job), then runs every test.
+# Real-data and PyTorch-fixture tests are required here, not skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --no-run
+export RUSTWORTHY_REQUIRE_DATA=1 RUSTWORTHY_REQUIRE_PYTHON=1
+cargo test --workspace --release "$@"
