@@ -119,9 +119,13 @@ pub fn locate_with(
     }
 }
 
-/// Finds dataset `name`: in `data_dir` (or its subfolder named after the dataset), then in
-/// `$RUSTWORTHY_DATA` (same rule), then, for Fashion-MNIST, in Debian's package folder.
+/// Finds dataset `name`. An explicit `data_dir` is authoritative: the dataset must be in it (or
+/// its subfolder named after the dataset), so a typo never silently falls back to other data.
+/// Otherwise `$RUSTWORTHY_DATA` (same rule), then, for Fashion-MNIST, Debian's package folder.
 pub fn locate_dataset(name: &str, data_dir: Option<&Path>) -> Result<Located> {
+    if data_dir.is_some() {
+        return locate_with(name, data_dir, None, false);
+    }
     let env = env_data_dir();
     locate_with(name, data_dir, env.as_deref(), true)
 }

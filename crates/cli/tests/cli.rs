@@ -1,0 +1,310 @@
+//! The `rustworthy` binary end to end: real Fashion-MNIST training, resume through the CLI,
+//! evaluation, info, and the errors a user sees for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rustworthy"));
+    c.env_remove("RUSTWORTHY_DATA");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn fashion_mnist_present() -> bool {
+    let here = Path::new("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file();
+    if !here {
+        if std::env::var("RUSTWORTHY_REQUIRE_DATA").as_deref() == Ok("1") {
+            panic!("Fashion-MNIST is required (RUSTWORTHY_REQUIRE_DATA=1) but not installed");
+        }
+        eprintln!("skipped: Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)");
+    }
+    here
+}
+
+/// A small synthetic dataset in Fashion-MNIST's file layout.
+fn synthetic_dir(root: &Path) -> PathBuf {
+    let d = root.join("synthetic");
+    rustworthy_data::synthetic::write_synthetic_idx(&d, 4, 60, 20, 28, 0.3, 11).unwrap();
+    d
+}
+
+#[test]
+fn trains_on_real_fashion_mnist_and_reports() {
+    if !fashion_mnist_present() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let o = run(&[
+        "train",
+        "--preset",
+        "fmnist-mlp",
+        "--train-subset",
+        "12000",
+        "--epochs",
+        "3",
+        "--progress",
+        "quiet",
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = json(&out.join("report.json"));
+    let acc = r["metrics"]["test_accuracy"].as_f64().unwrap();
+    assert!(
+        acc >= 80.0,
+        "MLP on 12k Fashion-MNIST samples reached only {acc}%"
+    );
+    assert_eq!(r["metrics"]["test_confusion"].as_array().unwrap().len(), 10);
+    assert_eq!(r["config"]["train"]["epochs"], 3);
+    assert_eq!(r["config"]["data"]["train_subset"], 12000);
+    assert_eq!(r["seeds"]["train"], 0);
+    assert!(r["versions"]["libtorch"]
+        .as_str()
+        .unwrap()
+        .starts_with("2.11.0"));
+    assert!(r["timings_s"]["train"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["history"].as_array().unwrap().len(), 3);
+    assert_eq!(r["device"], "cpu");
+    let split = json(&out.join("split.json"));
+    assert_eq!(split["train"].as_array().unwrap().len(), 12000);
+    assert_eq!(split["val"].as_array().unwrap().len(), 6000);
+
+    // `eval` on the saved model reproduces the test accuracy of the report.
+    let ev = tmp.path().join("eval");
+    let o = run(&[
+        "eval",
+        "--model",
+        out.join("model.safetensors").to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--out",
+        ev.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = json(&ev.join("report.json"));
+    let eacc = e["metrics"]["accuracy"].as_f64().unwrap();
+    assert!(
+        (eacc - acc).abs() < 1e-9,
+        "eval {eacc} vs train report {acc}"
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Ankle boot"));
+}
+
+#[test]
+fn interrupted_cli_run_resumes_to_the_same_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synthetic_dir(tmp.path());
+    let common = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--preset",
+            "fmnist-lenet",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--epochs",
+            "3",
+            "--batch-size",
+            "32",
+            "--device",
+            "cpu",
+            "--progress",
+            "quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let full = tmp.path().join("full");
+    let o = bin().args(common(&full)).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let cut = tmp.path().join("cut");
+    let o = bin()
+        .args(common(&cut))
+        .args(["--stop-after", "1"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!cut.join("model.safetensors").exists());
+    let r = json(&cut.join("report.json"));
+    assert!(r["notes"][0].as_str().unwrap().contains("--resume"));
+    let o = bin().args(common(&cut)).arg("--resume").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let a = std::fs::read(full.join("model.safetensors")).unwrap();
+    let b = std::fs::read(cut.join("model.safetensors")).unwrap();
+    assert!(a == b, "resumed model differs from the uninterrupted one");
+    let ra = json(&full.join("report.json"));
+    let rb = json(&cut.join("report.json"));
+    assert_eq!(
+        ra["metrics"]["test_accuracy"],
+        rb["metrics"]["test_accuracy"]
+    );
+    assert!(rb["notes"][0]
+        .as_str()
+        .unwrap()
+        .contains("resumed after epoch 1"));
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("bad.toml");
+    let preset = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../presets/fmnist-lenet.toml"),
+    )
+    .unwrap();
+    std::fs::write(&cfg, preset.replace("batch_size = 128", "batch_sise = 128")).unwrap();
+    let o = run(&["train", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("batch_sise"), "{}", stderr(&o));
+
+    let o = run(&[
+        "train",
+        "--lr",
+        "NaN",
+        "--out",
+        tmp.path().join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("train.lr"), "{}", stderr(&o));
+
+    let o = run(&["train", "--epochs", "0"]);
+    assert!(stderr(&o).contains("train.epochs"), "{}", stderr(&o));
+
+    let o = run(&["train", "--device", "tpu"]);
+    assert!(stderr(&o).contains("device"), "{}", stderr(&o));
+
+    let o = run(&["train", "--arch", "alexnet"]);
+    assert!(stderr(&o).contains("model.arch"), "{}", stderr(&o));
+
+    let o = run(&["train", "--preset", "nope"]);
+    assert!(stderr(&o).contains("fmnist-lenet"), "{}", stderr(&o));
+}
+
+#[test]
+fn missing_data_says_how_to_get_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "train",
+        "--data-dir",
+        tmp.path().join("nowhere").to_str().unwrap(),
+        "--out",
+        tmp.path().join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("dataset-fashion-mnist") && e.contains("nowhere"),
+        "{e}"
+    );
+
+    let o = run(&[
+        "info",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        tmp.path().to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("cifar-10"), "{}", stderr(&o));
+}
+
+#[test]
+fn corrupt_dataset_file_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synthetic_dir(tmp.path());
+    let f = data.join("train-labels-idx1-ubyte.gz");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+    let o = run(&[
+        "train",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        tmp.path().join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("train-labels-idx1-ubyte.gz"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn eval_rejects_mismatched_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synthetic_dir(tmp.path());
+    let out = tmp.path().join("run");
+    let o = run(&[
+        "train",
+        "--preset",
+        "fmnist-mlp",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--progress",
+        "json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // JSON-lines mode: every stdout line is a JSON object with an event name.
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    for line in stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect(line);
+        assert!(v["event"].is_string(), "{line}");
+    }
+    assert!(stdout.contains("\"summary\""));
+    // The MLP's weights loaded as a LeNet: refused with a message naming a variable.
+    let weights = tmp.path().join("w.safetensors");
+    std::fs::copy(out.join("model.safetensors"), &weights).unwrap();
+    let o = run(&[
+        "eval",
+        "--model",
+        weights.to_str().unwrap(),
+        "--arch",
+        "lenet",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("conv1.weight"), "{}", stderr(&o));
+}
+
+#[test]
+fn info_lists_presets_and_counts_parameters() {
+    let o = run(&["info", "--arch", "lenet", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["num_params"], 61706);
+    let o = run(&["info", "--presets"]);
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        s.contains("fmnist-lenet") && s.contains("cifar10-resnet18"),
+        "{s}"
+    );
+}

@@ -1,0 +1,264 @@
+//! End-to-end training on small synthetic data: learning, resume equivalence, failure modes.
+
+use rustworthy_core::progress::ProgressMode;
+use rustworthy_core::Error;
+use rustworthy_data::augment::Augment;
+use rustworthy_data::synthetic::synthetic;
+use rustworthy_data::Dataset;
+use rustworthy_models::{Arch, Model, ModelSpec};
+use rustworthy_train::schedule::{LrSchedule, ScheduleConfig};
+use rustworthy_train::trainer::FitOptions;
+use rustworthy_train::{evaluate, fit, OptimConfig, TrainConfig};
+
+/// A train/test split of one synthetic task (same class prototypes on both sides).
+fn data(seed: u64) -> (Dataset, Dataset) {
+    let all = synthetic(4, 60, 1, 12, 0.35, seed);
+    let idx: Vec<usize> = (0..all.len()).collect();
+    (
+        all.subset(&idx[..160]).unwrap(),
+        all.subset(&idx[160..]).unwrap(),
+    )
+}
+
+fn spec(arch: Arch) -> ModelSpec {
+    ModelSpec {
+        arch,
+        in_channels: 1,
+        num_classes: 4,
+        input_size: (12, 12),
+        mean: vec![0.5],
+        std: vec![0.25],
+    }
+}
+
+fn cfg(epochs: usize) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        batch_size: 16,
+        eval_batch_size: 64,
+        optim: OptimConfig::Sgd {
+            momentum: 0.9,
+            dampening: 0.0,
+            nesterov: true,
+            weight_decay: 5e-4,
+        },
+        lr: ScheduleConfig {
+            lr: 0.05,
+            schedule: LrSchedule::Cosine { min_lr: 0.0 },
+            warmup_epochs: 1.0,
+        },
+        augment: Augment {
+            crop_padding: 1,
+            hflip: true,
+        },
+        drop_last: false,
+        seed: 7,
+    }
+}
+
+fn model(init: u64) -> Model {
+    tch::manual_seed(init as i64);
+    Model::new(spec(Arch::Mlp), tch::Device::Cpu).unwrap()
+}
+
+fn quiet() -> FitOptions {
+    FitOptions {
+        progress: ProgressMode::Quiet,
+        ..Default::default()
+    }
+}
+
+fn params_bits(m: &Model) -> Vec<(String, Vec<u32>)> {
+    m.parameters()
+        .into_iter()
+        .map(|(n, t)| {
+            let v: Vec<f32> = Vec::try_from(&t.flatten(0, -1)).unwrap();
+            (n, v.into_iter().map(f32::to_bits).collect())
+        })
+        .collect()
+}
+
+#[test]
+fn learns_synthetic_task() {
+    let (train, test) = data(1);
+    let mut m = model(0);
+    let before = evaluate(&m, &test, 64).unwrap().accuracy;
+    // The synthetic classes are not flip-invariant: train without augmentation here.
+    let mut c = cfg(8);
+    c.augment = Augment::default();
+    let out = fit(&mut m, &train, Some(&test), &c, &quiet()).unwrap();
+    let after = evaluate(&m, &test, 64).unwrap().accuracy;
+    assert!(out.completed);
+    assert_eq!(out.history.len(), 8);
+    assert!(after >= 90.0, "test accuracy {after} (before {before})");
+    let first = out.history.first().unwrap().train_loss;
+    let last = out.history.last().unwrap().train_loss;
+    assert!(last < first * 0.5, "loss {first} -> {last}");
+}
+
+#[test]
+fn same_seed_same_result() {
+    let (train, _) = data(2);
+    let mut a = model(3);
+    let mut b = model(3);
+    fit(&mut a, &train, None, &cfg(2), &quiet()).unwrap();
+    fit(&mut b, &train, None, &cfg(2), &quiet()).unwrap();
+    assert_eq!(params_bits(&a), params_bits(&b));
+    let mut c = model(3);
+    let mut other = cfg(2);
+    other.seed = 8;
+    fit(&mut c, &train, None, &other, &quiet()).unwrap();
+    assert_ne!(params_bits(&a), params_bits(&c), "the seed must matter");
+}
+
+#[test]
+fn resumed_run_equals_uninterrupted_run() {
+    let (train, val) = data(3);
+    let dir = tempfile::tempdir().unwrap();
+    let full_dir = dir.path().join("full");
+    let cut_dir = dir.path().join("cut");
+
+    let mut full = model(5);
+    let opts = FitOptions {
+        progress: ProgressMode::Quiet,
+        checkpoint_dir: Some(full_dir),
+        ..Default::default()
+    };
+    let full_out = fit(&mut full, &train, Some(&val), &cfg(4), &opts).unwrap();
+
+    let mut first = model(5);
+    let opts = FitOptions {
+        progress: ProgressMode::Quiet,
+        checkpoint_dir: Some(cut_dir.clone()),
+        stop_after: Some(2),
+        ..Default::default()
+    };
+    let part = fit(&mut first, &train, Some(&val), &cfg(4), &opts).unwrap();
+    assert!(!part.completed);
+    assert_eq!(part.history.len(), 2);
+    drop(first);
+
+    // A fresh process would build the model with some init; the checkpoint must override it.
+    let mut resumed = model(99);
+    let opts = FitOptions {
+        progress: ProgressMode::Quiet,
+        checkpoint_dir: Some(cut_dir.clone()),
+        resume: true,
+        ..Default::default()
+    };
+    let rest = fit(&mut resumed, &train, Some(&val), &cfg(4), &opts).unwrap();
+    assert_eq!(rest.resumed_from, Some(2));
+    assert!(rest.completed);
+    assert_eq!(params_bits(&full), params_bits(&resumed));
+    let strip = |h: &[rustworthy_train::trainer::EpochRecord]| {
+        h.iter()
+            .map(|r| {
+                (
+                    r.epoch,
+                    r.lr.to_bits(),
+                    r.train_loss.to_bits(),
+                    r.val_accuracy,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&full_out.history), strip(&rest.history));
+    // Only the newest epoch's files remain.
+    let files: Vec<String> = std::fs::read_dir(&cut_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(
+        files.contains(&"model-e0004.safetensors".to_string()),
+        "{files:?}"
+    );
+    assert!(
+        !files.contains(&"model-e0002.safetensors".to_string()),
+        "{files:?}"
+    );
+}
+
+#[test]
+fn resume_with_other_config_is_refused() {
+    let (train, _) = data(4);
+    let dir = tempfile::tempdir().unwrap();
+    let opts = FitOptions {
+        progress: ProgressMode::Quiet,
+        checkpoint_dir: Some(dir.path().to_path_buf()),
+        stop_after: Some(1),
+        ..Default::default()
+    };
+    fit(&mut model(0), &train, None, &cfg(3), &opts).unwrap();
+    let mut other = cfg(3);
+    other.batch_size = 32;
+    let opts = FitOptions {
+        resume: true,
+        stop_after: None,
+        ..opts
+    };
+    let e = fit(&mut model(0), &train, None, &other, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("batch_size"), "{e}");
+}
+
+#[test]
+fn diverging_run_reports_numerical_failure() {
+    let (train, _) = data(5);
+    let mut c = cfg(3);
+    c.optim = OptimConfig::Sgd {
+        momentum: 0.0,
+        dampening: 0.0,
+        nesterov: false,
+        weight_decay: 0.0,
+    };
+    c.lr = ScheduleConfig {
+        lr: 1e12,
+        schedule: LrSchedule::Constant,
+        warmup_epochs: 0.0,
+    };
+    let e = fit(&mut model(0), &train, None, &c, &quiet()).unwrap_err();
+    assert!(matches!(e, Error::Numerical(_)), "{e}");
+    assert!(e.to_string().contains("learning rate"), "{e}");
+}
+
+#[test]
+fn invalid_configs_name_their_field() {
+    let (train, _) = data(6);
+    let mut c = cfg(2);
+    c.epochs = 0;
+    let e = fit(&mut model(0), &train, None, &c, &quiet())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("epochs"), "{e}");
+    let mut c = cfg(2);
+    c.augment.crop_padding = -1;
+    let e = fit(&mut model(0), &train, None, &c, &quiet())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("crop_padding"), "{e}");
+    let mut c = cfg(2);
+    c.batch_size = 1000;
+    c.drop_last = true;
+    let e = fit(&mut model(0), &train, None, &c, &quiet())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("batch_size"), "{e}");
+}
+
+#[test]
+fn lenet_and_resnet20_train_a_step() {
+    // Every conv architecture runs forward/backward/step through the loop.
+    let train = synthetic(4, 8, 1, 16, 0.3, 9);
+    for arch in [Arch::Lenet, Arch::Resnet20] {
+        let mut s = spec(arch);
+        s.input_size = (16, 16);
+        tch::manual_seed(0);
+        let mut m = Model::new(s, tch::Device::Cpu).unwrap();
+        let before = params_bits(&m);
+        let mut c = cfg(1);
+        c.batch_size = 8;
+        fit(&mut m, &train, None, &c, &quiet()).unwrap();
+        assert_ne!(before, params_bits(&m), "{arch:?} did not update");
+    }
+}
