@@ -3,6 +3,7 @@
 pub mod device;
 pub mod error;
 pub mod fsutil;
+pub mod plot;
 pub mod progress;
 pub mod report;
 pub mod seed;
