@@ -1,0 +1,11 @@
+//! rustworthy machine unlearning: forgetting scenarios, unlearning methods (one file each) and
+//! the field's evaluation (UA, RA, TA, MIA-Efficacy, RTE, Avg. Gap to Retrain).
+
+pub mod methods;
+pub mod metrics;
+pub mod pipeline;
+pub mod scenario;
+pub mod svm;
+
+pub use methods::{MethodConfig, MethodReport, UnlearnCtx, UnlearnData, Unlearner};
+pub use scenario::{ForgetSpec, Scenario};
