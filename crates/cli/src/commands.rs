@@ -168,6 +168,8 @@ pub fn resolve_config(a: &TrainArgs) -> Result<RunConfig> {
 
 /// The train / validation / test datasets of a run, and the indices that define them.
 pub struct Splits {
+    /// The dataset's whole training file (scenario indices refer to it).
+    pub full_train: Dataset,
     pub train: Dataset,
     pub val: Option<Dataset>,
     pub test: Dataset,
@@ -198,6 +200,7 @@ pub fn load_splits(c: &RunConfig) -> Result<Splits> {
         Some(full.subset(&val_idx)?)
     };
     Ok(Splits {
+        full_train: full,
         train,
         val,
         test,
@@ -206,11 +209,11 @@ pub fn load_splits(c: &RunConfig) -> Result<Splits> {
     })
 }
 
-fn progress_mode(s: &str) -> Result<ProgressMode> {
+pub fn progress_mode(s: &str) -> Result<ProgressMode> {
     s.parse()
 }
 
-fn set_threads(n: usize) {
+pub fn set_threads(n: usize) {
     if n > 0 {
         tch::set_num_threads(n as i32);
     }
@@ -227,20 +230,30 @@ struct SplitFile<'a> {
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
-    let t_total = Instant::now();
     let c = resolve_config(&a)?;
     let mode = progress_mode(&a.progress)?;
+    train_run(&c, mode, a.resume, a.stop_after).map(|_| ())
+}
+
+/// Trains per `c` into `c.run.out`; returns the final model file, or None if stopped early.
+pub fn train_run(
+    c: &RunConfig,
+    mode: ProgressMode,
+    resume: bool,
+    stop_after: Option<usize>,
+) -> Result<Option<PathBuf>> {
+    let t_total = Instant::now();
     set_threads(c.run.threads);
     let device = c.run.device.resolve()?;
     let out = c.run.out.clone();
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-    let mut report = RunReport::new("train", serde_json::to_value(&c)?, &device_name(device));
+    let mut report = RunReport::new("train", serde_json::to_value(c)?, &device_name(device));
     report.seeds.insert("train".into(), c.train.seed);
     report.seeds.insert("init".into(), c.model.init_seed);
     report.seeds.insert("split".into(), c.data.split_seed);
 
     let t0 = Instant::now();
-    let s = load_splits(&c)?;
+    let s = load_splits(c)?;
     let split_path = out.join("split.json");
     write_json_atomic(
         &split_path,
@@ -289,8 +302,8 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let opts = FitOptions {
         progress: mode,
         checkpoint_dir: Some(out.join("checkpoint")),
-        resume: a.resume,
-        stop_after: a.stop_after,
+        resume,
+        stop_after,
     };
     let t1 = Instant::now();
     let fit_out = fit(&mut model, &train_ds, val_ds.as_ref(), &c.train, &opts)?;
@@ -327,7 +340,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             fit_out.history.len(),
             out.display()
         );
-        return Ok(());
+        return Ok(None);
     }
 
     let t2 = Instant::now();
@@ -359,7 +372,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         CheckpointMeta {
             format: rustworthy_train::checkpoint::FORMAT,
             model_spec: model.spec.clone(),
-            config: serde_json::to_value(&c)?,
+            config: serde_json::to_value(c)?,
             epoch: fit_out.history.len(),
             optimizer_steps: 0,
             seeds,
@@ -416,7 +429,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     } else {
         println!("{}", render(&["metric", "value"], &rows));
     }
-    Ok(())
+    Ok(Some(model_path))
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {

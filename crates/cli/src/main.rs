@@ -3,6 +3,7 @@
 mod commands;
 mod config;
 mod table;
+mod unlearn_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -26,6 +27,18 @@ enum Command {
     Eval(commands::EvalArgs),
     /// Summarise datasets, models and presets.
     Info(commands::InfoArgs),
+    /// Unlearn a forget set from a trained model and measure how well it was forgotten.
+    Unlearn(unlearn_cmd::UnlearnArgs),
+    /// Benchmarks: every method against the reference, in one run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Train (or reuse) the original model, run Retrain and every unlearning method, and write a
+    /// paper-style table (Markdown, CSV, JSON) and a gap-vs-time plot.
+    Unlearn(unlearn_cmd::BenchUnlearnArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +47,8 @@ fn main() -> ExitCode {
         Command::Train(a) => commands::train(a),
         Command::Eval(a) => commands::eval(a),
         Command::Info(a) => commands::info(a),
+        Command::Unlearn(a) => unlearn_cmd::unlearn(a),
+        Command::Bench(BenchCommand::Unlearn(a)) => unlearn_cmd::bench_unlearn(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
