@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One-command set-up on a fresh Debian/Ubuntu machine, then the main job.
 #
-#   scripts/setup.sh            install everything, build, run the main job
-#   scripts/setup.sh --no-run   install everything and build only
+#   scripts/setup.sh              install everything, build, run the main job (the unlearning
+#                                 benchmark, which first trains LeNet-5 on Fashion-MNIST)
+#   scripts/setup.sh --train-only install everything, build, run only the training job
+#   scripts/setup.sh --no-run     install everything and build only
 #
 # Installs: Debian's dataset-fashion-mnist (where apt exists), a project virtualenv .venv with
 # the PyPI wheel torch==2.11.0 (libtorch for the `tch` crate; it runs on CPU and CUDA) plus
@@ -14,7 +16,12 @@ cd "$(dirname "$0")/.."
 TORCH_VERSION=2.11.0
 PYTHON=${PYTHON:-python3}
 run_main=1
-[[ "${1:-}" == "--no-run" ]] && run_main=0
+case "${1:-}" in
+    --no-run) run_main=0 ;;
+    --train-only) run_main=2 ;;
+    "") ;;
+    *) echo "usage: scripts/setup.sh [--no-run | --train-only]" >&2; exit 2 ;;
+esac
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 
@@ -62,7 +69,10 @@ say "cargo build --release"
 cargo build --release --quiet
 
 # 4. The main job.
-if ((run_main)); then
-    say "main job: rustworthy train --preset fmnist-lenet"
+if ((run_main == 1)); then
+    say "main job: rustworthy bench unlearn --preset fmnist-lenet-random10"
+    target/release/rustworthy bench unlearn --preset fmnist-lenet-random10
+elif ((run_main == 2)); then
+    say "training job: rustworthy train --preset fmnist-lenet"
     target/release/rustworthy train --preset fmnist-lenet
 fi

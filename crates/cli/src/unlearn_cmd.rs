@@ -343,9 +343,13 @@ pub fn unlearn(a: UnlearnArgs) -> Result<()> {
 pub struct BenchConfig {
     /// Training preset of the original model.
     pub original: String,
-    /// Overrides of the original's training preset (e.g. device-specific data).
+    /// Epochs of the original model (default: the training preset's).
     #[serde(default)]
     pub original_epochs: Option<usize>,
+    /// Where the original model lives (default: `<out>/original`); presets that share an
+    /// original model point here so it is trained once.
+    #[serde(default)]
+    pub original_out: Option<PathBuf>,
     pub forget: String,
     #[serde(default = "one")]
     pub forget_seed: u64,
@@ -498,6 +502,7 @@ pub fn resolve_bench(a: &BenchUnlearnArgs) -> Result<BenchConfig> {
     }
     if let Some(o) = &a.out {
         c.out = o.clone();
+        c.original_out = None;
     }
     if let Some(t) = a.threads {
         c.threads = t;
@@ -549,7 +554,10 @@ pub fn bench_unlearn(a: BenchUnlearnArgs) -> Result<()> {
     if let Some(e) = c.original_epochs {
         orig_cfg.train.epochs = e;
     }
-    orig_cfg.run.out = out.join("original");
+    orig_cfg.run.out = c
+        .original_out
+        .clone()
+        .unwrap_or_else(|| out.join("original"));
     orig_cfg.run.device = c.device;
     orig_cfg.run.threads = c.threads;
     if let Some(d) = &a.data_dir {
@@ -557,9 +565,17 @@ pub fn bench_unlearn(a: BenchUnlearnArgs) -> Result<()> {
     }
     orig_cfg.validate()?;
     let orig_path = orig_cfg.run.out.join("model.safetensors");
+    // Reuse an original model trained on the same data, model and recipe (where it was
+    // written and how many threads it used do not change it).
+    let want = serde_json::to_value(&orig_cfg)?;
+    let same = |m: &CheckpointMeta| {
+        ["data", "model", "train"]
+            .iter()
+            .all(|k| m.config.get(k) == want.get(k))
+    };
     let reuse = sidecar_of(&orig_path).is_file()
         && read_meta(&sidecar_of(&orig_path))
-            .map(|m| m.config == serde_json::to_value(&orig_cfg).unwrap_or_default())
+            .map(|m| same(&m))
             .unwrap_or(false);
     let t0 = Instant::now();
     if reuse {
