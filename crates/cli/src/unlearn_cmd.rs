@@ -763,3 +763,38 @@ pub fn bench_unlearn(a: BenchUnlearnArgs) -> Result<()> {
     println!("written: {}", out.join("results.md").display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bench_preset_resolves() {
+        for (name, _, _) in BENCH_PRESETS {
+            let c = bench_preset(name).unwrap();
+            preset(&c.original).unwrap().validate().unwrap();
+            c.forget.parse::<ForgetSpec>().unwrap();
+            assert_eq!(c.methods[0], "retrain", "{name}");
+            for m in &c.methods {
+                method_from_bench(&c, m).unwrap_or_else(|e| panic!("{name}/{m}: {e}"));
+            }
+            for m in c.method.keys() {
+                assert!(
+                    c.methods.contains(m),
+                    "{name}: settings for unused method {m}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn selection_parses() {
+        assert_eq!("gap".parse::<Selection>().unwrap(), Selection::Gap);
+        assert_eq!(
+            "ua:ta-drop=2".parse::<Selection>().unwrap(),
+            Selection::UaWithTaFloor { max_ta_drop: 2.0 }
+        );
+        assert!("ua:ta-drop=-1".parse::<Selection>().is_err());
+        assert!("best".parse::<Selection>().is_err());
+    }
+}
