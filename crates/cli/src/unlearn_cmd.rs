@@ -610,6 +610,7 @@ pub fn bench_unlearn(a: BenchUnlearnArgs) -> Result<()> {
     let mut order: Vec<String> = vec!["retrain".to_string()];
     order.extend(c.methods.iter().filter(|m| *m != "retrain").cloned());
     let mut results: Vec<MethodResult> = Vec::new();
+    let mut failures: Vec<(String, String)> = Vec::new();
     let mut retrain_metrics: Option<UnlearnMetrics> = None;
     for name in &order {
         let cfg = method_from_bench(&c, name)?;
@@ -656,15 +657,25 @@ pub fn bench_unlearn(a: BenchUnlearnArgs) -> Result<()> {
                     )?
                     .0
                 } else {
-                    let (m, rep, rte) = run_method(&s.original, &cfg, &ctx)?;
-                    let met = evaluate(&m, &s.data, &svc, c.eval_batch_size, rte)?;
-                    MethodResult {
-                        method: name.clone(),
-                        config: cfg.clone(),
-                        metrics: met,
-                        gap: None,
-                        report: rep,
-                        lr_grid: Vec::new(),
+                    match run_method(&s.original, &cfg, &ctx) {
+                        Ok((m, rep, rte)) => {
+                            let met = evaluate(&m, &s.data, &svc, c.eval_batch_size, rte)?;
+                            MethodResult {
+                                method: name.clone(),
+                                config: cfg.clone(),
+                                metrics: met,
+                                gap: None,
+                                report: rep,
+                                lr_grid: Vec::new(),
+                            }
+                        }
+                        // A diverged method is a result too: record it and go on.
+                        Err(e @ Error::Numerical(_)) if name != "retrain" => {
+                            eprintln!("{name}: FAILED: {e}");
+                            failures.push((name.clone(), e.to_string()));
+                            continue;
+                        }
+                        Err(e) => return Err(e),
                     }
                 };
                 write_json_atomic(
@@ -710,12 +721,15 @@ pub fn bench_unlearn(a: BenchUnlearnArgs) -> Result<()> {
         original_metrics.ta,
         original_metrics.mia_efficacy,
         markdown_table(&results)
-    );
+    ) + &failures
+        .iter()
+        .map(|(n, e)| format!("\n{n} did not finish: {e}\n"))
+        .collect::<String>();
     atomic_write(&out.join("results.md"), md.as_bytes())?;
     atomic_write(&out.join("results.csv"), csv_table(&results).as_bytes())?;
     write_json_atomic(
         &out.join("results.json"),
-        &serde_json::json!({"original": &original_metrics, "results": &results}),
+        &serde_json::json!({"original": &original_metrics, "results": &results, "failed": &failures}),
     )?;
     let chart = Chart {
         title: format!("avg gap to retrain vs run time ({})", spec),
@@ -745,7 +759,7 @@ pub fn bench_unlearn(a: BenchUnlearnArgs) -> Result<()> {
         .seeds
         .insert("original_train".into(), orig_cfg.train.seed);
     report.timings_s = timings;
-    report.metrics = serde_json::json!({"original": &original_metrics, "results": &results});
+    report.metrics = serde_json::json!({"original": &original_metrics, "results": &results, "failed": &failures});
     report.artifacts = [
         "results.md",
         "results.csv",
