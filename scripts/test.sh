@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --no-run
 export RUSTWORTHY_REQUIRE_DATA=1 RUSTWORTHY_REQUIRE_PYTHON=1
-cargo test --workspace --release "$@"
+# One test at a time: several tests seed libtorch's process-wide generator and compare results
+# bit for bit, which concurrent tests in the same process would disturb.
+cargo test --workspace --release "$@" -- --test-threads=1
