@@ -58,6 +58,8 @@ for pair in "epochs:$epochs" "batch-size:$batch" "crop-padding:$crop" "subset:$s
 done
 ((epochs >= 1 && batch >= 1)) || { echo "bench-train: --epochs and --batch-size must be >= 1" >&2; exit 2; }
 [[ $hflip == 0 || $hflip == 1 ]] || { echo "bench-train: --hflip takes 0 or 1" >&2; exit 2; }
+case "$arch" in mlp|lenet|resnet18|resnet20|preact-resnet18|vgg16-bn) ;;
+    *) echo "bench-train: --arch is one of mlp, lenet, resnet18, resnet20, preact-resnet18, vgg16-bn" >&2; exit 2 ;; esac
 case "$device" in cpu|cuda|cuda:[0-9]*) ;; *) echo "bench-train: --device is cpu, cuda or cuda:N" >&2; exit 2 ;; esac
 
 if [[ -z "${PYTHON:-}" ]]; then
