@@ -88,8 +88,7 @@ pub fn run_method(
     sync(model.device());
     let rte = t0.elapsed().as_secs_f64();
     for (name, p) in model.parameters() {
-        let finite = p.isfinite().all().int64_value(&[]) == 1;
-        if !finite {
+        if !all_finite(&p) {
             return Err(Error::Numerical(format!(
                 "{}: parameter {name} became non-finite; lower the learning rate",
                 cfg.name()
@@ -320,7 +319,7 @@ pub fn csv_table(rows: &[MethodResult]) -> String {
     s
 }
 
-/// Checks that every parameter is finite (used before reporting on a model).
-pub fn all_finite(t: &Tensor) -> bool {
+/// Whether every entry of `t` is finite.
+fn all_finite(t: &Tensor) -> bool {
     t.isfinite().all().int64_value(&[]) == 1
 }

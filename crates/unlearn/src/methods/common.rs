@@ -123,39 +123,22 @@ where
             ds.name
         )));
     }
-    let mut steps = 0u64;
-    for epoch in 0..run.epochs {
-        let bs = batches(ds, run.batch_size, ctx.seed, stream, epoch);
-        let nb = bs.len();
-        let bar = Progress::new(
-            ctx.progress,
-            &format!("{stream} {}/{}", epoch + 1, run.epochs),
-            nb as u64,
-        );
-        for (i, idx) in bs.iter().enumerate() {
-            let (x, y) = ds.try_batch(idx)?;
-            let loss = loss_fn(model, &x, &y, epoch);
-            opt.zero_grad();
-            loss.backward();
-            let lr = run.lr_at(epoch as f64 + i as f64 / nb as f64);
-            opt.step(lr)?;
-            steps += 1;
-            if i % 20 == 19 || i + 1 == nb {
-                let l = loss.double_value(&[]);
-                check_finite(l, stream, epoch)?;
-                bar.inc(
-                    if i % 20 == 19 {
-                        20
-                    } else {
-                        (i % 20 + 1) as u64
-                    },
-                    || format!("loss {l:.4}"),
-                );
-            }
-        }
-        bar.finish(serde_json::json!({"epoch": epoch + 1}));
-    }
-    Ok(steps)
+    // Same loop as `sgd_loop`, over this dataset's seeded per-epoch batch orders.
+    let orders: Vec<Vec<Vec<usize>>> = (0..run.epochs)
+        .map(|epoch| batches(ds, run.batch_size, ctx.seed, stream, epoch))
+        .collect();
+    let model: &Model = model;
+    sgd_loop(
+        opt,
+        run,
+        ctx,
+        stream,
+        |epoch| Ok(orders[epoch].len()),
+        |epoch, i| {
+            let (x, y) = ds.try_batch(&orders[epoch][i])?;
+            Ok(loss_fn(model, &x, &y, epoch))
+        },
+    )
 }
 
 /// Errors out on a non-finite loss.
@@ -170,29 +153,12 @@ pub fn check_finite(loss: f64, what: &str, epoch: usize) -> Result<()> {
     }
 }
 
-/// A random permutation-free random label for every sample, different from its true label.
-pub fn random_other_labels(y: &Tensor, num_classes: i64, rng: &mut SeedRng) -> Tensor {
-    let ys: Vec<i64> = Vec::<i64>::try_from(&y.to_device(tch::Device::Cpu)).unwrap_or_default();
-    let out: Vec<i64> = ys
-        .iter()
-        .map(|&t| {
-            let r = rng.below((num_classes - 1) as usize) as i64;
-            if r >= t {
-                r + 1
-            } else {
-                r
-            }
-        })
-        .collect();
-    Tensor::from_slice(&out).to_device(y.device())
-}
-
 /// Named trainable parameters as a map (for masks).
 pub fn param_map(model: &Model) -> BTreeMap<String, Tensor> {
     model.parameters().into_iter().collect()
 }
 
-/// Like [`random_other_labels`], but fails instead of guessing: labels that cannot be read as
+/// A random label for every sample, different from its true label. Fails instead of guessing: labels that cannot be read as
 /// `i64`, fewer than two classes, or a label outside `0..num_classes` are errors.
 pub fn try_random_other_labels(y: &Tensor, num_classes: i64, rng: &mut SeedRng) -> Result<Tensor> {
     if num_classes < 2 {
