@@ -11,4 +11,6 @@ pub use checkpoint::{Checkpoint, CheckpointMeta};
 pub use eval::{evaluate, EvalResult};
 pub use optim::{OptimConfig, Optimizer};
 pub use schedule::{LrSchedule, ScheduleConfig};
-pub use trainer::{fit, FitOutcome, TrainConfig};
+pub use trainer::{
+    fit, fit_with, EpochRecord, EpochVerdict, FitOutcome, StandardStep, TrainConfig, TrainHook,
+};

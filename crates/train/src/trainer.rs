@@ -78,6 +78,50 @@ pub struct EpochRecord {
     pub val_loss: Option<f64>,
     pub val_accuracy: Option<f64>,
     pub seconds: f64,
+    /// Extra per-epoch measurements of a [`TrainHook`] (e.g. robust validation accuracy).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, f64>,
+}
+
+/// What a [`TrainHook`] decides after an epoch.
+#[derive(Clone, Debug, Default)]
+pub struct EpochVerdict {
+    /// Measurements added to the epoch's [`EpochRecord::extra`].
+    pub extra: BTreeMap<String, f64>,
+    /// Stop training after this epoch (e.g. catastrophic overfitting with early stopping).
+    pub stop: Option<String>,
+}
+
+/// Customizes the training step (the loss and its gradients) and observes each epoch. The
+/// standard hook is plain cross-entropy; adversarial training supplies its own.
+pub trait TrainHook {
+    /// Extra configuration that a resumed run must match (stored with the checkpoint).
+    fn config(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Called once before training with the history so far (non-empty when resuming).
+    fn begin(&mut self, _model: &Model, _history: &[EpochRecord]) -> Result<()> {
+        Ok(())
+    }
+    /// Computes the loss on one batch and accumulates the parameter gradients (the trainer has
+    /// zeroed them). Returns `(loss, logits)` for the running statistics.
+    fn step(&mut self, model: &Model, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)>;
+    /// Called after each epoch's validation.
+    fn end_epoch(&mut self, _model: &mut Model, _epoch: usize) -> Result<EpochVerdict> {
+        Ok(EpochVerdict::default())
+    }
+}
+
+/// Plain cross-entropy training.
+pub struct StandardStep;
+
+impl TrainHook for StandardStep {
+    fn step(&mut self, model: &Model, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
+        let out = model.forward_t(x, true);
+        let loss = out.cross_entropy_for_logits(y);
+        loss.backward();
+        Ok((loss, out))
+    }
 }
 
 /// What `fit` returns.
@@ -90,6 +134,8 @@ pub struct FitOutcome {
     pub completed: bool,
     pub train_seconds: f64,
     pub last_val: Option<EvalResult>,
+    /// Why the hook stopped training early, if it did.
+    pub stopped: Option<String>,
 }
 
 /// Named trainable parameters of a model in a stable order.
@@ -97,13 +143,25 @@ pub fn named_trainable(model: &Model) -> Vec<(String, Tensor)> {
     model.parameters()
 }
 
-/// Trains `model` on `train`, evaluating on `val` after each epoch.
+/// Trains `model` on `train` with cross-entropy, evaluating on `val` after each epoch.
 pub fn fit(
     model: &mut Model,
     train: &Dataset,
     val: Option<&Dataset>,
     cfg: &TrainConfig,
     opts: &FitOptions,
+) -> Result<FitOutcome> {
+    fit_with(model, train, val, cfg, opts, &mut StandardStep)
+}
+
+/// [`fit`] with a custom training step.
+pub fn fit_with(
+    model: &mut Model,
+    train: &Dataset,
+    val: Option<&Dataset>,
+    cfg: &TrainConfig,
+    opts: &FitOptions,
+    hook: &mut dyn TrainHook,
 ) -> Result<FitOutcome> {
     cfg.validate()?;
     if train.is_empty() {
@@ -118,7 +176,10 @@ pub fn fit(
         )));
     }
     let mut opt = Optimizer::new(cfg.optim.clone(), named_trainable(model))?;
-    let cfg_json = serde_json::to_value(cfg)?;
+    let mut cfg_json = serde_json::to_value(cfg)?;
+    if let (Some(extra), Some(obj)) = (hook.config(), cfg_json.as_object_mut()) {
+        obj.insert("hook".to_string(), extra);
+    }
     let mut history: Vec<EpochRecord> = Vec::new();
     let mut start_epoch = 0usize;
     let mut resumed_from = None;
@@ -143,6 +204,8 @@ pub fn fit(
         }
     }
 
+    hook.begin(model, &history)?;
+    let mut stopped = None;
     let n = train.len();
     let steps_per_epoch = if cfg.drop_last {
         n / cfg.batch_size
@@ -188,10 +251,8 @@ pub fn fit(
                 epoch as f64 + step as f64 / steps_per_epoch as f64,
                 cfg.epochs,
             );
-            let out = model.forward_t(&x, true);
-            let loss = out.cross_entropy_for_logits(&y);
             opt.zero_grad();
-            loss.backward();
+            let (loss, out) = hook.step(model, &x, &y)?;
             opt.step(lr)?;
             let bs = (hi - lo) as i64;
             tch::no_grad(|| {
@@ -227,6 +288,7 @@ pub fn fit(
             Some(v) => Some(evaluate(model, v, cfg.eval_batch_size)?),
             None => None,
         };
+        let verdict = hook.end_epoch(model, epoch)?;
         let rec = EpochRecord {
             epoch: epoch + 1,
             lr,
@@ -235,11 +297,17 @@ pub fn fit(
             val_loss: v.as_ref().map(|r| r.loss),
             val_accuracy: v.as_ref().map(|r| r.accuracy),
             seconds: t0.elapsed().as_secs_f64(),
+            extra: verdict.extra,
         };
         bar.finish(serde_json::to_value(&rec)?);
         if opts.progress == ProgressMode::Bar {
+            let extra: String = rec
+                .extra
+                .iter()
+                .map(|(k, v)| format!("  {k} {v:.2}"))
+                .collect();
             eprintln!(
-                "epoch {:>3}/{}  loss {:.4}  train {:.2}%{}  lr {:.5}  {:.1}s",
+                "epoch {:>3}/{}  loss {:.4}  train {:.2}%{}{}  lr {:.5}  {:.1}s",
                 rec.epoch,
                 cfg.epochs,
                 rec.train_loss,
@@ -247,6 +315,7 @@ pub fn fit(
                 rec.val_accuracy
                     .map(|a| format!("  val {a:.2}%"))
                     .unwrap_or_default(),
+                extra,
                 rec.lr,
                 rec.seconds
             );
@@ -273,6 +342,13 @@ pub fn fit(
             };
             ck.save(model, &opt, meta)?;
         }
+        if let Some(why) = verdict.stop {
+            if opts.progress == ProgressMode::Bar {
+                eprintln!("stopping early: {why}");
+            }
+            stopped = Some(why);
+            break;
+        }
     }
     if opts.progress == ProgressMode::JsonLines {
         emit_json(
@@ -281,7 +357,8 @@ pub fn fit(
         );
     }
     Ok(FitOutcome {
-        completed: history.len() >= cfg.epochs,
+        completed: history.len() >= cfg.epochs || stopped.is_some(),
+        stopped,
         history,
         resumed_from,
         train_seconds: t_run.elapsed().as_secs_f64(),
