@@ -5,5 +5,6 @@
 pub use rustworthy_core as core;
 pub use rustworthy_data as data;
 pub use rustworthy_models as models;
+pub use rustworthy_robust as robust;
 pub use rustworthy_train as train;
 pub use rustworthy_unlearn as unlearn;
