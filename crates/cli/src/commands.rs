@@ -13,9 +13,10 @@ use rustworthy_data::registry::{dataset_summary, load_dataset};
 use rustworthy_data::split::per_class_split;
 use rustworthy_data::Dataset;
 use rustworthy_models::{Arch, Model, ModelSpec};
+use rustworthy_robust::{AdvMethod, AdvTrainConfig, AdvTrainer};
 use rustworthy_train::checkpoint::{load_model, save_model, CheckpointMeta};
 use rustworthy_train::trainer::FitOptions;
-use rustworthy_train::{evaluate, fit, EvalResult};
+use rustworthy_train::{evaluate, fit_with, EvalResult, StandardStep, TrainHook};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -72,6 +73,30 @@ pub struct TrainArgs {
     /// bar | quiet | json
     #[arg(long, default_value = "bar")]
     pub progress: String,
+    /// Adversarial training: pgd | fast | gradalign | fast-bat | trades | none (standard).
+    #[arg(long)]
+    pub adv: Option<String>,
+    /// l_inf radius of adversarial training, in pixel units.
+    #[arg(long)]
+    pub eps: Option<f64>,
+    /// Attack steps of adversarial training (pgd, trades).
+    #[arg(long)]
+    pub adv_steps: Option<usize>,
+    /// Attack step size of adversarial training.
+    #[arg(long)]
+    pub adv_step_size: Option<f64>,
+    /// GradAlign's penalty weight or Fast-BAT's lambda.
+    #[arg(long)]
+    pub adv_lambda: Option<f64>,
+    /// TRADES' beta.
+    #[arg(long)]
+    pub adv_beta: Option<f64>,
+    /// Validation samples attacked after each epoch to detect catastrophic overfitting (0: off).
+    #[arg(long)]
+    pub monitor_samples: Option<usize>,
+    /// On catastrophic overfitting, restore the most robust epoch's weights and stop.
+    #[arg(long)]
+    pub stop_on_co: bool,
 }
 
 #[derive(Args, Debug)]
@@ -161,6 +186,59 @@ pub fn resolve_config(a: &TrainArgs) -> Result<RunConfig> {
     }
     if let Some(v) = a.threads {
         c.run.threads = v;
+    }
+    if a.adv.as_deref() == Some("none") {
+        c.adv = None;
+    } else if let Some(m) = &a.adv {
+        let method: AdvMethod = m.parse()?;
+        let eps = a.eps.or(c.adv.as_ref().map(|x| x.eps)).ok_or_else(|| {
+            Error::config(
+                "adv.eps",
+                "adversarial training needs --eps (or adv.eps in the config)",
+            )
+        })?;
+        match &mut c.adv {
+            Some(x) if x.method == method => x.eps = eps,
+            _ => c.adv = Some(AdvTrainConfig::new(method, eps)),
+        }
+    } else if let (Some(e), Some(x)) = (a.eps, c.adv.as_mut()) {
+        x.eps = e;
+    }
+    let adv_flags = a.adv_steps.is_some()
+        || a.adv_step_size.is_some()
+        || a.adv_lambda.is_some()
+        || a.adv_beta.is_some()
+        || a.monitor_samples.is_some()
+        || a.stop_on_co
+        || a.eps.is_some();
+    match c.adv.as_mut() {
+        Some(x) => {
+            if a.adv_steps.is_some() {
+                x.steps = a.adv_steps;
+            }
+            if a.adv_step_size.is_some() {
+                x.step_size = a.adv_step_size;
+            }
+            if a.adv_lambda.is_some() {
+                x.lambda = a.adv_lambda;
+            }
+            if a.adv_beta.is_some() {
+                x.beta = a.adv_beta;
+            }
+            if let Some(m) = a.monitor_samples {
+                x.monitor.samples = m;
+            }
+            if a.stop_on_co {
+                x.monitor.stop_on_co = true;
+            }
+        }
+        None if adv_flags => {
+            return Err(Error::config(
+                "adv",
+                "adversarial-training flags need --adv METHOD (or an [adv] section in the config)",
+            ))
+        }
+        None => {}
     }
     c.validate()?;
     Ok(c)
@@ -306,7 +384,48 @@ pub fn train_run(
         stop_after,
     };
     let t1 = Instant::now();
-    let fit_out = fit(&mut model, &train_ds, val_ds.as_ref(), &c.train, &opts)?;
+    let mut adv = match &c.adv {
+        Some(a) => {
+            if mode != ProgressMode::JsonLines {
+                eprintln!(
+                    "adversarial training: {:?}, eps {}, {} step(s) of {}; monitor: PGD-{} on {} validation samples",
+                    a.method,
+                    a.eps,
+                    a.steps(),
+                    a.step_size(),
+                    a.monitor.steps,
+                    a.monitor.samples.min(val_ds.as_ref().map(|v| v.len()).unwrap_or(0))
+                );
+            }
+            Some(AdvTrainer::new(a.clone(), val_ds.as_ref(), c.train.seed)?)
+        }
+        None => None,
+    };
+    let mut standard = StandardStep;
+    let hook: &mut dyn TrainHook = match adv.as_mut() {
+        Some(h) => h,
+        None => &mut standard,
+    };
+    let fit_out = fit_with(
+        &mut model,
+        &train_ds,
+        val_ds.as_ref(),
+        &c.train,
+        &opts,
+        hook,
+    )?;
+    if let Some(h) = &adv {
+        if !h.co_epochs().is_empty() {
+            report.notes.push(format!(
+                "catastrophic overfitting flagged in epoch(s) {:?}: PGD accuracy on the monitor set fell by more than {} points",
+                h.co_epochs(),
+                h.cfg.monitor.co_drop
+            ));
+        }
+    }
+    if let Some(why) = &fit_out.stopped {
+        report.notes.push(format!("stopped early: {why}"));
+    }
     report
         .timings_s
         .insert("train".into(), t1.elapsed().as_secs_f64());
@@ -360,6 +479,8 @@ pub fn train_run(
         "test_per_class_accuracy": test.per_class_accuracy,
         "test_confusion": test.confusion,
         "num_params": model.num_params(),
+        "catastrophic_overfitting_epochs": adv.as_ref().map(|h| h.co_epochs().to_vec()),
+        "val_pgd_accuracy": last.and_then(|r| r.extra.get("val_pgd_accuracy").copied()),
     });
     let model_path = out.join("model.safetensors");
     let mut seeds = BTreeMap::new();

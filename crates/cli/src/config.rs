@@ -3,6 +3,7 @@
 
 use rustworthy_core::{validate, DeviceSpec, Error, Result};
 use rustworthy_models::{Arch, ModelSpec};
+use rustworthy_robust::AdvTrainConfig;
 use rustworthy_train::TrainConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -67,6 +68,9 @@ pub struct RunConfig {
     pub data: DataConfig,
     pub model: ModelConfig,
     pub train: TrainConfig,
+    /// Adversarial training (absent: standard training).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adv: Option<AdvTrainConfig>,
     pub run: RunSection,
 }
 
@@ -77,6 +81,9 @@ impl RunConfig {
             return Err(Error::config("data.dataset", "must name a dataset"));
         }
         self.train.validate().map_err(|e| prefix(e, "train."))?;
+        if let Some(a) = &self.adv {
+            a.validate()?;
+        }
         if self.run.out.as_os_str().is_empty() {
             return Err(Error::config("run.out", "must be a folder path"));
         }
@@ -144,6 +151,11 @@ pub const PRESETS: &[(&str, &str, &str)] = &[
         "fmnist-resnet18",
         "ResNet-18 (CIFAR variant) on Fashion-MNIST with crop+flip augmentation; for GPUs",
         include_str!("../../../presets/fmnist-resnet18.toml"),
+    ),
+    (
+        "fmnist-lenet-adv",
+        "LeNet-5 on Fashion-MNIST for adversarial training (pick the method with --adv; eps 0.1, cyclic lr)",
+        include_str!("../../../presets/fmnist-lenet-adv.toml"),
     ),
     (
         "cifar10-resnet18",

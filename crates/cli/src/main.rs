@@ -2,6 +2,7 @@
 
 mod commands;
 mod config;
+mod robust_cmd;
 mod table;
 mod unlearn_cmd;
 
@@ -29,6 +30,11 @@ enum Command {
     Info(commands::InfoArgs),
     /// Unlearn a forget set from a trained model and measure how well it was forgotten.
     Unlearn(unlearn_cmd::UnlearnArgs),
+    /// Attack a saved model on test samples (fgsm, pgd, apgd, apgd-t, cw, square).
+    Attack(robust_cmd::AttackArgs),
+    /// Robust evaluation: clean, FGSM, PGD with restarts, an AutoAttack-style ensemble, the
+    /// worst case per sample, an accuracy-vs-eps curve and gradient-masking checks.
+    RobustEval(robust_cmd::RobustEvalArgs),
     /// Benchmarks: every method against the reference, in one run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -48,6 +54,8 @@ fn main() -> ExitCode {
         Command::Eval(a) => commands::eval(a),
         Command::Info(a) => commands::info(a),
         Command::Unlearn(a) => unlearn_cmd::unlearn(a),
+        Command::Attack(a) => robust_cmd::attack(a),
+        Command::RobustEval(a) => robust_cmd::robust_eval_cmd(a),
         Command::Bench(BenchCommand::Unlearn(a)) => unlearn_cmd::bench_unlearn(a),
     };
     match r {
