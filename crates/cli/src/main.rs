@@ -48,6 +48,13 @@ enum BenchCommand {
 }
 
 fn main() -> ExitCode {
+    // Exit quietly when stdout is closed early (`rustworthy info | head`) instead of panicking
+    // on the failed write: restore the default action for SIGPIPE.
+    #[cfg(unix)]
+    // SAFETY: called once at start-up, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Train(a) => commands::train(a),
