@@ -225,6 +225,7 @@ pub fn unlearn(a: UnlearnArgs) -> Result<()> {
         seed: a.seed,
         progress: mode,
         original: &s.train_config,
+        masks: None,
     };
     let (result, model) = if a.lr_search {
         let base = cfg.lr().ok_or_else(|| {
@@ -603,6 +604,7 @@ pub fn bench_unlearn(a: BenchUnlearnArgs) -> Result<()> {
         seed: c.seed,
         progress: mode,
         original: &s.train_config,
+        masks: None,
     };
     let select: Selection = c.lr_search.select.parse()?;
 

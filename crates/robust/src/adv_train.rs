@@ -221,9 +221,20 @@ pub fn alignment_penalty(
     train: bool,
 ) -> Tensor {
     let g_rand = input_grad(model, &(x + eta), y, train, true);
-    let n1 = per_sample_norm(g_clean, Norm::L2);
-    let n2 = per_sample_norm(&g_rand, Norm::L2);
-    let valid = n1.gt(0.0).logical_and(&n2.detach().gt(0.0));
+    // Norms through a clamped sqrt: a zero gradient (dead units, saturated logits) must not put
+    // a 0/0 into the parameter gradients; such samples are left out of the mean below.
+    let safe_norm = |g: &Tensor| {
+        let f = g.flatten(1, -1);
+        f.square()
+            .sum_dim_intlist(1, false, g.kind())
+            .clamp_min(1e-30)
+            .sqrt()
+    };
+    let n1 = safe_norm(g_clean);
+    let n2 = safe_norm(&g_rand);
+    let valid = per_sample_norm(g_clean, Norm::L2)
+        .gt(0.0)
+        .logical_and(&per_sample_norm(&g_rand.detach(), Norm::L2).gt(0.0));
     let cos =
         (g_clean.flatten(1, -1) * g_rand.flatten(1, -1)).sum_dim_intlist(1, false, g_rand.kind())
             / (&n1 * &n2).clamp_min(1e-30);
@@ -464,12 +475,16 @@ impl TrainHook for AdvTrainer {
         if co {
             self.co_epochs.push(epoch + 1);
             if self.cfg.monitor.stop_on_co {
-                if let Some(s) = &self.best_state {
-                    Self::restore(model, s);
-                }
+                let restored = match &self.best_state {
+                    Some(s) => {
+                        Self::restore(model, s);
+                        "restored the weights of the most robust epoch"
+                    }
+                    None => "no weights of the most robust epoch are held (a resumed run); kept the current ones",
+                };
                 v.stop = Some(format!(
                     "catastrophic overfitting in epoch {}: PGD accuracy {pgd:.2}% fell from {:.2}% \
-                     (FGSM {fgsm:.2}%); restored the most robust weights",
+                     (FGSM {fgsm:.2}%); {restored}",
                     epoch + 1,
                     self.best_pgd
                 ));

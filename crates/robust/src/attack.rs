@@ -187,10 +187,22 @@ impl std::str::FromStr for TargetSpec {
     }
 }
 
-/// Targets for a batch; `None` entries (a fixed target equal to the label) come back as -1.
-pub fn choose_targets(spec: TargetSpec, model: &Model, x: &Tensor, y: &Tensor) -> Tensor {
+/// Targets for a batch; entries without a target (a fixed target equal to the label) come back
+/// as -1.
+pub fn choose_targets(spec: TargetSpec, model: &Model, x: &Tensor, y: &Tensor) -> Result<Tensor> {
     let c = model.spec.num_classes;
-    match spec {
+    if c < 2 {
+        return Err(Error::invalid("a targeted attack needs at least 2 classes"));
+    }
+    if let TargetSpec::Class(k) = spec {
+        if k < 0 || k >= c {
+            return Err(Error::config(
+                "target",
+                format!("class {k} is outside the model's {c} classes"),
+            ));
+        }
+    }
+    Ok(match spec {
         TargetSpec::Random => {
             let off = Tensor::randint_low(1, c, [y.size()[0]], (Kind::Int64, y.device()));
             (y + off).remainder(c)
@@ -200,7 +212,24 @@ pub fn choose_targets(spec: TargetSpec, model: &Model, x: &Tensor, y: &Tensor) -
             let t = y.full_like(k);
             t.where_self(&y.ne(k), &y.full_like(-1))
         }
+    })
+}
+
+/// Checks the model has enough classes for `loss` (DLR needs the 3rd largest logit, the
+/// targeted DLR the 4th).
+pub fn check_loss_classes(loss: AttackLoss, model: &Model, targeted: bool) -> Result<()> {
+    let need = if targeted { 4 } else { 3 };
+    if loss == AttackLoss::Dlr && model.spec.num_classes < need {
+        return Err(Error::config(
+            "loss",
+            format!(
+                "the {}DLR loss needs at least {need} classes; the model has {}",
+                if targeted { "targeted " } else { "" },
+                model.spec.num_classes
+            ),
+        ));
     }
+    Ok(())
 }
 
 /// A score-only view of a model for black-box attacks: logits without gradients, with each

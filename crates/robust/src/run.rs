@@ -28,11 +28,15 @@ pub struct AttackSummary {
     pub successes: usize,
     /// Median queries over successful samples (None without successes).
     pub median_queries_success: Option<f64>,
+    /// Mean queries per attacked sample.
     pub mean_queries: f64,
     pub total_queries: i64,
     /// Median l_inf and l_2 norms of successful perturbations.
     pub median_linf_success: Option<f64>,
     pub median_l2_success: Option<f64>,
+    /// Successes an attack claimed that the model did not confirm on the returned images (not
+    /// counted; anything but 0 is a bug).
+    pub unverified_successes: i64,
     /// Largest violation of the threat model over all outputs (0 up to rounding).
     pub max_violation: f64,
     pub seconds: f64,
@@ -120,6 +124,9 @@ pub fn attack_dataset(
     let mut kept = Vec::new();
     let mut max_violation = 0f64;
     let mut attacked = 0usize;
+    let mut attacked_total = 0usize;
+    let mut attacked_queries = 0i64;
+    let mut unverified = 0i64;
     for (bi, lo) in (0..n).step_by(opts.batch_size).enumerate() {
         let hi = (lo + opts.batch_size).min(n);
         let idx: Vec<usize> = (lo..hi).collect();
@@ -128,7 +135,10 @@ pub fn attack_dataset(
         seed_torch(derive(opts.seed, "attack", bi as u64));
         let clean = tch::no_grad(|| model.try_forward_t(&x, false))?;
         let correct = clean.argmax(-1, false).eq_tensor(&y);
-        let targets = opts.target.map(|s| choose_targets(s, model, &x, &y));
+        let targets = opts
+            .target
+            .map(|s| choose_targets(s, model, &x, &y))
+            .transpose()?;
         // Attack clean-correct samples (and, when targeted, those with a valid target).
         let mut eligible = if opts.attack_all {
             correct.ones_like()
@@ -136,7 +146,9 @@ pub fn attack_dataset(
             correct.copy()
         };
         if let Some(t) = &targets {
-            eligible = eligible.logical_and(&t.ge(0));
+            // No target (a fixed class equal to the label) or a target equal to the label
+            // (possible for least-likely on tied logits): nothing to attack.
+            eligible = eligible.logical_and(&t.ge(0)).logical_and(&t.ne_tensor(&y));
         }
         let sel = nonzero_idx(&eligible);
         let m = sel.size()[0];
@@ -144,6 +156,7 @@ pub fn attack_dataset(
             .logical_and(&correct)
             .sum(Kind::Int64)
             .int64_value(&[]) as usize;
+        attacked_total += m as usize;
         let b = (hi - lo) as i64;
         let mut success = Tensor::zeros([b], (Kind::Bool, dev));
         let mut queries = Tensor::zeros([b], (Kind::Int64, dev));
@@ -153,7 +166,21 @@ pub fn attack_dataset(
             let ys = y.index_select(0, &sel);
             let ts = targets.as_ref().map(|t| t.index_select(0, &sel));
             let out = attack.perturb(model, &xs, &ys, ts.as_ref())?;
-            let _ = success.index_copy_(0, &sel, &out.success);
+            // Successes are verified on the returned images: a claimed success the model does
+            // not confirm is not counted (and is reported, since it means an attack bug).
+            let pred = tch::no_grad(|| model.forward_t(&out.x_adv, false)).argmax(-1, false);
+            let real = match &ts {
+                Some(t) => pred.eq_tensor(t),
+                None => pred.ne_tensor(&ys),
+            };
+            unverified += out
+                .success
+                .logical_and(&real.logical_not())
+                .sum(Kind::Int64)
+                .int64_value(&[]);
+            let verified = out.success.logical_and(&real);
+            attacked_queries += out.queries.sum(Kind::Int64).int64_value(&[]);
+            let _ = success.index_copy_(0, &sel, &verified);
             if opts.attack_all {
                 // Misclassified samples are not counted as successes of the attack.
                 let _ = success.logical_and_(&correct);
@@ -219,11 +246,12 @@ pub fn attack_dataset(
         attacked,
         successes,
         median_queries_success: median(&mut q),
-        mean_queries: if attacked > 0 {
-            total_queries as f64 / attacked as f64
+        mean_queries: if attacked_total > 0 {
+            attacked_queries as f64 / attacked_total as f64
         } else {
             0.0
         },
+        unverified_successes: unverified,
         total_queries,
         median_linf_success: median(&mut li),
         median_l2_success: median(&mut l2),

@@ -49,10 +49,11 @@ impl SuiteConfig {
         let mut curve: Vec<f64> = [0.25, 0.5, 1.0, 2.0, 4.0]
             .iter()
             .map(|m| m * threat.eps)
-            .filter(|e| *e <= threat.hi - threat.lo)
+            .filter(|e| threat.norm != Norm::Linf || *e <= threat.hi - threat.lo)
             .collect();
-        if threat.norm == Norm::Linf && curve.last().is_some_and(|e| *e < 0.5) {
-            curve.push(0.5 * (threat.hi - threat.lo));
+        let half = 0.5 * (threat.hi - threat.lo);
+        if threat.norm == Norm::Linf && curve.last().is_some_and(|e| *e < half) {
+            curve.push(half);
         }
         Ok(SuiteConfig {
             name: name.into(),
@@ -167,14 +168,24 @@ pub fn robust_eval(model: &Model, data: &Dataset, cfg: &SuiteConfig) -> Result<R
 
     // Ensemble on the clean-correct samples, each attack on those still robust.
     let mut robust: Vec<usize> = (0..n).filter(|i| clean[*i]).collect();
-    let mut attacks: Vec<Box<dyn Attack>> = vec![
-        Box::new(Apgd::new(cfg.threat, cfg.apgd_steps, AttackLoss::Ce)),
-        Box::new(ApgdTargeted::new(
+    let mut attacks: Vec<Box<dyn Attack>> = vec![Box::new(Apgd::new(
+        cfg.threat,
+        cfg.apgd_steps,
+        AttackLoss::Ce,
+    ))];
+    let mut flags = Vec::new();
+    if model.spec.num_classes >= 4 && cfg.apgd_targets > 0 {
+        attacks.push(Box::new(ApgdTargeted::new(
             cfg.threat,
             cfg.apgd_steps,
             cfg.apgd_targets,
-        )),
-    ];
+        )));
+    } else {
+        flags.push(format!(
+            "APGD-T left out: the targeted DLR loss needs at least 4 classes (the model has {})",
+            model.spec.num_classes
+        ));
+    }
     if cfg.square_queries > 0 {
         attacks.push(Box::new(Square::new(cfg.threat, cfg.square_queries)));
     }
@@ -240,7 +251,6 @@ pub fn robust_eval(model: &Model, data: &Dataset, cfg: &SuiteConfig) -> Result<R
     }
 
     // Signs of gradient masking.
-    let mut flags = Vec::new();
     let slack = (0.005 * n as f64).max(1.0);
     if square_only as f64 > slack {
         flags.push(format!(

@@ -105,6 +105,12 @@ fn pgd_is_at_least_as_strong_as_fgsm_and_apgd_as_pgd() {
         let p = rate(&Pgd::new(t, 20), &m, &test);
         let a = rate(&Apgd::new(t, 50, AttackLoss::Ce), &m, &test);
         assert!(p >= f, "eps {eps}: PGD {p} < FGSM {f}");
+        // Without early stopping APGD still returns its fooling points: every claimed success
+        // is confirmed on the returned images.
+        let mut full = Apgd::new(t, 50, AttackLoss::Dlr);
+        full.early_stop = false;
+        let r = attack_dataset(&full, &m, &test, &opts()).unwrap().summary;
+        assert_eq!(r.unverified_successes, 0, "eps {eps}: {r:?}");
         assert!(a + 2.0 >= p, "eps {eps}: APGD {a} much weaker than PGD {p}");
     }
 }
@@ -209,7 +215,7 @@ fn targeted_attacks_reach_their_targets() {
     let (m, _, test) = trained();
     let (x, y) = test.batch(&(0..60).collect::<Vec<_>>());
     tch::manual_seed(0);
-    let tgt = choose_targets(TargetSpec::Random, &m, &x, &y);
+    let tgt = choose_targets(TargetSpec::Random, &m, &x, &y).unwrap();
     assert_eq!(tgt.eq_tensor(&y).sum(Kind::Int64).int64_value(&[]), 0);
     let p = Pgd::new(ThreatModel::linf(0.3).unwrap(), 30);
     let o = p.perturb(&m, &x, &y, Some(&tgt)).unwrap();

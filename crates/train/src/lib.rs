@@ -3,14 +3,17 @@
 
 pub mod checkpoint;
 pub mod eval;
+pub mod mask;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;
 
 pub use checkpoint::{Checkpoint, CheckpointMeta};
 pub use eval::{evaluate, EvalResult};
+pub use mask::{apply_masks, Masks};
 pub use optim::{OptimConfig, Optimizer};
 pub use schedule::{LrSchedule, ScheduleConfig};
 pub use trainer::{
-    fit, fit_with, EpochRecord, EpochVerdict, FitOutcome, StandardStep, TrainConfig, TrainHook,
+    fit, fit_with, EpochRecord, EpochVerdict, FitOutcome, MaskedStep, StandardStep, TrainConfig,
+    TrainHook,
 };

@@ -160,6 +160,14 @@ impl Optimizer {
         &self.cfg
     }
 
+    /// The optimized parameters with their names, in order.
+    pub fn named_params(&self) -> Vec<(String, Tensor)> {
+        self.slots
+            .iter()
+            .map(|s| (s.name.clone(), s.param.shallow_clone()))
+            .collect()
+    }
+
     /// Number of steps taken so far.
     pub fn steps(&self) -> u64 {
         self.step

@@ -106,6 +106,11 @@ pub trait TrainHook {
     /// Computes the loss on one batch and accumulates the parameter gradients (the trainer has
     /// zeroed them). Returns `(loss, logits)` for the running statistics.
     fn step(&mut self, model: &Model, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)>;
+    /// Masks to keep fixed during training (pruned entries are zeroed before the first step and
+    /// never updated).
+    fn masks(&self) -> Option<&crate::mask::Masks> {
+        None
+    }
     /// Called after each epoch's validation.
     fn end_epoch(&mut self, _model: &mut Model, _epoch: usize) -> Result<EpochVerdict> {
         Ok(EpochVerdict::default())
@@ -114,6 +119,18 @@ pub trait TrainHook {
 
 /// Plain cross-entropy training.
 pub struct StandardStep;
+
+/// Cross-entropy training of a pruned model: the masks stay fixed.
+pub struct MaskedStep<'a>(pub &'a crate::mask::Masks);
+
+impl TrainHook for MaskedStep<'_> {
+    fn masks(&self) -> Option<&crate::mask::Masks> {
+        Some(self.0)
+    }
+    fn step(&mut self, model: &Model, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
+        StandardStep.step(model, x, y)
+    }
+}
 
 impl TrainHook for StandardStep {
     fn step(&mut self, model: &Model, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -176,6 +193,18 @@ pub fn fit_with(
         )));
     }
     let mut opt = Optimizer::new(cfg.optim.clone(), named_trainable(model))?;
+    if let Some(m) = hook.masks() {
+        crate::mask::apply_masks(model, m)?;
+        // Parameters without a mask stay dense.
+        let mut full: crate::mask::Masks = m
+            .iter()
+            .map(|(k, v)| (k.clone(), v.shallow_clone()))
+            .collect();
+        for (name, p) in named_trainable(model) {
+            full.entry(name).or_insert_with(|| p.ones_like());
+        }
+        opt.set_masks(&full)?;
+    }
     let mut cfg_json = serde_json::to_value(cfg)?;
     if let (Some(extra), Some(obj)) = (hook.config(), cfg_json.as_object_mut()) {
         obj.insert("hook".to_string(), extra);
@@ -289,6 +318,11 @@ pub fn fit_with(
             None => None,
         };
         let verdict = hook.end_epoch(model, epoch)?;
+        // A hook that stops may have restored earlier weights: validate what is kept.
+        let v = match (&verdict.stop, val) {
+            (Some(_), Some(vd)) => Some(evaluate(model, vd, cfg.eval_batch_size)?),
+            _ => v,
+        };
         let rec = EpochRecord {
             epoch: epoch + 1,
             lr,

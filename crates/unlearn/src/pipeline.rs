@@ -85,6 +85,11 @@ pub fn run_method(
     sync(model.device());
     let t0 = Instant::now();
     let rep = method.unlearn(&mut model, ctx)?;
+    if let Some(m) = ctx.masks {
+        // Methods that edit weights without the optimizer (FF, IU) are projected back onto the
+        // mask; for the others this is a no-op.
+        rustworthy_train::mask::apply_masks(&model, m)?;
+    }
     sync(model.device());
     let rte = t0.elapsed().as_secs_f64();
     for (name, p) in model.parameters() {

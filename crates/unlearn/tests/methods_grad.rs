@@ -164,6 +164,7 @@ fn unlearn(
         seed,
         progress: ProgressMode::Quiet,
         original: &original,
+        masks: None,
     };
     let report = method.unlearn(&mut m, &ctx).unwrap();
     let after = acc(&m, d);
@@ -610,6 +611,7 @@ fn a_diverging_run_stops_with_a_clear_error() {
         seed: 1,
         progress: ProgressMode::Quiet,
         original: &original,
+        masks: None,
     };
     let mut m = copy_of(&t.model);
     let e = cfg.build().unwrap().unlearn(&mut m, &ctx).unwrap_err();

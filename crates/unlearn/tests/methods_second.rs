@@ -125,6 +125,7 @@ fn ctx<'a>(t: &'a Task, data: &'a UnlearnData, seed: u64) -> UnlearnCtx<'a> {
         seed,
         progress: ProgressMode::Quiet,
         original: &t.cfg,
+        masks: None,
     }
 }
 

@@ -131,17 +131,11 @@ impl Apgd {
     ) -> Result<AttackOutput> {
         self.validate()?;
         check_batch(model, Some(&self.threat), x, y, target)?;
-        let need = if target.is_some() { 4 } else { 3 };
-        if self.loss == AttackLoss::Dlr && model.spec.num_classes < need {
-            return Err(Error::config(
-                "loss",
-                format!("the DLR loss needs at least {need} classes"),
-            ));
-        }
+        crate::attack::check_loss_classes(self.loss, model, target.is_some())?;
         let b = x.size()[0];
         let dev = x.device();
         let mut x_out = x.copy();
-        let mut success = Tensor::zeros([b], (Kind::Bool, dev));
+        let success = Tensor::zeros([b], (Kind::Bool, dev));
         let mut queries = Tensor::zeros([b], (Kind::Int64, dev));
         let mut best_loss_out = Tensor::full([b], f64::NEG_INFINITY, (Kind::Float, dev));
         let n = self.steps;
@@ -177,24 +171,31 @@ impl Apgd {
                 x_adv,
                 grad,
             };
-            let mut fooled = succeeded(&logits, &s.y, s.t.as_ref(), criterion);
+            // Records the samples fooled at the current iterate (and drops them with early
+            // stopping); returns the rows kept, or None when every row is kept.
+            let record = |s: &mut State, fooled: &Tensor| -> Option<Tensor> {
+                if fooled.any().int64_value(&[]) == 0 {
+                    return None;
+                }
+                let f = nonzero_idx(fooled);
+                let pos = s.active.index_select(0, &f);
+                let _ = x_out
+                    .shallow_clone()
+                    .index_copy_(0, &pos, &s.x_adv.index_select(0, &f));
+                let _ = success.shallow_clone().index_fill_(0, &pos, 1);
+                if !self.early_stop {
+                    return None;
+                }
+                let keep = nonzero_idx(&fooled.logical_not());
+                s.keep(&keep);
+                Some(keep)
+            };
+            let f0 = succeeded(&logits, &s.y, s.t.as_ref(), criterion);
+            let _ = record(&mut s, &f0);
             let mut k = n2;
             let mut counter = 0usize;
-            for i in 0..=n {
-                // Record samples fooled at the current iterate.
-                if fooled.any().int64_value(&[]) != 0 {
-                    let f = nonzero_idx(&fooled);
-                    let pos = s.active.index_select(0, &f);
-                    let _ = x_out.index_copy_(0, &pos, &s.x_adv.index_select(0, &f));
-                    let _ = success.index_fill_(0, &pos, 1);
-                    if self.early_stop {
-                        s.keep(&nonzero_idx(&fooled.logical_not()));
-                        if s.active.size()[0] == 0 {
-                            break;
-                        }
-                    }
-                }
-                if i == n {
+            for i in 0..n {
+                if s.active.size()[0] == 0 {
                     break;
                 }
                 let a = if i == 0 { 1.0 } else { self.momentum };
@@ -207,11 +208,18 @@ impl Apgd {
                 );
                 let next = &s.x_adv + (&z - &s.x_adv) * a + momentum_term * (1.0 - a);
                 s.x_adv = self.threat.project(&next, &s.x);
-                let (logits, loss, grad) =
+                let (logits, mut loss, grad) =
                     loss_and_grad(model, &s.x_adv, &s.y, s.t.as_ref(), self.loss);
                 let _ = queries.index_add_(0, &s.active, &s.active.ones_like());
                 s.grad = grad;
-                fooled = succeeded(&logits, &s.y, s.t.as_ref(), criterion);
+                // Successes are recorded at the iterate that achieved them, before any reset.
+                let fooled = succeeded(&logits, &s.y, s.t.as_ref(), criterion);
+                if let Some(keep) = record(&mut s, &fooled) {
+                    loss = loss.index_select(0, &keep);
+                    if s.active.size()[0] == 0 {
+                        break;
+                    }
+                }
                 s.increases = &s.increases + loss.gt_tensor(&s.loss_prev).to_kind(Kind::Int64);
                 s.loss_prev = loss.copy();
                 let improved = loss.gt_tensor(&s.loss_best);
@@ -240,8 +248,10 @@ impl Apgd {
             }
             if s.active.size()[0] > 0 {
                 // Unfooled samples: keep the highest-loss point over the restarts.
+                // Unfooled samples only: a fooled sample keeps its fooling point.
                 let prev = best_loss_out.index_select(0, &s.active);
-                let better = nonzero_idx(&s.loss_best.gt_tensor(&prev));
+                let open = success.index_select(0, &s.active).logical_not();
+                let better = nonzero_idx(&s.loss_best.gt_tensor(&prev).logical_and(&open));
                 let pos = s.active.index_select(0, &better);
                 let _ = x_out.index_copy_(0, &pos, &s.x_best.index_select(0, &better));
                 let _ = best_loss_out.index_copy_(0, &pos, &s.loss_best.index_select(0, &better));

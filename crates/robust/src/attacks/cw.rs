@@ -113,9 +113,14 @@ impl Attack for CarliniWagner {
                 let _ = queries.g_add_scalar_(1);
                 tch::no_grad(|| {
                     let pred = logits.argmax(-1, false);
+                    // Success needs the confidence margin kappa, as in the original.
                     let ok = match target {
-                        None => pred.ne_tensor(y),
-                        Some(t) => pred.eq_tensor(t),
+                        None => pred
+                            .ne_tensor(y)
+                            .logical_and(&loss::margin(&logits, y).le(-self.kappa)),
+                        Some(t) => pred
+                            .eq_tensor(t)
+                            .logical_and(&loss::margin(&logits, t).ge(self.kappa)),
                     };
                     let l2d = l2.detach();
                     let ok = ok.logical_and(&l2d.le(limit));

@@ -95,6 +95,7 @@ impl Pgd {
     ) -> Result<AttackOutput> {
         self.validate()?;
         check_batch(model, Some(&self.threat), x, y, target)?;
+        crate::attack::check_loss_classes(self.loss, model, target.is_some())?;
         let b = x.size()[0];
         let dev = x.device();
         let alpha = self.alpha();

@@ -99,6 +99,11 @@ impl Attack for Square {
         check_batch(model, Some(&self.threat), x, y, target)?;
         let size = x.size();
         let (b, c, h, w) = (size[0], size[1], size[2], size[3]);
+        if h < 2 || w < 2 {
+            return Err(Error::invalid(format!(
+                "the Square attack needs images of at least 2x2 pixels, got {h}x{w}"
+            )));
+        }
         let dev = x.device();
         let eps = self.threat.eps;
         let mut oracle = ScoreOracle::new(model, b, Some(self.queries as i64));
@@ -113,7 +118,7 @@ impl Attack for Square {
         let cols = Tensor::arange(w, (Kind::Int64, dev)).view([1, 1, 1, w]);
         let n_features = (c * h * w) as f64;
         for it in 1..self.queries {
-            let todo = nonzero_idx(&loss_min.gt(0.0));
+            let todo = nonzero_idx(&loss_min.ge(0.0));
             let m = todo.size()[0];
             if m == 0 {
                 break;
@@ -162,8 +167,8 @@ impl Attack for Square {
             let _ = x_best.index_copy_(0, &todo, &upd);
             let _ = loss_min.index_copy_(0, &todo, &l.where_self(&better, &cur));
         }
-        let success = loss_min.le(0.0);
-        // Ties at a margin of exactly 0 are not misclassifications under argmax; recheck.
+        let success = loss_min.lt(0.0);
+        // Verify on the returned images (not counted as queries).
         let final_logits = tch::no_grad(|| model.forward_t(&x_best, false));
         let success = match target {
             None => success.logical_and(&final_logits.argmax(-1, false).ne_tensor(y)),

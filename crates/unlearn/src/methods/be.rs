@@ -15,6 +15,7 @@ use rustworthy_core::{Result, SeedRng};
 use rustworthy_models::Model;
 use rustworthy_train::optim::{OptimConfig, Optimizer};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use tch::{Kind, Tensor};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -80,6 +81,15 @@ impl Unlearner for Be {
             },
             params,
         )?;
+        if ctx.masks.is_some() {
+            let mut own = BTreeMap::new();
+            own.insert("shadow.weight".to_string(), w.ones_like());
+            own.insert("shadow.bias".to_string(), b.ones_like());
+            for (name, p) in model.parameters() {
+                own.insert(name, p.ones_like());
+            }
+            super::common::restrict_to_masks(&mut opt, model, ctx, Some(&own))?;
+        }
         let steps = sgd_epochs(model, &mut opt, forget, run, ctx, "be", |m, x, _y, _| {
             let target = Tensor::full([x.size()[0]], c, (Kind::Int64, x.device()));
             widened_logits(m, x, true, &w, &b).cross_entropy_for_logits(&target)

@@ -144,7 +144,7 @@ impl Unlearner for Bs {
             forget.num_classes,
             forget.class_names.clone(),
         )?;
-        let mut opt = run.optimizer(model)?;
+        let mut opt = run.optimizer(model, ctx)?;
         let steps = sgd_epochs(
             model,
             &mut opt,

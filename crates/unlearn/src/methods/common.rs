@@ -62,9 +62,10 @@ impl RunConfig {
         Ok(())
     }
 
-    /// The SGD optimizer of this recipe over the model's trainable parameters.
-    pub fn optimizer(&self, model: &Model) -> Result<Optimizer> {
-        Optimizer::new(
+    /// The SGD optimizer of this recipe over the model's trainable parameters; with a pruned
+    /// model (`ctx.masks`), the pruned entries are frozen.
+    pub fn optimizer(&self, model: &Model, ctx: &UnlearnCtx) -> Result<Optimizer> {
+        let mut opt = Optimizer::new(
             OptimConfig::Sgd {
                 momentum: self.momentum,
                 dampening: 0.0,
@@ -72,7 +73,9 @@ impl RunConfig {
                 weight_decay: self.weight_decay,
             },
             model.parameters(),
-        )
+        )?;
+        restrict_to_masks(&mut opt, model, ctx, None)?;
+        Ok(opt)
     }
 
     /// Learning rate at fractional epoch `t`.
@@ -84,6 +87,41 @@ impl RunConfig {
             self.lr
         }
     }
+}
+
+/// Freezes the pruned entries of a pruned model (`ctx.masks`) in `opt`, intersected with
+/// `extra` (a method's own masks, e.g. SalUn's saliency mask). Parameters of `opt` that are not
+/// the model's (e.g. a shadow head) stay free unless `extra` says otherwise.
+pub fn restrict_to_masks(
+    opt: &mut Optimizer,
+    model: &Model,
+    ctx: &UnlearnCtx,
+    extra: Option<&BTreeMap<String, Tensor>>,
+) -> Result<()> {
+    if ctx.masks.is_none() && extra.is_none() {
+        return Ok(());
+    }
+    if let Some(m) = ctx.masks {
+        rustworthy_train::mask::apply_masks(model, m)?;
+    }
+    let mut full: BTreeMap<String, Tensor> = BTreeMap::new();
+    for (name, p) in opt.named_params() {
+        let sparse = ctx.masks.and_then(|m| m.get(&name)).map(|m| m.ne(0.0));
+        let own = match extra {
+            Some(e) => e.get(&name).map(|m| m.ne(0.0)),
+            None => None,
+        };
+        let m = match (sparse, own, extra.is_some()) {
+            (Some(a), Some(b), _) => a.logical_and(&b),
+            (Some(a), None, false) => a,
+            (Some(a), None, true) => a.zeros_like(),
+            (None, Some(b), _) => b,
+            (None, None, true) => p.zeros_like().to_kind(tch::Kind::Bool),
+            (None, None, false) => p.ones_like().to_kind(tch::Kind::Bool),
+        };
+        full.insert(name, m.to_kind(tch::Kind::Float));
+    }
+    opt.set_masks(&full)
 }
 
 /// Seeded batch orders over a dataset for one epoch.

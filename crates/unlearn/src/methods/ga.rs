@@ -42,7 +42,7 @@ impl Unlearner for Ga {
 
     fn unlearn(&self, model: &mut Model, ctx: &UnlearnCtx) -> Result<MethodReport> {
         let run = &self.cfg.run;
-        let mut opt = run.optimizer(model)?;
+        let mut opt = run.optimizer(model, ctx)?;
         let steps = sgd_epochs(
             model,
             &mut opt,

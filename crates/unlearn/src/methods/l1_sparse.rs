@@ -88,7 +88,7 @@ impl Unlearner for L1Sparse {
         let run = &cfg.run;
         let params: Vec<Tensor> = model.parameters().into_iter().map(|(_, p)| p).collect();
         let before = tch::no_grad(|| l1_norm(&params)).f_double_value(&[])?;
-        let mut opt = run.optimizer(model)?;
+        let mut opt = run.optimizer(model, ctx)?;
         let steps = sgd_epochs(
             model,
             &mut opt,

@@ -23,7 +23,7 @@ use rustworthy_core::progress::ProgressMode;
 use rustworthy_core::Result;
 use rustworthy_data::Dataset;
 use rustworthy_models::Model;
-use rustworthy_train::TrainConfig;
+use rustworthy_train::{Masks, TrainConfig};
 use serde::{Deserialize, Serialize};
 
 /// The data an unlearning method may use. All datasets live on the model's device.
@@ -45,6 +45,8 @@ pub struct UnlearnCtx<'a> {
     pub progress: ProgressMode,
     /// The recipe that trained the original model (Retrain reuses it).
     pub original: &'a TrainConfig,
+    /// Masks of a pruned model (prune, then unlearn): pruned weights stay exactly zero.
+    pub masks: Option<&'a Masks>,
 }
 
 /// What a method reports about its own run (metrics are computed by the caller).

@@ -109,7 +109,7 @@ impl Unlearner for NegGradPlus {
             Vec::new()
         };
         let train = !cfg.bn_eval;
-        let mut opt = run.optimizer(model)?;
+        let mut opt = run.optimizer(model, ctx)?;
         let plan = RefCell::new(Vec::<Vec<usize>>::new());
         let m: &Model = model;
         let steps = sgd_loop(

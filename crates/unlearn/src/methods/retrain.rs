@@ -5,7 +5,7 @@ use super::{MethodReport, UnlearnCtx, Unlearner};
 use rustworthy_core::{validate, Result};
 use rustworthy_models::Model;
 use rustworthy_train::trainer::FitOptions;
-use rustworthy_train::{fit, TrainConfig};
+use rustworthy_train::{fit, fit_with, MaskedStep, TrainConfig};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
@@ -71,7 +71,18 @@ impl Unlearner for Retrain {
             progress: ctx.progress,
             ..Default::default()
         };
-        let out = fit(model, &ctx.data.retain, None, &recipe, &opts)?;
+        let out = match ctx.masks {
+            // A pruned model is retrained with the same mask, from a fresh initialization.
+            Some(m) => fit_with(
+                model,
+                &ctx.data.retain,
+                None,
+                &recipe,
+                &opts,
+                &mut MaskedStep(m),
+            )?,
+            None => fit(model, &ctx.data.retain, None, &recipe, &opts)?,
+        };
         Ok(MethodReport {
             epochs: out.history.len(),
             steps: 0,

@@ -74,7 +74,7 @@ impl Unlearner for Rl {
     }
 
     fn unlearn(&self, model: &mut Model, ctx: &UnlearnCtx) -> Result<MethodReport> {
-        let mut opt = self.cfg.run.optimizer(model)?;
+        let mut opt = self.cfg.run.optimizer(model, ctx)?;
         let steps = run_rl(model, &mut opt, &self.cfg, ctx, "rl")?;
         Ok(MethodReport {
             epochs: self.cfg.run.epochs,

@@ -116,8 +116,8 @@ impl Unlearner for Salun {
         let bs = cfg.saliency_batch_size.unwrap_or(rl.run.batch_size);
         let masks = saliency_mask(model, &ctx.data.forget, bs, cfg.mask_ratio)?;
         let (kept, total) = mask_count(&masks)?;
-        let mut opt = rl.run.optimizer(model)?;
-        opt.set_masks(&masks)?;
+        let mut opt = rl.run.optimizer(model, ctx)?;
+        super::common::restrict_to_masks(&mut opt, model, ctx, Some(&masks))?;
         let steps = run_rl(model, &mut opt, &rl, ctx, "salun")?;
         Ok(MethodReport {
             epochs: rl.run.epochs,

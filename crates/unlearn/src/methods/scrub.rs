@@ -141,7 +141,7 @@ impl Unlearner for Scrub {
         };
         let t = cfg.temperature;
         let plan = RefCell::new(Plan::default());
-        let mut opt = run.optimizer(model)?;
+        let mut opt = run.optimizer(model, ctx)?;
         let m: &Model = model;
         let steps = sgd_loop(
             &mut opt,
