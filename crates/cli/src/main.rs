@@ -2,6 +2,7 @@
 
 mod commands;
 mod config;
+mod prune_cmd;
 mod robust_cmd;
 mod table;
 mod unlearn_cmd;
@@ -35,6 +36,8 @@ enum Command {
     /// Robust evaluation: clean, FGSM, PGD with restarts, an AutoAttack-style ensemble, the
     /// worst case per sample, an accuracy-vs-eps curve and gradient-masking checks.
     RobustEval(robust_cmd::RobustEvalArgs),
+    /// Prune a model (omp, imp, snip, grasp, synflow, random, hydra, bip) to a sparsity.
+    Prune(prune_cmd::PruneArgs),
     /// Benchmarks: every method against the reference, in one run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -45,6 +48,9 @@ enum BenchCommand {
     /// Train (or reuse) the original model, run Retrain and every unlearning method, and write a
     /// paper-style table (Markdown, CSV, JSON) and a gap-vs-time plot.
     Unlearn(unlearn_cmd::BenchUnlearnArgs),
+    /// Every pruning method at several sparsities from one dense model: accuracy, time and
+    /// per-layer sparsity, with an accuracy-vs-sparsity plot.
+    Prune(prune_cmd::BenchPruneArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +70,8 @@ fn main() -> ExitCode {
         Command::Attack(a) => robust_cmd::attack(a),
         Command::RobustEval(a) => robust_cmd::robust_eval_cmd(a),
         Command::Bench(BenchCommand::Unlearn(a)) => unlearn_cmd::bench_unlearn(a),
+        Command::Bench(BenchCommand::Prune(a)) => prune_cmd::bench_prune(a),
+        Command::Prune(a) => prune_cmd::prune_cmd(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,307 @@
+//! Pruning: exact sparsity, pruned weights staying zero through training, unlearning and
+//! checkpoint round trips, IMP rewinding, and clear errors for bad input.
+
+use rustworthy_core::progress::ProgressMode;
+use rustworthy_core::Error;
+use rustworthy_data::synthetic::synthetic;
+use rustworthy_data::Dataset;
+use rustworthy_models::{Arch, Model, ModelSpec};
+use rustworthy_prune::methods::one_shot_masks;
+use rustworthy_prune::scores::{self, masks_from_scores};
+use rustworthy_prune::{prune, train_dense, PruneConfig, PruneData, PruneMethod, Scope};
+use rustworthy_train::mask::{
+    apply_masks, check_masks, load_masks, mask_stats, prunable, save_masks, weight_sparsity, Masks,
+};
+use rustworthy_train::schedule::{LrSchedule, ScheduleConfig};
+use rustworthy_train::{evaluate, OptimConfig, TrainConfig};
+use std::sync::Mutex;
+use tch::{Device, Kind, Tensor};
+
+static TORCH: Mutex<()> = Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    TORCH.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn spec(arch: Arch) -> ModelSpec {
+    ModelSpec {
+        arch,
+        in_channels: 1,
+        num_classes: 4,
+        input_size: (28, 28),
+        mean: vec![0.5],
+        std: vec![0.25],
+    }
+}
+
+fn recipe(epochs: usize) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        batch_size: 32,
+        eval_batch_size: 256,
+        optim: OptimConfig::Sgd {
+            momentum: 0.9,
+            dampening: 0.0,
+            nesterov: false,
+            weight_decay: 5e-4,
+        },
+        lr: ScheduleConfig {
+            lr: 0.05,
+            schedule: LrSchedule::Cosine { min_lr: 0.0 },
+            warmup_epochs: 0.0,
+        },
+        augment: Default::default(),
+        drop_last: false,
+        seed: 3,
+    }
+}
+
+fn data() -> (Dataset, Dataset) {
+    let all = synthetic(4, 80, 1, 28, 0.3, 9);
+    let idx: Vec<usize> = (0..all.len()).collect();
+    (
+        all.subset(&idx[..240]).unwrap(),
+        all.subset(&idx[240..]).unwrap(),
+    )
+}
+
+fn init(arch: Arch) -> Model {
+    tch::manual_seed(1);
+    Model::new(spec(arch), Device::Cpu).unwrap()
+}
+
+fn kept(m: &Masks) -> i64 {
+    m.values()
+        .map(|t| t.sum(Kind::Int64).int64_value(&[]))
+        .sum()
+}
+
+#[test]
+fn masks_hit_the_requested_sparsity_exactly() {
+    let _g = lock();
+    let m = init(Arch::Lenet);
+    let total: i64 = prunable(&m).iter().map(|(_, t)| t.numel() as i64).sum();
+    for s in [0.0, 0.2, 0.5, 0.9, 0.95, 0.99] {
+        let g = masks_from_scores(&scores::magnitude(&m), s, Scope::Global, None).unwrap();
+        let want = (((1.0 - s) * total as f64).round() as i64).max(1);
+        assert_eq!(kept(&g), want, "global {s}");
+        let l =
+            masks_from_scores(&scores::random(&m, 4).unwrap(), s, Scope::Layerwise, None).unwrap();
+        for (name, t) in &l {
+            let n = t.numel() as i64;
+            let k = t.sum(Kind::Int64).int64_value(&[]);
+            assert_eq!(
+                k,
+                (((1.0 - s) * n as f64).round() as i64).clamp(1, n),
+                "{name} at {s}"
+            );
+        }
+    }
+    // Magnitude keeps exactly the largest weights.
+    let g = masks_from_scores(&scores::magnitude(&m), 0.9, Scope::Global, None).unwrap();
+    let mut min_kept = f64::INFINITY;
+    let mut max_pruned = 0f64;
+    for (name, w) in prunable(&m) {
+        let a = w.abs();
+        let mk = &g[&name];
+        if mk.sum(Kind::Float).double_value(&[]) > 0.0 {
+            min_kept = min_kept.min(a.masked_select(&mk.ne(0.0)).min().double_value(&[]));
+        }
+        if mk.eq(0.0).any().int64_value(&[]) != 0 {
+            max_pruned = max_pruned.max(a.masked_select(&mk.eq(0.0)).max().double_value(&[]));
+        }
+    }
+    assert!(min_kept >= max_pruned);
+    // SynFlow and GraSP also hit it exactly.
+    let (train, _) = data();
+    let sf = scores::synflow_masks(&m, 0.9, Scope::Global, 20).unwrap();
+    assert_eq!(kept(&sf), ((0.1 * total as f64).round()) as i64);
+    let gr = masks_from_scores(
+        &scores::grasp(&m, &train, 64).unwrap(),
+        0.9,
+        Scope::Global,
+        None,
+    )
+    .unwrap();
+    assert_eq!(kept(&gr), ((0.1 * total as f64).round()) as i64);
+}
+
+#[test]
+fn pruned_weights_stay_zero_through_training_and_checkpoints() {
+    let _g = lock();
+    let (train, test) = data();
+    let d = PruneData {
+        train: &train,
+        test: &test,
+    };
+    let dense = train_dense(&init(Arch::Lenet), &d, &recipe(2), 0).unwrap();
+    for method in [
+        PruneMethod::Omp,
+        PruneMethod::Snip,
+        PruneMethod::Synflow,
+        PruneMethod::Hydra,
+        PruneMethod::Bip,
+    ] {
+        let mut cfg = PruneConfig::new(method, 0.8);
+        cfg.finetune_epochs = 1;
+        cfg.score_epochs = 1;
+        cfg.synflow_rounds = 10;
+        let o = prune(&cfg, &dense, &d, &recipe(2)).unwrap();
+        assert!(
+            (o.sparsity - 0.8).abs() < 1e-3,
+            "{method:?}: {}",
+            o.sparsity
+        );
+        assert!(
+            o.zero_fraction >= o.sparsity - 1e-9,
+            "{method:?}: weights not zero where pruned"
+        );
+        // Checkpoint round trip keeps the zeros and the masks.
+        let dir = tempfile::tempdir().unwrap();
+        o.model.save(dir.path().join("m.safetensors")).unwrap();
+        save_masks(&dir.path().join("k.safetensors"), &o.masks).unwrap();
+        let mut back = Model::new(o.model.spec.clone(), Device::Cpu).unwrap();
+        back.load(dir.path().join("m.safetensors")).unwrap();
+        let mk = load_masks(&dir.path().join("k.safetensors"), Device::Cpu).unwrap();
+        assert_eq!(mask_stats(&mk).1, o.sparsity);
+        assert!(weight_sparsity(&back, &mk) >= o.sparsity - 1e-9);
+    }
+}
+
+#[test]
+fn imp_rounds_rewind_and_prune_twenty_percent() {
+    let _g = lock();
+    let (train, test) = data();
+    let d = PruneData {
+        train: &train,
+        test: &test,
+    };
+    let dense = train_dense(&init(Arch::Mlp), &d, &recipe(2), 1).unwrap();
+    // The rewind point is the weights after epoch 1, not the init nor the trained ones.
+    let w = |m: &Model| m.parameters()[0].1.copy();
+    assert!(!w(&dense.rewind).equal(&w(&dense.init)));
+    assert!(!w(&dense.rewind).equal(&w(&dense.trained)));
+    // Training from the rewind point with the same recipe for 1 epoch is what epoch 2 did.
+    let mut cfg = PruneConfig::new(PruneMethod::Imp, 0.5);
+    cfg.rewind_epoch = 1;
+    let o = prune(&cfg, &dense, &d, &recipe(2)).unwrap();
+    let sp: Vec<f64> = o
+        .rounds
+        .iter()
+        .map(|r| (r.sparsity * 1000.0).round() / 1000.0)
+        .collect();
+    assert_eq!(sp, vec![0.2, 0.36, 0.488, 0.5]);
+    assert!(o.zero_fraction >= 0.5 - 1e-9);
+    let acc = evaluate(&o.model, &test, 256).unwrap().accuracy;
+    assert!(acc > 80.0, "IMP 50% on an easy task: {acc}");
+}
+
+#[test]
+fn prune_then_unlearn_keeps_the_mask() {
+    let _g = lock();
+    use rustworthy_unlearn::methods::ff::FfConfig;
+    use rustworthy_unlearn::methods::ft::FtConfig;
+    use rustworthy_unlearn::{ForgetSpec, MethodConfig, Scenario, UnlearnCtx, UnlearnData};
+    let (train, test) = data();
+    let d = PruneData {
+        train: &train,
+        test: &test,
+    };
+    let dense = train_dense(&init(Arch::Lenet), &d, &recipe(2), 0).unwrap();
+    let masks = one_shot_masks(
+        PruneMethod::Omp,
+        &dense.trained,
+        &train,
+        0.9,
+        Scope::Global,
+        0,
+    )
+    .unwrap();
+    let model = dense.trained;
+    apply_masks(&model, &masks).unwrap();
+    let idx: Vec<usize> = (0..train.len()).collect();
+    let s = Scenario::resolve(
+        &ForgetSpec::Random { fraction: 0.1 },
+        &idx,
+        &train.labels_vec(),
+        4,
+        1,
+    )
+    .unwrap();
+    let ud = UnlearnData {
+        forget: train.subset(&s.forget).unwrap(),
+        retain: train.subset(&s.retain).unwrap(),
+        test: test.shallow_clone(),
+        scenario: s,
+    };
+    let r = recipe(2);
+    let ctx = UnlearnCtx {
+        data: &ud,
+        seed: 0,
+        progress: ProgressMode::Quiet,
+        original: &r,
+        masks: Some(&masks),
+    };
+    for cfg in [
+        MethodConfig::Ft(FtConfig::default()),
+        MethodConfig::Ff(FfConfig::default()),
+        MethodConfig::default_for("retrain").unwrap(),
+        MethodConfig::default_for("salun").unwrap(),
+        MethodConfig::default_for("be").unwrap(),
+    ] {
+        let (m, _, _) = rustworthy_unlearn::pipeline::run_method(&model, &cfg, &ctx).unwrap();
+        let z = weight_sparsity(&m, &masks);
+        let want = mask_stats(&masks).1;
+        assert!(
+            z >= want - 1e-12,
+            "{}: only {z} of the weights are zero, the mask removes {want}",
+            cfg.name()
+        );
+    }
+}
+
+#[test]
+fn bad_input_is_named() {
+    let _g = lock();
+    let m = init(Arch::Lenet);
+    let field = |e: Error| match e {
+        Error::Config { field, .. } => field,
+        o => panic!("{o}"),
+    };
+    for s in [1.0, -0.1, f64::NAN, 1.5] {
+        assert_eq!(
+            field(masks_from_scores(&scores::magnitude(&m), s, Scope::Global, None).unwrap_err()),
+            "sparsity"
+        );
+    }
+    assert_eq!(
+        field("pruney".parse::<PruneMethod>().unwrap_err()),
+        "method"
+    );
+    assert_eq!(field("per-neuron".parse::<Scope>().unwrap_err()), "scope");
+    let mut bad = Masks::new();
+    bad.insert(
+        "features.9.weight".into(),
+        Tensor::ones([3, 3], (Kind::Float, Device::Cpu)),
+    );
+    let e = check_masks(&m, &bad).unwrap_err().to_string();
+    assert!(
+        e.contains("unknown layer") && e.contains("features.9.weight"),
+        "{e}"
+    );
+    let name = prunable(&m)[0].0.clone();
+    let mut wrong = Masks::new();
+    wrong.insert(name, Tensor::ones([2, 2], (Kind::Float, Device::Cpu)));
+    assert!(matches!(check_masks(&m, &wrong), Err(Error::Shape { .. })));
+    let mut cfg = PruneConfig::new(PruneMethod::Imp, 0.5);
+    cfg.rewind_epoch = 5;
+    assert_eq!(field(cfg.validate(&recipe(2)).unwrap_err()), "rewind_epoch");
+    let mut cfg = PruneConfig::new(PruneMethod::Bip, 0.5);
+    cfg.bip_gamma = 0.0;
+    assert_eq!(field(cfg.validate(&recipe(2)).unwrap_err()), "bip_gamma");
+    // A corrupt mask file is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.safetensors");
+    std::fs::write(&p, b"not a mask").unwrap();
+    assert!(load_masks(&p, Device::Cpu).is_err());
+}
