@@ -8,9 +8,10 @@ first N Fashion-MNIST test images are attacked in batches by
     safetensors weights; eval mode; inputs in [0, 1], normalization inside the model), and
   * `rustworthy attack` twice: `exact` does the same work as torchattacks (every sample,
     every step: --attack-all --no-early-stop), `default` stops on samples once fooled.
-Only the attack loop is timed on both sides (rustworthy: the `attack` timing of its report,
-which also includes its clean forward pass and per-sample statistics; torchattacks: the calls
-to the attack, synchronized on CUDA). Each configuration runs REPEATS times, alternating; the
+Only the attack loop is timed on both sides, after a warm-up run on one batch (rustworthy:
+`--warmup` and the `attack` timing of its report, which also includes its clean forward pass,
+the verification forward pass and per-sample statistics; torchattacks: the calls to the attack,
+synchronized on CUDA). Each configuration runs REPEATS times, alternating; the
 median is reported. Prints a table with examples/s and the ratio rustworthy/torchattacks and
 writes OUT/results.json.
 
@@ -65,7 +66,7 @@ def run_torchattacks(atk_name, model, x, y, eps, batch, device):
 def run_rustworthy(binary, atk_name, args, exact, out):
     cmd = [binary, "attack", "--model", args.model, "--attack", atk_name, "--eps", str(args.eps),
            "--n", str(args.n), "--batch-size", str(args.batch_size), "--device", args.device,
-           "--threads", str(args.threads), "--out", str(out), "--progress", "quiet"]
+           "--threads", str(args.threads), "--out", str(out), "--progress", "quiet", "--warmup"]
     cmd += ["--steps", "10" if atk_name == "pgd" else "100"]
     if exact:
         cmd += ["--attack-all", "--no-early-stop"]

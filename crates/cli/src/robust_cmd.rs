@@ -101,6 +101,10 @@ pub struct AttackArgs {
     /// that attack every input; the statistics still count only clean-correct samples).
     #[arg(long)]
     pub attack_all: bool,
+    /// Run the attack once on the first batch before the timed run (library initialization,
+    /// kernel loading and autotuning stay out of the timing; the result is discarded).
+    #[arg(long)]
+    pub warmup: bool,
 }
 
 #[derive(Args, Debug)]
@@ -269,13 +273,21 @@ pub fn attack(a: AttackArgs) -> Result<()> {
             device_name(l.device)
         );
     }
+    if a.warmup {
+        let k = a.md.batch_size.min(l.data.len());
+        let first = l.data.subset(&(0..k).collect::<Vec<_>>())?;
+        attack_dataset(attack.as_ref(), &l.model, &first, &opts)?;
+        if let tch::Device::Cuda(i) = l.device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    }
     let r = attack_dataset(attack.as_ref(), &l.model, &l.data, &opts)?;
     let config = serde_json::json!({
         "model": a.md.model, "dataset": l.dataset, "n": l.data.len(), "attack": a.attack,
         "name": attack.name(), "threat": attack.threat(), "target": target, "steps": a.steps,
         "step_size": a.step_size, "restarts": a.restarts, "loss": a.loss,
         "random_start": !a.no_random_start, "early_stop": !a.no_early_stop, "queries": a.queries,
-        "attack_all": a.attack_all,
+        "attack_all": a.attack_all, "warmup": a.warmup,
         "batch_size": a.md.batch_size,
     });
     let mut report = RunReport::new("attack", config, &device_name(l.device));

@@ -232,3 +232,100 @@ fn bad_robustness_settings_are_named() {
     ]);
     assert!(stderr(&o).contains("no such file"), "{}", stderr(&o));
 }
+
+#[test]
+fn prune_command_on_fashion_mnist() {
+    if !fashion_mnist_present() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("omp");
+    let o = run(&[
+        "prune",
+        "--method",
+        "omp",
+        "--sparsity",
+        "0.9",
+        "--epochs",
+        "2",
+        "--train-subset",
+        "6000",
+        "--finetune-epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = json(&out.join("report.json"));
+    let res = &r["metrics"]["result"];
+    assert!(
+        (res["sparsity"].as_f64().unwrap() - 0.9).abs() < 1e-4,
+        "{res}"
+    );
+    assert!(res["zero_fraction"].as_f64().unwrap() >= res["sparsity"].as_f64().unwrap() - 1e-12);
+    assert!(res["test_accuracy"].as_f64().unwrap() > 70.0, "{res}");
+    assert_eq!(
+        res["layers"].as_object().unwrap().len(),
+        5,
+        "LeNet has 5 prunable layers"
+    );
+    assert!(out.join("masks.safetensors").is_file());
+    for (args, needle) in [
+        (
+            vec!["prune", "--method", "omp", "--sparsity", "1.0"],
+            "sparsity",
+        ),
+        (
+            vec!["prune", "--method", "magic", "--sparsity", "0.5"],
+            "method",
+        ),
+        (
+            vec![
+                "prune",
+                "--method",
+                "imp",
+                "--sparsity",
+                "0.5",
+                "--rewind-epoch",
+                "99",
+            ],
+            "rewind_epoch",
+        ),
+        (
+            vec![
+                "unlearn",
+                "--model",
+                "m",
+                "--method",
+                "ft",
+                "--forget",
+                "random:0.1",
+                "--prune",
+                "omp:1.5",
+            ],
+            "prune",
+        ),
+        (
+            vec![
+                "unlearn",
+                "--model",
+                "m",
+                "--method",
+                "ft",
+                "--forget",
+                "random:0.1",
+                "--prune",
+                "imp:0.5",
+            ],
+            "one-shot",
+        ),
+    ] {
+        let o = run(&args);
+        assert!(!o.status.success(), "{args:?}");
+        let e = stderr(&o);
+        assert!(e.contains(needle), "{args:?}: {e}");
+        assert!(!e.contains("panicked"), "{e}");
+    }
+}

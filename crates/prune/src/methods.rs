@@ -311,6 +311,14 @@ pub fn train_dense(
     })
 }
 
+/// The IMP restart point of a round: the dense weights saved at the rewind epoch, with the
+/// pruned entries zeroed.
+pub fn rewound(dense: &Dense, masks: &Masks) -> Result<Model> {
+    let m = copy_model(&dense.rewind)?;
+    apply_masks(&m, masks)?;
+    Ok(m)
+}
+
 fn train_masked(
     model: &mut Model,
     data: &PruneData,
@@ -385,7 +393,7 @@ pub fn prune(
                 let sp = 1.0 - density;
                 let m =
                     masks_from_scores(&scores::magnitude(&current), sp, cfg.scope, masks.as_ref())?;
-                let mut next = copy_model(&dense.rewind)?;
+                let mut next = rewound(dense, &m)?;
                 train_masked(&mut next, data, recipe, &m)?;
                 rounds.push(RoundRecord {
                     round,

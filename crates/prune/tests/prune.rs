@@ -181,6 +181,20 @@ fn imp_rounds_rewind_and_prune_twenty_percent() {
     let w = |m: &Model| m.parameters()[0].1.copy();
     assert!(!w(&dense.rewind).equal(&w(&dense.init)));
     assert!(!w(&dense.rewind).equal(&w(&dense.trained)));
+    // Rewinding restores exactly the saved weights on the surviving entries and zero elsewhere.
+    let masks =
+        masks_from_scores(&scores::magnitude(&dense.trained), 0.2, Scope::Global, None).unwrap();
+    let back = rustworthy_prune::methods::rewound(&dense, &masks).unwrap();
+    for ((name, b), (_, r)) in back
+        .parameters()
+        .iter()
+        .zip(dense.rewind.parameters().iter())
+    {
+        match masks.get(name) {
+            Some(mk) => assert!(b.equal(&(r * mk))),
+            None => assert!(b.equal(r)),
+        }
+    }
     // Training from the rewind point with the same recipe for 1 epoch is what epoch 2 did.
     let mut cfg = PruneConfig::new(PruneMethod::Imp, 0.5);
     cfg.rewind_epoch = 1;

@@ -267,6 +267,13 @@ pub fn robust_eval(model: &Model, data: &Dataset, cfg: &SuiteConfig) -> Result<R
              did not (gradient masking?)"
         ));
     }
+    if fg.summary.robust_accuracy > pgd.summary.robust_accuracy + 30.0 {
+        flags.push(format!(
+            "FGSM accuracy ({:.2}%) is far above PGD accuracy ({:.2}%): the single-step signature \
+             of catastrophic overfitting",
+            fg.summary.robust_accuracy, pgd.summary.robust_accuracy
+        ));
+    }
     if ensemble_accuracy > pgd.summary.robust_accuracy + 100.0 * slack / n as f64 {
         flags.push(format!(
             "the ensemble ({ensemble_accuracy:.2}%) is weaker than PGD alone ({:.2}%): the \
