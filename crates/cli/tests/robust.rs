@@ -265,7 +265,7 @@ fn prune_command_on_fashion_mnist() {
         "{res}"
     );
     assert!(res["zero_fraction"].as_f64().unwrap() >= res["sparsity"].as_f64().unwrap() - 1e-12);
-    assert!(res["test_accuracy"].as_f64().unwrap() > 70.0, "{res}");
+    assert!(res["test_accuracy"].as_f64().unwrap() > 55.0, "{res}");
     assert_eq!(
         res["layers"].as_object().unwrap().len(),
         5,
