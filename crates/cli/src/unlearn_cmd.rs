@@ -273,6 +273,29 @@ pub fn unlearn(a: UnlearnArgs) -> Result<()> {
     let spec: ForgetSpec = a.forget.parse()?;
     let cfg = method_config(&a.method, a.method_config.as_deref(), a.lr, a.epochs)?;
     let select: Selection = a.select.parse()?;
+    let prune_spec = a
+        .prune
+        .as_deref()
+        .map(str::parse::<PruneSpec>)
+        .transpose()?;
+    if let Some(p) = prune_spec {
+        if !matches!(
+            p.method,
+            PruneMethod::Omp
+                | PruneMethod::Snip
+                | PruneMethod::Grasp
+                | PruneMethod::Synflow
+                | PruneMethod::Random
+        ) {
+            return Err(Error::config(
+                "prune",
+                format!(
+                    "{} is not a one-shot method; use omp, snip, grasp, synflow or random",
+                    p.method.name()
+                ),
+            ));
+        }
+    }
     let retrain = a
         .retrain_report
         .as_deref()
@@ -296,11 +319,6 @@ pub fn unlearn(a: UnlearnArgs) -> Result<()> {
     let load_s = t0.elapsed().as_secs_f64();
     let svc = SvcConfig::default();
     let eval_batch = 1000;
-    let prune_spec = a
-        .prune
-        .as_deref()
-        .map(str::parse::<PruneSpec>)
-        .transpose()?;
     let mut s = s;
     let mut masks: Option<Masks> = None;
     let mut prune_s = 0.0;
