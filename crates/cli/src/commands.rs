@@ -553,6 +553,28 @@ pub fn train_run(
     Ok(Some(model_path))
 }
 
+/// The dataset to evaluate a saved model on, and its folder: the flags if given, else what the
+/// model's sidecar says it was trained on, else Fashion-MNIST from the default locations.
+pub fn data_of(
+    meta: Option<&CheckpointMeta>,
+    dataset: Option<&str>,
+    data_dir: Option<&Path>,
+) -> (String, Option<PathBuf>) {
+    let from_meta = |key: &str| {
+        meta.and_then(|m| m.config.pointer(key))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    let dataset = dataset
+        .map(str::to_string)
+        .or_else(|| from_meta("/data/dataset"))
+        .unwrap_or_else(|| "fashion-mnist".to_string());
+    let dir = data_dir
+        .map(Path::to_path_buf)
+        .or_else(|| from_meta("/data/data_dir").map(PathBuf::from));
+    (dataset, dir)
+}
+
 pub fn eval(a: EvalArgs) -> Result<()> {
     let t_total = Instant::now();
     let mode = progress_mode(&a.progress)?;
@@ -568,22 +590,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         None => None,
     };
     let (model, meta) = load_model(&a.model, spec_override, device)?;
-    let trained_on = meta
-        .as_ref()
-        .and_then(|m| m.config.pointer("/data/dataset"))
-        .and_then(|v| v.as_str())
-        .map(str::to_string);
-    let dataset = a
-        .dataset
-        .clone()
-        .or(trained_on)
-        .unwrap_or_else(|| "fashion-mnist".to_string());
-    let data_dir = a.data_dir.clone().or_else(|| {
-        meta.as_ref()
-            .and_then(|m| m.config.pointer("/data/data_dir"))
-            .and_then(|v| v.as_str())
-            .map(PathBuf::from)
-    });
+    let (dataset, data_dir) = data_of(meta.as_ref(), a.dataset.as_deref(), a.data_dir.as_deref());
     let (_, test) = load_dataset(&dataset, data_dir.as_deref())?;
     model.check_input(&test.images.narrow(0, 0, 1))?;
     if test.num_classes as i64 != model.spec.num_classes {

@@ -1,6 +1,6 @@
 //! `rustworthy attack` and `rustworthy robust-eval`.
 
-use crate::commands::{progress_mode, set_threads};
+use crate::commands::{data_of, progress_mode, set_threads};
 use crate::table::render;
 use clap::Args;
 use rustworthy_core::device::device_name;
@@ -135,22 +135,7 @@ fn load(md: &ModelData, default_out: &str) -> Result<Loaded> {
     set_threads(md.threads);
     let device = md.device.parse::<DeviceSpec>()?.resolve()?;
     let (model, meta) = load_model(&md.model, None, device)?;
-    let trained_on = meta
-        .as_ref()
-        .and_then(|m| m.config.pointer("/data/dataset"))
-        .and_then(|v| v.as_str())
-        .map(str::to_string);
-    let dataset = md
-        .dataset
-        .clone()
-        .or(trained_on)
-        .unwrap_or_else(|| "fashion-mnist".into());
-    let data_dir = md.data_dir.clone().or_else(|| {
-        meta.as_ref()
-            .and_then(|m| m.config.pointer("/data/data_dir"))
-            .and_then(|v| v.as_str())
-            .map(PathBuf::from)
-    });
+    let (dataset, data_dir) = data_of(meta.as_ref(), md.dataset.as_deref(), md.data_dir.as_deref());
     let (_, test) = load_dataset(&dataset, data_dir.as_deref())?;
     if test.num_classes as i64 != model.spec.num_classes {
         return Err(Error::invalid(format!(

@@ -44,6 +44,17 @@ pub enum Criterion {
     HitTarget,
 }
 
+impl Criterion {
+    /// The goal of a user's attack: hit the target when there is one, else misclassify.
+    pub fn for_target(target: Option<&Tensor>) -> Criterion {
+        if target.is_some() {
+            Criterion::HitTarget
+        } else {
+            Criterion::Misclassify
+        }
+    }
+}
+
 /// Per-sample success of logits under a criterion.
 pub fn succeeded(logits: &Tensor, y: &Tensor, target: Option<&Tensor>, c: Criterion) -> Tensor {
     let pred = logits.argmax(-1, false);

@@ -185,11 +185,6 @@ impl Attack for Pgd {
         y: &Tensor,
         target: Option<&Tensor>,
     ) -> Result<AttackOutput> {
-        let c = if target.is_some() {
-            Criterion::HitTarget
-        } else {
-            Criterion::Misclassify
-        };
-        self.run(model, x, y, target, c)
+        self.run(model, x, y, target, Criterion::for_target(target))
     }
 }
