@@ -69,7 +69,9 @@ def run_rustworthy(binary, atk_name, args, exact, out):
            "--threads", str(args.threads), "--out", str(out), "--progress", "quiet", "--warmup"]
     cmd += ["--steps", "10" if atk_name == "pgd" else "100"]
     if exact:
-        cmd += ["--attack-all", "--no-early-stop"]
+        # The same work as torchattacks: its PGD attacks every input, its APGD (AutoAttack's
+        # code) only the correctly classified ones; neither stops early.
+        cmd += ["--no-early-stop"] + (["--attack-all"] if atk_name == "pgd" else [])
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     rep = json.loads((out / "report.json").read_text())
     return rep["timings_s"]["attack"], rep["metrics"]["robust_accuracy"]

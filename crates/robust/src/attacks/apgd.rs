@@ -48,6 +48,7 @@ struct State {
     x: Tensor,
     y: Tensor,
     t: Option<Tensor>,
+    proj: crate::threat::Projector,
     x_adv: Tensor,
     x_old: Tensor,
     grad: Tensor,
@@ -66,6 +67,7 @@ impl State {
         let sel = |t: &Tensor| t.index_select(0, k);
         self.active = sel(&self.active);
         self.x = sel(&self.x);
+        self.proj.keep(k);
         self.y = sel(&self.y);
         self.t = self.t.as_ref().map(sel);
         self.x_adv = sel(&self.x_adv);
@@ -155,6 +157,7 @@ impl Apgd {
             let _ = queries.index_add_(0, &active, &active.ones_like());
             let m = active.size()[0];
             let mut s = State {
+                proj: self.threat.projector(&xs),
                 step: Tensor::full([m], 2.0 * self.threat.eps, (Kind::Float, dev)),
                 active,
                 x: xs,
@@ -201,13 +204,12 @@ impl Apgd {
                 let a = if i == 0 { 1.0 } else { self.momentum };
                 let step = broadcast_to(&s.step, &s.x_adv);
                 let momentum_term = &s.x_adv - &s.x_old;
-                s.x_old = s.x_adv.copy();
-                let z = self.threat.project(
-                    &(&s.x_adv + self.threat.ascent_direction(&s.grad) * &step),
-                    &s.x,
-                );
-                let next = &s.x_adv + (&z - &s.x_adv) * a + momentum_term * (1.0 - a);
-                s.x_adv = self.threat.project(&next, &s.x);
+                let z = s
+                    .proj
+                    .project(&(&s.x_adv + self.threat.ascent_direction(&s.grad) * &step));
+                let next = s.x_adv.lerp(&z, a) + momentum_term * (1.0 - a);
+                // The new iterate replaces x_adv; the old one becomes x_old (no copy).
+                s.x_old = std::mem::replace(&mut s.x_adv, s.proj.project(&next));
                 let (logits, mut loss, grad) =
                     loss_and_grad(model, &s.x_adv, &s.y, s.t.as_ref(), self.loss);
                 let _ = queries.index_add_(0, &s.active, &s.active.ones_like());
@@ -221,7 +223,7 @@ impl Apgd {
                     }
                 }
                 s.increases = &s.increases + loss.gt_tensor(&s.loss_prev).to_kind(Kind::Int64);
-                s.loss_prev = loss.copy();
+                s.loss_prev = loss.shallow_clone();
                 let improved = loss.gt_tensor(&s.loss_best);
                 let imp4 = broadcast_to(&improved, &s.x_adv);
                 s.x_best = s.x_adv.where_self(&imp4, &s.x_best);

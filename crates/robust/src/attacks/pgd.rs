@@ -110,6 +110,7 @@ impl Pgd {
             let mut xa = x.index_select(0, &active);
             let mut ya = y.index_select(0, &active);
             let mut ta = target.map(|t| t.index_select(0, &active));
+            let mut proj = self.threat.projector(&xa);
             let mut x_adv = if self.random_start {
                 self.threat.random_start(&xa)
             } else {
@@ -133,6 +134,7 @@ impl Pgd {
                         }
                         active = active.index_select(0, &keep);
                         xa = xa.index_select(0, &keep);
+                        proj.keep(&keep);
                         ya = ya.index_select(0, &keep);
                         ta = ta.map(|t| t.index_select(0, &keep));
                         x_adv = x_adv.index_select(0, &keep);
@@ -140,7 +142,7 @@ impl Pgd {
                     }
                 }
                 let stepped = &x_adv + self.threat.ascent_direction(&grad) * alpha;
-                x_adv = self.threat.project(&stepped, &xa);
+                x_adv = proj.project(&stepped);
             }
             if active.size()[0] == 0 {
                 continue;
