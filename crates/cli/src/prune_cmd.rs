@@ -36,6 +36,10 @@ pub struct PruneCommon {
     /// global | layerwise
     #[arg(long, default_value = "global")]
     pub scope: String,
+    /// Structured pruning (omp, bip): remove whole output channels; the sparsity is the share
+    /// of channels removed per layer (use --scope layerwise).
+    #[arg(long)]
+    pub structured: bool,
     /// IMP: rewind to the weights after this many dense epochs (0 = initialization).
     #[arg(long, default_value_t = 0)]
     pub rewind_epoch: usize,
@@ -94,6 +98,7 @@ fn config_for(c: &PruneCommon, method: PruneMethod, sparsity: f64) -> Result<Pru
     let mut p = PruneConfig::new(method, sparsity);
     p.scope = c.scope.parse::<Scope>()?;
     p.rewind_epoch = c.rewind_epoch;
+    p.structured = c.structured;
     p.seed = c.seed;
     if let Some(v) = c.imp_rate {
         p.imp_rate = v;

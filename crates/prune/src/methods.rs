@@ -137,6 +137,10 @@ pub struct PruneConfig {
     /// SynFlow: pruning rounds.
     #[serde(default = "d_rounds")]
     pub synflow_rounds: usize,
+    /// Structured pruning (OMP and BiP): remove whole output channels (filters, neurons) of every
+    /// prunable layer but the classifier; `sparsity` is then the share of channels removed.
+    #[serde(default)]
+    pub structured: bool,
     #[serde(default)]
     pub seed: u64,
 }
@@ -185,6 +189,7 @@ impl PruneConfig {
             bip_gamma: d_gamma(),
             score_batch_size: d_score_batch(),
             synflow_rounds: d_rounds(),
+            structured: false,
             seed: 0,
         }
     }
@@ -209,6 +214,15 @@ impl PruneConfig {
         validate::positive("bip_gamma", self.bip_gamma)?;
         validate::positive_int("score_batch_size", self.score_batch_size)?;
         validate::positive_int("synflow_rounds", self.synflow_rounds)?;
+        if self.structured && !matches!(self.method, PruneMethod::Omp | PruneMethod::Bip) {
+            return Err(Error::config(
+                "structured",
+                format!(
+                    "structured (channel) pruning is implemented for omp and bip, not {}",
+                    self.method.name()
+                ),
+            ));
+        }
         Ok(())
     }
 }
@@ -364,7 +378,13 @@ pub fn prune(
     let (model, masks) = match cfg.method {
         PruneMethod::Omp => {
             let mut m = copy_model(&dense.trained)?;
-            let masks = masks_from_scores(&scores::magnitude(&m), s, cfg.scope, None)?;
+            let masks = if cfg.structured {
+                let like: BTreeMap<String, Tensor> =
+                    scores::channel_layers(&m).into_iter().collect();
+                scores::channel_masks(&scores::filter_l1(&m), &like, s, cfg.scope)?
+            } else {
+                masks_from_scores(&scores::magnitude(&m), s, cfg.scope, None)?
+            };
             train_masked(
                 &mut m,
                 data,
@@ -486,7 +506,12 @@ fn score_loop(
     recipe: &TrainConfig,
 ) -> Result<Masks> {
     let bip = cfg.method == PruneMethod::Bip;
-    let prun: Vec<(String, Tensor)> = prunable(model);
+    let structured = cfg.structured;
+    let prun: Vec<(String, Tensor)> = if structured {
+        scores::channel_layers(model)
+    } else {
+        prunable(model)
+    };
     let names: Vec<String> = prun.iter().map(|(k, _)| k.clone()).collect();
     let theta: Vec<Tensor> = prun.iter().map(|(_, t)| t.detach().copy()).collect();
     let others: Vec<Tensor> = model
@@ -502,7 +527,44 @@ fn score_loop(
         .map(|t| t.abs().max().double_value(&[]))
         .fold(0.0f64, f64::max)
         .max(1e-12);
-    let mut sc: Vec<Tensor> = theta.iter().map(|t| t.abs() / maxw).collect();
+    // Structured: one score per output channel (its mean magnitude, scaled the same way).
+    let mut sc: Vec<Tensor> = theta
+        .iter()
+        .map(|t| {
+            if structured {
+                let per = t.numel() as f64 / t.size()[0].max(1) as f64;
+                scores::per_channel(&t.abs()) / (per * maxw)
+            } else {
+                t.abs() / maxw
+            }
+        })
+        .collect();
+    let like: BTreeMap<String, Tensor> = prun
+        .iter()
+        .map(|(k, t)| (k.clone(), t.shallow_clone()))
+        .collect();
+    let mask_of = |sc: &[Tensor]| -> Result<Masks> {
+        let s: Scores = names
+            .iter()
+            .cloned()
+            .zip(sc.iter().map(|t| t.shallow_clone()))
+            .collect();
+        if structured {
+            scores::channel_masks(&s, &like, cfg.sparsity, cfg.scope)
+        } else {
+            masks_from_scores(&s, cfg.sparsity, cfg.scope, None)
+        }
+    };
+    // Structured: a channel's score gradient is the mean over its entries (the scores are mean
+    // magnitudes, so both live on the same scale).
+    let reduce = |t: Tensor| {
+        if structured {
+            let per = t.numel() as f64 / t.size()[0].max(1) as f64;
+            scores::per_channel(&t) / per
+        } else {
+            t
+        }
+    };
     let mut mom_theta: Vec<Tensor> = theta.iter().map(|t| t.zeros_like()).collect();
     let mut mom_other: Vec<Tensor> = others.iter().map(|t| t.zeros_like()).collect();
     let mut mom_s: Vec<Tensor> = sc.iter().map(|t| t.zeros_like()).collect();
@@ -510,13 +572,6 @@ fn score_loop(
     let wd = recipe_weight_decay(recipe);
     let n = data.train.len();
     let bs = recipe.batch_size;
-    let to_scores = |sc: &[Tensor]| -> Scores {
-        names
-            .iter()
-            .cloned()
-            .zip(sc.iter().map(|t| t.shallow_clone()))
-            .collect()
-    };
     let set_effective = |m: &Masks| {
         tch::no_grad(|| {
             for ((name, p), th) in prun.iter().zip(&theta) {
@@ -552,7 +607,7 @@ fn score_loop(
                 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total_steps as f64).cos());
             step += 1;
             let (x, y) = data.train.try_batch(chunk)?;
-            let m = masks_from_scores(&to_scores(&sc), cfg.sparsity, cfg.scope, None)?;
+            let m = mask_of(&sc)?;
             set_effective(&m);
             let g = grads(&x, &y)?;
             if bip {
@@ -579,7 +634,7 @@ fn score_loop(
                 tch::no_grad(|| {
                     for (i, name) in names.iter().enumerate() {
                         let ig = &g2[i] * (&m[name] * &g2[i]) / cfg.bip_gamma;
-                        let gs = &theta[i] * &g2[i] - ig;
+                        let gs = reduce(&theta[i] * &g2[i] - ig);
                         mom_s[i] = &mom_s[i] * momentum + gs;
                         sc[i] = (&sc[i] - &mom_s[i] * (cfg.score_lr * lr_frac)).clamp(0.0, 1.0);
                     }
@@ -587,7 +642,7 @@ fn score_loop(
             } else {
                 tch::no_grad(|| {
                     for i in 0..names.len() {
-                        let gs = &theta[i] * &g[i];
+                        let gs = reduce(&theta[i] * &g[i]);
                         mom_s[i] = &mom_s[i] * momentum + gs;
                         sc[i] = &sc[i] - &mom_s[i] * (cfg.score_lr * lr_frac);
                     }
@@ -595,7 +650,7 @@ fn score_loop(
             }
         }
     }
-    let masks = masks_from_scores(&to_scores(&sc), cfg.sparsity, cfg.scope, None)?;
+    let masks = mask_of(&sc)?;
     // Leave the model with the learned weights (BiP) or the trained ones (HYDRA), masked.
     set_effective(&masks);
     Ok(masks)

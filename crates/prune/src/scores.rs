@@ -261,3 +261,54 @@ pub fn synflow_masks(model: &Model, sparsity: f64, scope: Scope, rounds: usize) 
         .map(|(k, v)| (k, v.to_kind(Kind::Float)))
         .collect())
 }
+
+/// Structured (channel) pruning: the output channels (conv filters, linear neurons) of every
+/// prunable layer except the last one (the classifier keeps all its outputs).
+pub fn channel_layers(model: &Model) -> Vec<(String, Tensor)> {
+    let mut p = prunable(model);
+    p.pop();
+    p
+}
+
+/// Per-output-channel sum of `t` over all other dimensions (`[out]`).
+pub fn per_channel(t: &Tensor) -> Tensor {
+    if t.dim() <= 1 {
+        return t.shallow_clone();
+    }
+    let dims: Vec<i64> = (1..t.dim() as i64).collect();
+    t.sum_dim_intlist(dims.as_slice(), false, t.kind())
+}
+
+/// Broadcasts a channel mask `[out]` to the shape of `like`.
+pub fn expand_channels(m: &Tensor, like: &Tensor) -> Tensor {
+    let mut shape = vec![m.size()[0]];
+    shape.extend(std::iter::repeat_n(1, like.dim().saturating_sub(1)));
+    m.view(shape.as_slice()).expand_as(like).contiguous()
+}
+
+/// Weight masks that remove exactly `round(sparsity * out)` whole channels per layer
+/// (`Layerwise`) or over all channel layers (`Global`), keeping the highest channel scores.
+pub fn channel_masks(
+    channel_scores: &Scores,
+    like: &BTreeMap<String, Tensor>,
+    sparsity: f64,
+    scope: Scope,
+) -> Result<Masks> {
+    let cm = masks_from_scores(channel_scores, sparsity, scope, None)?;
+    cm.iter()
+        .map(|(k, m)| {
+            let w = like
+                .get(k)
+                .ok_or_else(|| Error::invalid(format!("no layer `{k}` for a channel mask")))?;
+            Ok((k.clone(), expand_channels(m, w)))
+        })
+        .collect()
+}
+
+/// L1-norm filter scores (Li et al., 2017) of the channel layers.
+pub fn filter_l1(model: &Model) -> Scores {
+    channel_layers(model)
+        .into_iter()
+        .map(|(k, w)| (k, per_channel(&w.detach().abs())))
+        .collect()
+}

@@ -319,3 +319,61 @@ fn bad_input_is_named() {
     std::fs::write(&p, b"not a mask").unwrap();
     assert!(load_masks(&p, Device::Cpu).is_err());
 }
+
+#[test]
+fn structured_pruning_removes_whole_channels() {
+    let _g = lock();
+    let (train, test) = data();
+    let d = PruneData {
+        train: &train,
+        test: &test,
+    };
+    let dense = train_dense(&init(Arch::Lenet), &d, &recipe(2), 0).unwrap();
+    for method in [PruneMethod::Omp, PruneMethod::Bip] {
+        let mut cfg = PruneConfig::new(method, 0.5);
+        cfg.structured = true;
+        cfg.scope = Scope::Layerwise;
+        cfg.finetune_epochs = 4;
+        cfg.finetune_lr = 0.05;
+        cfg.score_epochs = 4;
+        cfg.bip_weight_lr = 0.05;
+        let o = prune(&cfg, &dense, &d, &recipe(2)).unwrap();
+        // Every prunable layer but the classifier, each with half its channels removed whole.
+        let layers = prunable(&o.model);
+        assert_eq!(o.masks.len(), layers.len() - 1, "{method:?}");
+        assert!(!o.masks.contains_key(&layers.last().unwrap().0));
+        for (name, m) in &o.masks {
+            let out = m.size()[0];
+            let rows = m.reshape([out, -1]);
+            let per = rows.sum_dim_intlist(1, false, Kind::Float);
+            let width = rows.size()[1] as f64;
+            let full = per.eq(width).sum(Kind::Int64).int64_value(&[]);
+            let empty = per.eq(0.0).sum(Kind::Int64).int64_value(&[]);
+            assert_eq!(
+                full + empty,
+                out,
+                "{method:?} {name}: a channel is partly pruned"
+            );
+            assert_eq!(
+                empty,
+                ((0.5 * out as f64).round() as i64).min(out - 1),
+                "{method:?} {name}"
+            );
+        }
+        assert!(o.zero_fraction >= o.sparsity - 1e-12);
+        eprintln!(
+            "{method:?} structured 50%: test accuracy {}",
+            o.test_accuracy
+        );
+        assert!(
+            o.test_accuracy > 50.0,
+            "{method:?} structured 50%: {}",
+            o.test_accuracy
+        );
+    }
+    let mut bad = PruneConfig::new(PruneMethod::Snip, 0.5);
+    bad.structured = true;
+    assert!(
+        matches!(bad.validate(&recipe(2)), Err(Error::Config { field, .. }) if field == "structured")
+    );
+}
