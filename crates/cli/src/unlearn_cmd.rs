@@ -189,6 +189,15 @@ impl std::str::FromStr for PruneSpec {
             )
         })?;
         let method: PruneMethod = m.parse()?;
+        if !method.is_one_shot() {
+            return Err(Error::config(
+                "prune",
+                format!(
+                    "{} is not a one-shot method; use omp, snip, grasp, synflow or random",
+                    method.name()
+                ),
+            ));
+        }
         let sparsity: f64 = sp
             .parse()
             .map_err(|_| Error::config("prune", format!("`{sp}` is not a number")))?;
@@ -278,24 +287,6 @@ pub fn unlearn(a: UnlearnArgs) -> Result<()> {
         .as_deref()
         .map(str::parse::<PruneSpec>)
         .transpose()?;
-    if let Some(p) = prune_spec {
-        if !matches!(
-            p.method,
-            PruneMethod::Omp
-                | PruneMethod::Snip
-                | PruneMethod::Grasp
-                | PruneMethod::Synflow
-                | PruneMethod::Random
-        ) {
-            return Err(Error::config(
-                "prune",
-                format!(
-                    "{} is not a one-shot method; use omp, snip, grasp, synflow or random",
-                    p.method.name()
-                ),
-            ));
-        }
-    }
     let retrain = a
         .retrain_report
         .as_deref()

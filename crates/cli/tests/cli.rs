@@ -1,37 +1,10 @@
 //! The `rustworthy` binary end to end: real Fashion-MNIST training, resume through the CLI,
 //! evaluation, info, and the errors a user sees for bad input.
 
+mod common;
+
+use common::{bin, fashion_mnist_present, json, run, stderr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rustworthy"));
-    c.env_remove("RUSTWORTHY_DATA");
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn fashion_mnist_present() -> bool {
-    let here = Path::new("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file();
-    if !here {
-        if std::env::var("RUSTWORTHY_REQUIRE_DATA").as_deref() == Ok("1") {
-            panic!("Fashion-MNIST is required (RUSTWORTHY_REQUIRE_DATA=1) but not installed");
-        }
-        eprintln!("skipped: Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)");
-    }
-    here
-}
 
 /// A small synthetic dataset in Fashion-MNIST's file layout.
 fn synthetic_dir(root: &Path) -> PathBuf {

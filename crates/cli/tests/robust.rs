@@ -1,35 +1,10 @@
 //! `rustworthy train --adv`, `attack` and `robust-eval` end to end on real Fashion-MNIST, and the
 //! errors a user sees for bad robustness settings.
 
+mod common;
+
+use common::{fashion_mnist_present, json, run, stderr};
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rustworthy"))
-        .env_remove("RUSTWORTHY_DATA")
-        .args(args)
-        .output()
-        .expect("binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn fashion_mnist_present() -> bool {
-    let here = Path::new("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file();
-    if !here {
-        if std::env::var("RUSTWORTHY_REQUIRE_DATA").as_deref() == Ok("1") {
-            panic!("Fashion-MNIST is required (RUSTWORTHY_REQUIRE_DATA=1) but not installed");
-        }
-        eprintln!("skipped: Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)");
-    }
-    here
-}
 
 fn train(out: &Path, adv: &str) {
     let mut args = vec![

@@ -1,23 +1,10 @@
 //! `rustworthy unlearn` and `rustworthy bench unlearn` end to end on small synthetic data.
 
+mod common;
+
+use common::{json, run, stderr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rustworthy"))
-        .env_remove("RUSTWORTHY_DATA")
-        .args(args)
-        .output()
-        .expect("binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
+use std::process::Output;
 
 /// Synthetic data in Fashion-MNIST's layout and an MLP trained on it through the CLI.
 fn trained(root: &Path) -> (PathBuf, PathBuf) {

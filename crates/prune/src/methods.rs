@@ -19,7 +19,7 @@ use rustworthy_train::{
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// The pruning method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +65,17 @@ impl PruneMethod {
             PruneMethod::Hydra => "hydra",
             PruneMethod::Bip => "bip",
         }
+    }
+    /// Whether the method prunes a given model in one shot (see [`one_shot_masks`]).
+    pub fn is_one_shot(self) -> bool {
+        matches!(
+            self,
+            PruneMethod::Omp
+                | PruneMethod::Snip
+                | PruneMethod::Grasp
+                | PruneMethod::Synflow
+                | PruneMethod::Random
+        )
     }
     /// Whether the method starts from the trained dense model (else from the initialization).
     pub fn needs_trained(self) -> bool {
@@ -701,13 +712,5 @@ pub fn layer_map(layers: &[LayerSparsity]) -> BTreeMap<String, f64> {
     layers
         .iter()
         .map(|l| (l.name.clone(), l.sparsity))
-        .collect()
-}
-
-/// Everything of a pruned model's masks as float tensors of the parameter dtype.
-pub fn float_masks(masks: &Masks) -> Masks {
-    masks
-        .iter()
-        .map(|(k, v)| (k.clone(), v.to_kind(Kind::Float)))
         .collect()
 }

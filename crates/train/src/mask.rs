@@ -65,11 +65,18 @@ pub fn apply_masks(model: &Model, masks: &Masks) -> Result<()> {
     Ok(())
 }
 
-/// Copies masks to `device`.
-pub fn masks_to(masks: &Masks, device: tch::Device) -> Masks {
-    masks
+/// Optimizer masks for `params`: the entries of `masks`, and all-ones (dense) for every
+/// parameter without one (the optimizer freezes parameters that have no mask).
+pub fn with_dense_rest(masks: &Masks, params: &[(String, Tensor)]) -> Masks {
+    params
         .iter()
-        .map(|(k, v)| (k.clone(), v.to_device(device)))
+        .map(|(name, p)| {
+            let m = match masks.get(name) {
+                Some(m) => m.shallow_clone(),
+                None => p.ones_like(),
+            };
+            (name.clone(), m)
+        })
         .collect()
 }
 

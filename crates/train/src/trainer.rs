@@ -196,14 +196,7 @@ pub fn fit_with(
     if let Some(m) = hook.masks() {
         crate::mask::apply_masks(model, m)?;
         // Parameters without a mask stay dense.
-        let mut full: crate::mask::Masks = m
-            .iter()
-            .map(|(k, v)| (k.clone(), v.shallow_clone()))
-            .collect();
-        for (name, p) in named_trainable(model) {
-            full.entry(name).or_insert_with(|| p.ones_like());
-        }
-        opt.set_masks(&full)?;
+        opt.set_masks(&crate::mask::with_dense_rest(m, &named_trainable(model)))?;
     }
     let mut cfg_json = serde_json::to_value(cfg)?;
     if let (Some(extra), Some(obj)) = (hook.config(), cfg_json.as_object_mut()) {

@@ -45,7 +45,6 @@ fn yes() -> bool {
 /// Per-sample state of one APGD run; rows are dropped as samples are fooled.
 struct State {
     active: Tensor,
-    x: Tensor,
     y: Tensor,
     t: Option<Tensor>,
     proj: crate::threat::Projector,
@@ -66,7 +65,6 @@ impl State {
     fn keep(&mut self, k: &Tensor) {
         let sel = |t: &Tensor| t.index_select(0, k);
         self.active = sel(&self.active);
-        self.x = sel(&self.x);
         self.proj.keep(k);
         self.y = sel(&self.y);
         self.t = self.t.as_ref().map(sel);
@@ -160,7 +158,6 @@ impl Apgd {
                 proj: self.threat.projector(&xs),
                 step: Tensor::full([m], 2.0 * self.threat.eps, (Kind::Float, dev)),
                 active,
-                x: xs,
                 y: ys,
                 t: ts,
                 x_old: x_adv.copy(),

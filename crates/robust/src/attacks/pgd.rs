@@ -107,7 +107,7 @@ impl Pgd {
             if active.size()[0] == 0 {
                 break;
             }
-            let mut xa = x.index_select(0, &active);
+            let xa = x.index_select(0, &active);
             let mut ya = y.index_select(0, &active);
             let mut ta = target.map(|t| t.index_select(0, &active));
             let mut proj = self.threat.projector(&xa);
@@ -133,7 +133,6 @@ impl Pgd {
                             break;
                         }
                         active = active.index_select(0, &keep);
-                        xa = xa.index_select(0, &keep);
                         proj.keep(&keep);
                         ya = ya.index_select(0, &keep);
                         ta = ta.map(|t| t.index_select(0, &keep));

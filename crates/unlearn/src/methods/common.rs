@@ -104,23 +104,24 @@ pub fn restrict_to_masks(
     if let Some(m) = ctx.masks {
         rustworthy_train::mask::apply_masks(model, m)?;
     }
-    let mut full: BTreeMap<String, Tensor> = BTreeMap::new();
-    for (name, p) in opt.named_params() {
-        let sparse = ctx.masks.and_then(|m| m.get(&name)).map(|m| m.ne(0.0));
-        let own = match extra {
-            Some(e) => e.get(&name).map(|m| m.ne(0.0)),
-            None => None,
-        };
-        let m = match (sparse, own, extra.is_some()) {
-            (Some(a), Some(b), _) => a.logical_and(&b),
-            (Some(a), None, false) => a,
-            (Some(a), None, true) => a.zeros_like(),
-            (None, Some(b), _) => b,
-            (None, None, true) => p.zeros_like().to_kind(tch::Kind::Bool),
-            (None, None, false) => p.ones_like().to_kind(tch::Kind::Bool),
-        };
-        full.insert(name, m.to_kind(tch::Kind::Float));
-    }
+    let params = opt.named_params();
+    let sparse =
+        rustworthy_train::mask::with_dense_rest(ctx.masks.unwrap_or(&BTreeMap::new()), &params);
+    let full: BTreeMap<String, Tensor> = match extra {
+        // A parameter the method's own masks leave out is frozen.
+        Some(e) => params
+            .iter()
+            .map(|(name, p)| {
+                let own = e
+                    .get(name)
+                    .map(|m| m.ne(0.0))
+                    .unwrap_or_else(|| p.zeros_like().ne(0.0));
+                let m = sparse[name].ne(0.0).logical_and(&own);
+                (name.clone(), m.to_kind(tch::Kind::Float))
+            })
+            .collect(),
+        None => sparse,
+    };
     opt.set_masks(&full)
 }
 
