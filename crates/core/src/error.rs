@@ -46,6 +46,9 @@ pub enum Error {
     /// Invalid argument to a library function.
     #[error("{0}")]
     Invalid(String),
+    /// A query budget would be exceeded by the next evaluation.
+    #[error("query budget exhausted: {used} of {budget} queries used, {needed} more needed")]
+    BudgetExhausted { budget: u64, used: u64, needed: u64 },
     /// An error raised by libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

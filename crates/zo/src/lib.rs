@@ -1,0 +1,15 @@
+//! rustworthy zeroth-order optimization: black-box objectives with exact query accounting and
+//! budgets, random (RGE) and coordinate-wise (CGE) gradient estimators with seed replay,
+//! ZO-SGD/signSGD/momentum/Adam(AdaMM)/SVRG and the conservative variant with projections,
+//! ZO-Min-Max, score-based black-box attacks (ZOO, ZO-signSGD, NES) on the attack interface of
+//! `rustworthy-robust`, and DeepZero-style training of networks from forward passes only.
+
+pub mod estimate;
+pub mod minmax;
+pub mod objective;
+pub mod optim;
+
+pub use estimate::{Cge, Diff, Dist, Estimate, Estimator, Replay, Rge};
+pub use minmax::{min_max, MinMaxConfig, MinMaxObjective, RobustRegression};
+pub use objective::{FnObjective, Logistic, Objective, Oracle, Quadratic};
+pub use optim::{minimize, Constraint, Decay, Trace, Update, ZoConfig};
