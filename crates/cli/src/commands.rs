@@ -17,6 +17,7 @@ use rustworthy_robust::{AdvMethod, AdvTrainConfig, AdvTrainer};
 use rustworthy_train::checkpoint::{load_model, save_model, CheckpointMeta};
 use rustworthy_train::trainer::FitOptions;
 use rustworthy_train::{evaluate, fit_with, EvalResult, StandardStep, TrainHook};
+use rustworthy_zo::{DeepZeroStep, ZoTrainConfig};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -97,6 +98,19 @@ pub struct TrainArgs {
     /// On catastrophic overfitting, restore the most robust epoch's weights and stop.
     #[arg(long)]
     pub stop_on_co: bool,
+    /// Train without backpropagation: `cge` (DeepZero's sparse coordinate-wise estimates) or
+    /// `none`.
+    #[arg(long)]
+    pub zo: Option<String>,
+    /// Zeroth-order training: fraction of the weight coordinates left out of each estimate.
+    #[arg(long)]
+    pub sparsity: Option<f64>,
+    /// Zeroth-order training: finite-difference radius.
+    #[arg(long)]
+    pub zo_mu: Option<f64>,
+    /// Zeroth-order training: redraw the coordinate set every this many epochs.
+    #[arg(long)]
+    pub resample_every: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -236,6 +250,42 @@ pub fn resolve_config(a: &TrainArgs) -> Result<RunConfig> {
             return Err(Error::config(
                 "adv",
                 "adversarial-training flags need --adv METHOD (or an [adv] section in the config)",
+            ))
+        }
+        None => {}
+    }
+    match a.zo.as_deref() {
+        Some("none") => c.zo = None,
+        Some("cge") => {
+            if c.zo.is_none() {
+                c.zo = Some(ZoTrainConfig::new(0.9));
+            }
+        }
+        Some(o) => {
+            return Err(Error::config(
+                "zo",
+                format!("unknown zeroth-order training `{o}` (cge, none)"),
+            ))
+        }
+        None => {}
+    }
+    let zo_flags = a.sparsity.is_some() || a.zo_mu.is_some() || a.resample_every.is_some();
+    match c.zo.as_mut() {
+        Some(z) => {
+            if let Some(v) = a.sparsity {
+                z.sparsity = v;
+            }
+            if let Some(v) = a.zo_mu {
+                z.mu = v;
+            }
+            if let Some(v) = a.resample_every {
+                z.resample_every = v;
+            }
+        }
+        None if zo_flags => {
+            return Err(Error::config(
+                "zo",
+                "zeroth-order flags need --zo cge (or a [zo] section in the config)",
             ))
         }
         None => {}
@@ -401,10 +451,31 @@ pub fn train_run(
         }
         None => None,
     };
+    let mut zo = match &c.zo {
+        Some(z) => {
+            let n = z.grasp_batch.min(train_ds.len());
+            let (gx, gy) = train_ds.batch(&(0..n).collect::<Vec<_>>());
+            let hook = DeepZeroStep::new(
+                z.clone(),
+                (gx, gy),
+                Some(out.join("zo-densities.json")),
+                c.train.seed,
+            )?;
+            if mode != ProgressMode::JsonLines {
+                eprintln!(
+                    "zeroth-order training (DeepZero CGE): sparsity {}, mu {}, coordinates redrawn every {} epoch(s)",
+                    z.sparsity, z.mu, z.resample_every
+                );
+            }
+            Some(hook)
+        }
+        None => None,
+    };
     let mut standard = StandardStep;
-    let hook: &mut dyn TrainHook = match adv.as_mut() {
-        Some(h) => h,
-        None => &mut standard,
+    let hook: &mut dyn TrainHook = match (adv.as_mut(), zo.as_mut()) {
+        (Some(h), _) => h,
+        (None, Some(z)) => z,
+        (None, None) => &mut standard,
     };
     let fit_out = fit_with(
         &mut model,
@@ -481,6 +552,9 @@ pub fn train_run(
         "num_params": model.num_params(),
         "catastrophic_overfitting_epochs": adv.as_ref().map(|h| h.co_epochs().to_vec()),
         "val_pgd_accuracy": last.and_then(|r| r.extra.get("val_pgd_accuracy").copied()),
+        "zo_queries": zo.as_ref().map(|h| h.queries),
+        "zo_coordinates_per_step": zo.as_ref().map(|h| h.coordinates()),
+        "zo_layer_densities": zo.as_ref().map(|h| h.densities().clone()),
     });
     let model_path = out.join("model.safetensors");
     let mut seeds = BTreeMap::new();
@@ -530,6 +604,12 @@ pub fn train_run(
                 .unwrap_or_default(),
         ],
         vec!["epochs".into(), fit_out.history.len().to_string()],
+        vec![
+            "zo queries".into(),
+            zo.as_ref()
+                .map(|h| format!("{} ({} coordinates per step)", h.queries, h.coordinates()))
+                .unwrap_or_else(|| "-".into()),
+        ],
         vec![
             "train time".into(),
             format!("{:.1} s", fit_out.train_seconds),

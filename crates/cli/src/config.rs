@@ -71,6 +71,9 @@ pub struct RunConfig {
     /// Adversarial training (absent: standard training).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adv: Option<AdvTrainConfig>,
+    /// Zeroth-order (DeepZero CGE) training instead of backpropagation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zo: Option<rustworthy_zo::ZoTrainConfig>,
     pub run: RunSection,
 }
 
@@ -83,6 +86,15 @@ impl RunConfig {
         self.train.validate().map_err(|e| prefix(e, "train."))?;
         if let Some(a) = &self.adv {
             a.validate()?;
+        }
+        if let Some(z) = &self.zo {
+            z.validate()?;
+            if self.adv.is_some() {
+                return Err(Error::config(
+                    "zo",
+                    "zeroth-order training and adversarial training cannot be combined",
+                ));
+            }
         }
         if self.run.out.as_os_str().is_empty() {
             return Err(Error::config("run.out", "must be a folder path"));

@@ -16,6 +16,7 @@ use rustworthy_robust::{
     attack_dataset, robust_eval, Apgd, ApgdTargeted, Attack, AttackLoss, CarliniWagner, Norm, Pgd,
     RunOptions, Square, SuiteConfig, TargetSpec, ThreatModel,
 };
+use rustworthy_zo::{ZoAttack, ZoAttackKind};
 use rustworthy_train::checkpoint::load_model;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -54,7 +55,7 @@ pub struct ModelData {
 pub struct AttackArgs {
     #[command(flatten)]
     pub md: ModelData,
-    /// fgsm | pgd | apgd | apgd-t | cw | square
+    /// fgsm | pgd | apgd | apgd-t | cw | square | zoo | zo-signsgd | nes
     #[arg(long, default_value = "pgd")]
     pub attack: String,
     /// linf | l2
@@ -83,9 +84,15 @@ pub struct AttackArgs {
     /// Run every sample for all steps (no early stop on success), as torchattacks does.
     #[arg(long)]
     pub no_early_stop: bool,
-    /// Query budget per sample (square).
+    /// Query budget per sample (square, zoo, zo-signsgd, nes).
     #[arg(long, default_value_t = 5000)]
     pub queries: usize,
+    /// Directions per estimate (zo-signsgd 20, nes 50) or coordinates per iteration (zoo 128).
+    #[arg(long)]
+    pub q: Option<usize>,
+    /// Finite-difference radius (zoo h 1e-3, zo-signsgd mu 5e-3, nes sigma 1e-3).
+    #[arg(long)]
+    pub mu: Option<f64>,
     /// Targets tried by apgd-t.
     #[arg(long, default_value_t = 9)]
     pub targets: usize,
@@ -203,6 +210,33 @@ fn build_attack(a: &AttackArgs) -> Result<Box<dyn Attack>> {
             s.validate()?;
             Box::new(s)
         }
+        "zoo" | "zo-signsgd" | "nes" => {
+            let t = threat(a.eps)?;
+            let mut z = match a.attack.as_str() {
+                "zoo" => ZoAttack::zoo(t, a.queries),
+                "nes" => ZoAttack::nes(t, a.queries),
+                _ => ZoAttack::sign_sgd(t, a.queries),
+            };
+            if let Some(lr) = a.step_size {
+                z.lr = lr;
+            }
+            z.kind = match z.kind {
+                ZoAttackKind::Zoo { coords, h } => ZoAttackKind::Zoo {
+                    coords: a.q.unwrap_or(coords),
+                    h: a.mu.unwrap_or(h),
+                },
+                ZoAttackKind::SignSgd { q, mu } => ZoAttackKind::SignSgd {
+                    q: a.q.unwrap_or(q),
+                    mu: a.mu.unwrap_or(mu),
+                },
+                ZoAttackKind::Nes { q, sigma } => ZoAttackKind::Nes {
+                    q: a.q.unwrap_or(q),
+                    sigma: a.mu.unwrap_or(sigma),
+                },
+            };
+            z.validate()?;
+            Box::new(z)
+        }
         "cw" => {
             if norm != Norm::L2 {
                 return Err(Error::config("norm", "C&W is an l2 attack; pass --norm l2"));
@@ -220,7 +254,9 @@ fn build_attack(a: &AttackArgs) -> Result<Box<dyn Attack>> {
         o => {
             return Err(Error::config(
                 "attack",
-                format!("unknown attack `{o}` (fgsm, pgd, apgd, apgd-t, cw, square)"),
+                format!(
+                    "unknown attack `{o}` (fgsm, pgd, apgd, apgd-t, cw, square, zoo, zo-signsgd, nes)"
+                ),
             ))
         }
     })

@@ -4,11 +4,15 @@
 //! ZO-Min-Max, score-based black-box attacks (ZOO, ZO-signSGD, NES) on the attack interface of
 //! `rustworthy-robust`, and DeepZero-style training of networks from forward passes only.
 
+pub mod attacks;
+pub mod deepzero;
 pub mod estimate;
 pub mod minmax;
 pub mod objective;
 pub mod optim;
 
+pub use attacks::{ZoAttack, ZoAttackKind};
+pub use deepzero::{zo_grasp_densities, DeepZeroStep, ZoNet, ZoTrainConfig};
 pub use estimate::{Cge, Diff, Dist, Estimate, Estimator, Replay, Rge};
 pub use minmax::{min_max, MinMaxConfig, MinMaxObjective, RobustRegression};
 pub use objective::{FnObjective, Logistic, Objective, Oracle, Quadratic};

@@ -1,0 +1,966 @@
+//! DeepZero-style training (Chen et al., ICLR'24): coordinate-wise gradient estimates (CGE,
+//! forward differences) of the training loss over a sparse coordinate set, with
+//!
+//! - **feature reuse**: the network is run once per step on the batch and the input and
+//!   pre-activation of every layer are kept; a perturbed coordinate of layer `l` restarts the
+//!   forward pass at layer `l` from those activations;
+//! - **batched perturbations**: the perturbed copies of a layer's output for many coordinates are
+//!   stacked along the batch and the rest of the network runs once on the stack (batch-norm
+//!   statistics are computed per copy, as `K` separate forward passes would);
+//! - **exact affine updates**: a layer's output with weight `W + mu e_c` is its cached output
+//!   plus `mu` times one input feature (linear) or one shifted input channel (convolution),
+//!   so the perturbed layer itself costs no matrix product;
+//! - **ZO-GraSP**: layer-wise densities from GraSP scores `theta * Hg` whose gradient and
+//!   Hessian-gradient product are themselves ZO estimates (RGE, and a finite difference of two
+//!   RGEs with common directions); the coordinates of each layer are drawn at random at its
+//!   density and redrawn every few epochs.
+//!
+//! Queries: one per network evaluation on the batch, so a step costs `1 + |S|` queries.
+
+use crate::estimate::{Dist, Rge};
+use crate::objective::{Objective, Oracle};
+use rustworthy_core::seed::{derive, SeedRng};
+use rustworthy_core::{validate, Error, Result};
+use rustworthy_models::spec::Arch;
+use rustworthy_models::Model;
+use rustworthy_train::{EpochRecord, EpochVerdict, TrainHook};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tch::{Kind, Tensor};
+
+const BN_EPS: f64 = 1e-5;
+const BN_MOMENTUM: f64 = 0.1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AffOp {
+    Conv { stride: i64, pad: i64 },
+    Linear,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pre {
+    None,
+    Flatten,
+    AvgPool,
+}
+
+struct Bn {
+    w: Tensor,
+    b: Tensor,
+    rm: Tensor,
+    rv: Tensor,
+    count: Tensor,
+}
+
+enum Post {
+    Bn(Bn),
+    Relu,
+    MaxPool2,
+}
+
+struct Affine {
+    op: AffOp,
+    pre: Pre,
+    w: Tensor,
+    b: Option<Tensor>,
+    post: Vec<Post>,
+}
+
+enum Shortcut {
+    Identity,
+    ZeroPad { stride: i64, lo: i64, hi: i64 },
+}
+
+struct Block {
+    c1: Affine,
+    c2: Affine,
+    sc: Shortcut,
+}
+
+enum Unit {
+    Affine(Affine),
+    Block(Block),
+}
+
+/// Activations of one unit kept from the base forward pass.
+enum Cache {
+    Affine {
+        a: Tensor,
+        z: Tensor,
+    },
+    Block {
+        x: Tensor,
+        pre1: Tensor,
+        h1: Tensor,
+        pre2: Tensor,
+        sc: Tensor,
+    },
+}
+
+/// A parameter tensor whose coordinates CGE can perturb.
+#[derive(Clone, Debug)]
+pub struct Slot {
+    /// State-dict name.
+    pub name: String,
+    pub numel: i64,
+    unit: usize,
+    /// 0: the unit's affine layer (or a block's first convolution), 1: a block's second.
+    part: u8,
+    /// A bias (always estimated in full) rather than a weight.
+    pub bias: bool,
+}
+
+/// A network of the zoo as a chain of units, evaluated functionally on the model's own
+/// parameter tensors (updates by the optimizer are seen at once).
+pub struct ZoNet {
+    units: Vec<Unit>,
+    pub slots: Vec<Slot>,
+    mean: Tensor,
+    std: Tensor,
+}
+
+fn aff_forward(f: &Affine, a: &Tensor) -> Tensor {
+    match f.op {
+        AffOp::Conv { stride, pad } => {
+            a.conv2d(&f.w, f.b.as_ref(), [stride, stride], [pad, pad], [1, 1], 1)
+        }
+        AffOp::Linear => a.linear(&f.w, f.b.as_ref()),
+    }
+}
+
+fn pre(p: Pre, x: &Tensor) -> Tensor {
+    match p {
+        Pre::None => x.shallow_clone(),
+        Pre::Flatten => x.flatten(1, -1),
+        Pre::AvgPool => x.adaptive_avg_pool2d([1, 1]).flatten(1, -1),
+    }
+}
+
+/// Batch norm over `k` stacked copies of a batch, each with its own statistics (train), or with
+/// the running statistics (eval). `update` (k = 1 only) updates the running statistics.
+fn bn(n: &Bn, x: &Tensor, k: i64, train: bool, update: bool) -> Tensor {
+    if !train || update {
+        if update {
+            let mut c = n.count.shallow_clone();
+            let _ = c.g_add_scalar_(1);
+        }
+        return x.batch_norm(
+            Some(&n.w),
+            Some(&n.b),
+            Some(&n.rm),
+            Some(&n.rv),
+            train,
+            BN_MOMENTUM,
+            BN_EPS,
+            true,
+        );
+    }
+    let s = x.size();
+    let c = s[1];
+    let g = x.view([k, s[0] / k, c, -1]);
+    let mean = g.mean_dim([1, 3].as_slice(), true, None);
+    let var = g.var_correction([1, 3].as_slice(), 0, true);
+    let y = (g - mean) / (var + BN_EPS).sqrt();
+    let y = y * n.w.view([1, 1, c, 1]) + n.b.view([1, 1, c, 1]);
+    y.view(s.as_slice())
+}
+
+fn post(ops: &[Post], x: Tensor, k: i64, train: bool, update: bool) -> Tensor {
+    let mut x = x;
+    for op in ops {
+        x = match op {
+            Post::Bn(n) => bn(n, &x, k, train, update),
+            Post::Relu => x.relu(),
+            Post::MaxPool2 => x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false),
+        };
+    }
+    x
+}
+
+fn shortcut(s: &Shortcut, x: &Tensor) -> Tensor {
+    match *s {
+        Shortcut::Identity => x.shallow_clone(),
+        Shortcut::ZeroPad { stride, lo, hi } => {
+            let t = if stride != 1 {
+                x.slice(2, 0, None, stride).slice(3, 0, None, stride)
+            } else {
+                x.shallow_clone()
+            };
+            if lo + hi > 0 {
+                t.constant_pad_nd([0, 0, 0, 0, lo, hi])
+            } else {
+                t
+            }
+        }
+    }
+}
+
+/// Repeats a `[B, ...]` tensor `k` times along the batch (copy-major).
+fn rep(x: &Tensor, k: i64) -> Tensor {
+    let mut shape = vec![k];
+    shape.extend(std::iter::repeat_n(1, x.dim()));
+    x.unsqueeze(0).repeat(shape.as_slice()).flatten(0, 1)
+}
+
+/// The change of an affine layer's output `[K, B, ...]` when coordinate `coords[k]` of its
+/// weight (or bias) moves by `mu`, from the layer input `a` `[B, ...]`.
+fn delta(f: &Affine, a: &Tensor, z: &Tensor, coords: &Tensor, bias: bool, mu: f64) -> Tensor {
+    let k = coords.size()[0];
+    let zs = z.size();
+    let (b, cout) = (zs[0], zs[1]);
+    let rest: i64 = zs[2..].iter().product();
+    let dev = a.device();
+    let kind = z.kind();
+    // [K, 1, Cout, 1] one-hot of the output channel of each coordinate.
+    let fan = if bias { 1 } else { f.w.numel() as i64 / cout };
+    let out_ch = coords.divide_scalar_mode(fan, "floor");
+    let onehot = Tensor::zeros([k, cout], (kind, dev))
+        .scatter_value(1, &out_ch.unsqueeze(1), 1.0)
+        .view([k, 1, cout, 1]);
+    let vals = if bias {
+        Tensor::full([k, 1, 1, 1], mu, (kind, dev))
+    } else {
+        let r = coords.remainder(fan);
+        let cols = match f.op {
+            AffOp::Linear => a.unsqueeze(2), // [B, in, 1]
+            AffOp::Conv { stride, pad } => {
+                let ws = f.w.size();
+                a.im2col([ws[2], ws[3]], [1, 1], [pad, pad], [stride, stride])
+            }
+        };
+        // [B, K, L] -> [K, B, 1, L]
+        cols.index_select(1, &r).permute([1, 0, 2]).unsqueeze(2) * mu
+    };
+    let d = onehot * vals;
+    let mut shape = vec![k, if bias { 1 } else { b }, cout];
+    shape.extend(zs[2..].iter().map(|&n| if bias { 1 } else { n }));
+    let _ = rest;
+    d.view(shape.as_slice())
+}
+
+/// Mean cross-entropy of each of the `k` stacked copies: `[k]`.
+fn group_loss(logits: &Tensor, y: &Tensor, k: i64) -> Tensor {
+    let yk = rep(y, k);
+    logits
+        .cross_entropy_loss::<Tensor>(&yk, None, tch::Reduction::None, -100, 0.0)
+        .view([k, -1])
+        .mean_dim(1, false, Some(Kind::Double))
+}
+
+/// Activation floats per sample that a perturbed copy may hold at once (bounds a chunk of
+/// coordinates).
+const CHUNK_FLOATS: i64 = 1 << 26;
+
+impl ZoNet {
+    /// Builds the chain of `model` (LeNet-5, MLP or ResNet-20).
+    pub fn new(model: &Model) -> Result<ZoNet> {
+        let p: BTreeMap<String, Tensor> = model.parameters().into_iter().collect();
+        let bufs: BTreeMap<String, Tensor> = model.buffers().into_iter().collect();
+        let get = |n: &str| -> Result<Tensor> {
+            p.get(n)
+                .or_else(|| bufs.get(n))
+                .map(|t| t.shallow_clone())
+                .ok_or_else(|| Error::invalid(format!("model has no variable `{n}`")))
+        };
+        let lin = |n: &str, pre: Pre, relu: bool| -> Result<Affine> {
+            Ok(Affine {
+                op: AffOp::Linear,
+                pre,
+                w: get(&format!("{n}.weight"))?,
+                b: Some(get(&format!("{n}.bias"))?),
+                post: if relu { vec![Post::Relu] } else { vec![] },
+            })
+        };
+        let bnp = |n: &str| -> Result<Post> {
+            Ok(Post::Bn(Bn {
+                w: get(&format!("{n}.weight"))?,
+                b: get(&format!("{n}.bias"))?,
+                rm: get(&format!("{n}.running_mean"))?,
+                rv: get(&format!("{n}.running_var"))?,
+                count: get(&format!("{n}.num_batches_tracked"))?,
+            }))
+        };
+        let conv = |n: &str, stride, pad, bias: bool, post: Vec<Post>| -> Result<Affine> {
+            Ok(Affine {
+                op: AffOp::Conv { stride, pad },
+                pre: Pre::None,
+                w: get(&format!("{n}.weight"))?,
+                b: if bias {
+                    Some(get(&format!("{n}.bias"))?)
+                } else {
+                    None
+                },
+                post,
+            })
+        };
+        let mut units = Vec::new();
+        let mut names = Vec::new();
+        match model.arch() {
+            Arch::Lenet => {
+                units.push(Unit::Affine(conv("conv1", 1, 2, true, vec![Post::Relu, Post::MaxPool2])?));
+                units.push(Unit::Affine(conv("conv2", 1, 0, true, vec![Post::Relu, Post::MaxPool2])?));
+                units.push(Unit::Affine(lin("fc1", Pre::Flatten, true)?));
+                units.push(Unit::Affine(lin("fc2", Pre::None, true)?));
+                units.push(Unit::Affine(lin("fc3", Pre::None, false)?));
+                names.extend(["conv1", "conv2", "fc1", "fc2", "fc3"].map(|n| vec![n.to_string()]));
+            }
+            Arch::Mlp => {
+                units.push(Unit::Affine(lin("fc1", Pre::Flatten, true)?));
+                units.push(Unit::Affine(lin("fc2", Pre::None, true)?));
+                units.push(Unit::Affine(lin("fc3", Pre::None, false)?));
+                names.extend(["fc1", "fc2", "fc3"].map(|n| vec![n.to_string()]));
+            }
+            Arch::Resnet20 => {
+                units.push(Unit::Affine(conv("conv1", 1, 1, false, vec![bnp("bn1")?, Post::Relu])?));
+                names.push(vec!["conv1".into()]);
+                let mut cin = 16;
+                for (i, width) in [16i64, 32, 64].into_iter().enumerate() {
+                    for j in 0..3 {
+                        let stride = if i > 0 && j == 0 { 2 } else { 1 };
+                        let n = format!("layer{}.{j}", i + 1);
+                        let c1 = conv(&format!("{n}.conv1"), stride, 1, false, vec![bnp(&format!("{n}.bn1"))?, Post::Relu])?;
+                        let c2 = conv(&format!("{n}.conv2"), 1, 1, false, vec![bnp(&format!("{n}.bn2"))?])?;
+                        let sc = if stride == 1 && cin == width {
+                            Shortcut::Identity
+                        } else {
+                            let extra = width - cin;
+                            Shortcut::ZeroPad {
+                                stride,
+                                lo: extra / 2,
+                                hi: extra - extra / 2,
+                            }
+                        };
+                        units.push(Unit::Block(Block { c1, c2, sc }));
+                        names.push(vec![format!("{n}.conv1"), format!("{n}.conv2")]);
+                        cin = width;
+                    }
+                }
+                units.push(Unit::Affine(lin("fc", Pre::AvgPool, false)?));
+                names.push(vec!["fc".into()]);
+            }
+            a => {
+                return Err(Error::config(
+                    "model.arch",
+                    format!("zeroth-order training supports lenet, mlp and resnet20, not {a}"),
+                ))
+            }
+        }
+        let mut slots = Vec::new();
+        for (u, (unit, ns)) in units.iter().zip(&names).enumerate() {
+            let parts: Vec<&Affine> = match unit {
+                Unit::Affine(f) => vec![f],
+                Unit::Block(b) => vec![&b.c1, &b.c2],
+            };
+            for (part, (f, n)) in parts.into_iter().zip(ns).enumerate() {
+                slots.push(Slot {
+                    name: format!("{n}.weight"),
+                    numel: f.w.numel() as i64,
+                    unit: u,
+                    part: part as u8,
+                    bias: false,
+                });
+                if let Some(b) = &f.b {
+                    slots.push(Slot {
+                        name: format!("{n}.bias"),
+                        numel: b.numel() as i64,
+                        unit: u,
+                        part: part as u8,
+                        bias: true,
+                    });
+                }
+            }
+        }
+        let dev = model.device();
+        let (mean, std) = (
+            model.normalize(&Tensor::zeros([1, model.spec.in_channels, 1, 1], (Kind::Float, dev))),
+            model.normalize(&Tensor::ones([1, model.spec.in_channels, 1, 1], (Kind::Float, dev))),
+        );
+        // normalize(x) = (x - m) / s = x * (n1 - n0) + n0
+        Ok(ZoNet {
+            units,
+            slots,
+            mean,
+            std,
+        })
+    }
+
+    fn normalize(&self, x: &Tensor) -> Tensor {
+        x * (&self.std - &self.mean) + &self.mean
+    }
+
+    fn affine(&self, s: &Slot) -> &Affine {
+        match (&self.units[s.unit], s.part) {
+            (Unit::Affine(f), _) => f,
+            (Unit::Block(b), 0) => &b.c1,
+            (Unit::Block(b), _) => &b.c2,
+        }
+    }
+
+    /// The parameter tensor of a slot.
+    pub fn tensor(&self, s: &Slot) -> Tensor {
+        let f = self.affine(s);
+        if s.bias {
+            f.b.as_ref().expect("bias slot").shallow_clone()
+        } else {
+            f.w.shallow_clone()
+        }
+    }
+
+    fn unit_forward(&self, u: usize, x: &Tensor, k: i64, train: bool, update: bool) -> (Tensor, Cache) {
+        match &self.units[u] {
+            Unit::Affine(f) => {
+                let a = pre(f.pre, x);
+                let z = aff_forward(f, &a);
+                let out = post(&f.post, z.shallow_clone(), k, train, update);
+                (out, Cache::Affine { a, z })
+            }
+            Unit::Block(b) => {
+                let pre1 = aff_forward(&b.c1, x);
+                let h1 = post(&b.c1.post, pre1.shallow_clone(), k, train, update);
+                let pre2 = aff_forward(&b.c2, &h1);
+                let sc = shortcut(&b.sc, x);
+                let out = (post(&b.c2.post, pre2.shallow_clone(), k, train, update) + &sc).relu();
+                (
+                    out,
+                    Cache::Block {
+                        x: x.shallow_clone(),
+                        pre1,
+                        h1,
+                        pre2,
+                        sc,
+                    },
+                )
+            }
+        }
+    }
+
+    /// Logits of the unperturbed network (train: batch statistics, updating the running ones when
+    /// `update`) and the per-unit caches.
+    fn forward_cached(&self, x: &Tensor, train: bool, update: bool) -> (Tensor, Vec<Cache>) {
+        let mut h = self.normalize(x);
+        let mut caches = Vec::with_capacity(self.units.len());
+        for u in 0..self.units.len() {
+            let (out, c) = self.unit_forward(u, &h, 1, train, update);
+            caches.push(c);
+            h = out;
+        }
+        (h, caches)
+    }
+
+    /// Logits of the network, no caches kept (used by the reference path and tests).
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        tch::no_grad(|| self.forward_cached(x, train, false).0)
+    }
+
+    fn tail(&self, from: usize, mut h: Tensor, k: i64, train: bool) -> Tensor {
+        for u in from..self.units.len() {
+            h = self.unit_forward(u, &h, k, train, false).0;
+        }
+        h
+    }
+
+    /// Largest per-sample activation size from unit `u` on.
+    fn act_floats(&self, caches: &[Cache], u: usize) -> i64 {
+        caches[u..]
+            .iter()
+            .map(|c| match c {
+                Cache::Affine { z, .. } => z.numel() as i64 / z.size()[0],
+                Cache::Block { pre1, .. } => pre1.numel() as i64 / pre1.size()[0],
+            })
+            .max()
+            .unwrap_or(1)
+    }
+
+    /// Losses with coordinate `coords[k]` of `slot` moved by `mu`, for every k: `[K]` (f64).
+    fn perturbed_losses(
+        &self,
+        caches: &[Cache],
+        y: &Tensor,
+        slot: &Slot,
+        coords: &Tensor,
+        mu: f64,
+        train: bool,
+    ) -> Tensor {
+        let b = y.size()[0];
+        let per = (CHUNK_FLOATS / (b * self.act_floats(caches, slot.unit).max(1))).max(1);
+        let n = coords.size()[0];
+        let mut out = Vec::new();
+        let mut s = 0;
+        while s < n {
+            let k = per.min(n - s);
+            let c = coords.narrow(0, s, k);
+            let f = self.affine(slot);
+            if let Some(h) = self.next_affine_fast(caches, slot, &c, mu, train) {
+                let logits = self.tail(slot.unit + 2, h, k, train);
+                out.push(group_loss(&logits, y, k));
+                s += k;
+                continue;
+            }
+            let h = match (&self.units[slot.unit], &caches[slot.unit]) {
+                (Unit::Affine(_), Cache::Affine { a, z }) => {
+                    let zk = (z.unsqueeze(0) + delta(f, a, z, &c, slot.bias, mu)).flatten(0, 1);
+                    post(&f.post, zk, k, train, false)
+                }
+                (Unit::Block(bl), Cache::Block { x, pre1, h1, pre2, sc }) => {
+                    let pre2k = if slot.part == 0 {
+                        let p1 = (pre1.unsqueeze(0) + delta(f, x, pre1, &c, slot.bias, mu)).flatten(0, 1);
+                        let h1k = post(&bl.c1.post, p1, k, train, false);
+                        aff_forward(&bl.c2, &h1k)
+                    } else {
+                        (pre2.unsqueeze(0) + delta(f, h1, pre2, &c, slot.bias, mu)).flatten(0, 1)
+                    };
+                    (post(&bl.c2.post, pre2k, k, train, false) + rep(sc, k)).relu()
+                }
+                _ => unreachable!("caches follow the units"),
+            };
+            let logits = self.tail(slot.unit + 1, h, k, train);
+            out.push(group_loss(&logits, y, k));
+            s += k;
+        }
+        Tensor::cat(&out, 0)
+    }
+
+    /// The output of unit `u + 1` for each perturbed coordinate of an affine unit `u` whose
+    /// post-operations act channel by channel without batch statistics (ReLU, max-pooling) and
+    /// whose successor is affine: only output channel `o` of unit `u` changes, so the change of
+    /// the successor's pre-activation is the successor applied to that one channel's change
+    /// (a rank-one product for a linear layer, a grouped one-channel convolution for a
+    /// convolution). `None` where the shortcut does not apply.
+    fn next_affine_fast(
+        &self,
+        caches: &[Cache],
+        slot: &Slot,
+        coords: &Tensor,
+        mu: f64,
+        train: bool,
+    ) -> Option<Tensor> {
+        let u = slot.unit;
+        let (Unit::Affine(f), Some(Unit::Affine(g))) = (&self.units[u], self.units.get(u + 1)) else {
+            return None;
+        };
+        if !f.post.iter().all(|p| matches!(p, Post::Relu | Post::MaxPool2)) || g.pre == Pre::AvgPool {
+            return None;
+        }
+        let (Cache::Affine { a, z }, Cache::Affine { a: a2, z: z2 }) = (&caches[u], &caches[u + 1]) else {
+            return None;
+        };
+        let k = coords.size()[0];
+        let zs = z.size();
+        let (b, cout) = (zs[0], zs[1]);
+        let fan = if slot.bias { 1 } else { f.w.numel() as i64 / cout };
+        let o = coords.divide_scalar_mode(fan, "floor");
+        // The perturbed channel before and after: [K, B, S].
+        let zc = z.view([b, cout, -1]).index_select(1, &o).permute([1, 0, 2]);
+        let dv = if slot.bias {
+            Tensor::full([k, 1, 1], mu, (z.kind(), z.device()))
+        } else {
+            let r = coords.remainder(fan);
+            let cols = match f.op {
+                AffOp::Linear => a.unsqueeze(2),
+                AffOp::Conv { stride, pad } => {
+                    let ws = f.w.size();
+                    a.im2col([ws[2], ws[3]], [1, 1], [pad, pad], [stride, stride])
+                }
+            };
+            cols.index_select(1, &r).permute([1, 0, 2]) * mu
+        };
+        let spatial: Vec<i64> = zs[2..].to_vec();
+        let one_channel = |t: Tensor| {
+            let mut shape = vec![k * b, 1];
+            shape.extend(&spatial);
+            let h = post(&f.post, t.reshape(shape.as_slice()), k, train, false);
+            h.view([k, b, -1])
+        };
+        let h_new = one_channel(zc + dv);
+        // The base channel after the post-operations, from the successor's cached input.
+        let h_base = a2.view([b, cout, -1]).index_select(1, &o).permute([1, 0, 2]);
+        let dh = h_new - h_base; // [K, B, S']
+        let s2 = dh.size()[2];
+        if g.op == AffOp::Linear && s2 == 1 {
+            // Rank one: z2 + dh * W2[:, o], in one pass.
+            let wcol = g.w.index_select(1, &o).tr().unsqueeze(1); // [K, 1, out2]
+            let z2k = z2.unsqueeze(0).addcmul(&dh, &wcol).flatten(0, 1);
+            return Some(post(&g.post, z2k, k, train, false));
+        }
+        let dz2 = match g.op {
+            AffOp::Linear => {
+                let out2 = g.w.size()[0];
+                let wsl = g.w.view([out2, cout, s2]).index_select(1, &o).permute([1, 2, 0]);
+                dh.bmm(&wsl)
+            }
+            AffOp::Conv { stride, pad } => {
+                let ws = g.w.size();
+                let hw = a2.size();
+                // Each copy's one-channel change, unfolded, times its channel's weight slice.
+                let cols = dh
+                    .view([k * b, 1, hw[2], hw[3]])
+                    .im2col([ws[2], ws[3]], [1, 1], [pad, pad], [stride, stride]);
+                let l = cols.size()[2];
+                let cols = cols.view([k, b, ws[2] * ws[3], l]).permute([0, 2, 1, 3]).reshape([k, ws[2] * ws[3], b * l]);
+                let wsl = g.w.index_select(1, &o).permute([1, 0, 2, 3]).reshape([k, ws[0], ws[2] * ws[3]]);
+                let side = |n: i64, kk: i64| (n + 2 * pad - kk) / stride + 1;
+                let (ho, wo) = (side(hw[2], ws[2]), side(hw[3], ws[3]));
+                wsl.bmm(&cols).view([k, ws[0], b, ho, wo]).permute([0, 2, 1, 3, 4])
+            }
+        };
+        let z2k = (z2.unsqueeze(0) + dz2.view([vec![k], z2.size()].concat().as_slice())).flatten(0, 1);
+        Some(post(&g.post, z2k, k, train, false))
+    }
+
+    /// One CGE estimate of the batch loss's gradient on the coordinates `coords` (per slot,
+    /// flat int64 indices; slots without an entry get zeros): forward differences with radius
+    /// `mu`, feature reuse and batched perturbations. Returns the base loss and logits, the
+    /// estimates (one `[numel]` tensor per slot) and the queries spent.
+    pub fn cge(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        coords: &[Option<Tensor>],
+        mu: f64,
+        train: bool,
+    ) -> (Tensor, Tensor, Vec<Tensor>, u64) {
+        tch::no_grad(|| {
+            let (logits, caches) = self.forward_cached(x, train, train);
+            let base = group_loss(&logits, y, 1);
+            let mut queries = 1u64;
+            let grads = self
+                .slots
+                .iter()
+                .zip(coords)
+                .map(|(s, c)| {
+                    let dev = x.device();
+                    let g = Tensor::zeros([s.numel], (Kind::Float, dev));
+                    if let Some(c) = c {
+                        if c.numel() > 0 {
+                            let l = self.perturbed_losses(&caches, y, s, c, mu, train);
+                            queries += c.numel() as u64;
+                            let d = ((l - &base) / mu).to_kind(Kind::Float);
+                            return g.index_copy(0, c, &d);
+                        }
+                    }
+                    g
+                })
+                .collect();
+            (base.to_kind(Kind::Float).squeeze(), logits, grads, queries)
+        })
+    }
+
+    /// The same estimate one coordinate at a time, each a full forward pass with the parameter
+    /// moved in place (the loop of the published implementation; the test and benchmark
+    /// reference). Batch-norm statistics are not updated.
+    pub fn cge_naive(&self, x: &Tensor, y: &Tensor, coords: &[Option<Tensor>], mu: f64, train: bool) -> Vec<Tensor> {
+        tch::no_grad(|| {
+            let base = group_loss(&self.forward_cached(x, train, false).0, y, 1).double_value(&[0]);
+            self.slots
+                .iter()
+                .zip(coords)
+                .map(|(s, c)| {
+                    let mut g = vec![0f32; s.numel as usize];
+                    let t = self.tensor(s).view([-1]);
+                    if let Some(c) = c {
+                        for i in Vec::<i64>::try_from(c).unwrap_or_default() {
+                            let old = t.double_value(&[i]);
+                            let _ = t.get(i).fill_(old + mu);
+                            let l = group_loss(&self.forward_cached(x, train, false).0, y, 1).double_value(&[0]);
+                            let _ = t.get(i).fill_(old);
+                            g[i as usize] = ((l - base) / mu) as f32;
+                        }
+                    }
+                    Tensor::from_slice(&g).to_device(x.device())
+                })
+                .collect()
+        })
+    }
+}
+
+/// DeepZero training settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoTrainConfig {
+    /// Fraction of the weight coordinates left out of each estimate (biases are always in).
+    pub sparsity: f64,
+    /// Forward-difference radius (5e-3 in DeepZero).
+    #[serde(default = "default_mu")]
+    pub mu: f64,
+    /// Redraw the coordinate set every this many epochs (5 in DeepZero).
+    #[serde(default = "default_resample")]
+    pub resample_every: usize,
+    /// RGE directions of ZO-GraSP.
+    #[serde(default = "default_grasp_q")]
+    pub grasp_q: usize,
+    /// Training samples in the ZO-GraSP batch.
+    #[serde(default = "default_grasp_batch")]
+    pub grasp_batch: usize,
+}
+
+fn default_mu() -> f64 {
+    5e-3
+}
+fn default_resample() -> usize {
+    5
+}
+fn default_grasp_q() -> usize {
+    64
+}
+fn default_grasp_batch() -> usize {
+    256
+}
+
+impl ZoTrainConfig {
+    pub fn new(sparsity: f64) -> Self {
+        ZoTrainConfig {
+            sparsity,
+            mu: default_mu(),
+            resample_every: default_resample(),
+            grasp_q: default_grasp_q(),
+            grasp_batch: default_grasp_batch(),
+        }
+    }
+    pub fn validate(&self) -> Result<()> {
+        validate::in_half_open("zo.sparsity", self.sparsity, 0.0, 1.0)?;
+        validate::finite("zo.mu", self.mu)?;
+        if self.mu <= 0.0 {
+            return Err(Error::config("zo.mu", format!("must be > 0, got {}", self.mu)));
+        }
+        validate::positive_int("zo.resample_every", self.resample_every)?;
+        validate::positive_int("zo.grasp_q", self.grasp_q)?;
+        validate::positive_int("zo.grasp_batch", self.grasp_batch)?;
+        Ok(())
+    }
+}
+
+/// The loss of a batch as a function of the flat vector of all weights in `slots` (one forward
+/// pass per query point; used by ZO-GraSP).
+struct WeightObjective<'a> {
+    net: &'a ZoNet,
+    slots: Vec<Slot>,
+    x: Tensor,
+    y: Tensor,
+}
+
+impl WeightObjective<'_> {
+    fn flat(&self) -> Tensor {
+        Tensor::cat(
+            &self.slots.iter().map(|s| self.net.tensor(s).view([-1])).collect::<Vec<_>>(),
+            0,
+        )
+    }
+    fn set(&self, v: &Tensor) {
+        let mut o = 0;
+        for s in &self.slots {
+            let mut t = self.net.tensor(s);
+            let _ = t.copy_(&v.narrow(0, o, s.numel).view(t.size().as_slice()));
+            o += s.numel;
+        }
+    }
+}
+
+impl Objective for WeightObjective<'_> {
+    fn dim(&self) -> i64 {
+        self.slots.iter().map(|s| s.numel).sum()
+    }
+    fn eval(&mut self, xs: &Tensor, _b: Option<&Tensor>) -> Result<Tensor> {
+        tch::no_grad(|| {
+            let keep = self.flat();
+            let vals: Vec<Tensor> = (0..xs.size()[0])
+                .map(|i| {
+                    self.set(&xs.get(i));
+                    group_loss(&self.net.forward(&self.x, true), &self.y, 1).to_kind(Kind::Float)
+                })
+                .collect();
+            self.set(&keep);
+            Ok(Tensor::cat(&vals, 0))
+        })
+    }
+}
+
+/// Layer-wise densities from ZO-GraSP: scores `theta * Hg` with `g` an RGE of the batch loss
+/// and `Hg ~ (g(theta + delta g) - g(theta)) / delta` (common directions), kept globally at
+/// `1 - sparsity`. Returns `(weight slot name, density)` and the queries spent.
+pub fn zo_grasp_densities(
+    net: &ZoNet,
+    x: &Tensor,
+    y: &Tensor,
+    sparsity: f64,
+    q: usize,
+    seed: u64,
+) -> Result<(BTreeMap<String, f64>, u64)> {
+    let slots: Vec<Slot> = net.slots.iter().filter(|s| !s.bias).cloned().collect();
+    let obj = WeightObjective {
+        net,
+        slots: slots.clone(),
+        x: x.shallow_clone(),
+        y: y.shallow_clone(),
+    };
+    let theta = obj.flat();
+    let mut o = Oracle::new(obj, None)?;
+    let rge = Rge {
+        dist: Dist::Gaussian,
+        q,
+        mu: 5e-3,
+        diff: crate::estimate::Diff::Forward,
+    };
+    let g = rge.estimate(&mut o, &theta, None, seed)?.grad;
+    let delta = 1e-2 / g.norm().double_value(&[]).max(1e-12);
+    let g2 = rge.estimate(&mut o, &(&theta + &g * delta), None, seed)?.grad;
+    let hg = (g2 - &g) / delta;
+    let score = (&theta * hg).to_kind(Kind::Double);
+    let n = score.numel() as i64;
+    let keep = ((1.0 - sparsity) * n as f64).round() as i64;
+    let mut mask = Tensor::zeros([n], (Kind::Double, x.device()));
+    if keep > 0 {
+        let (_, top) = score.topk(keep, 0, true, false);
+        mask = mask.index_fill(0, &top, 1.0);
+    }
+    let mut out = BTreeMap::new();
+    let mut off = 0;
+    for s in &slots {
+        let d = mask.narrow(0, off, s.numel).mean(Kind::Double).double_value(&[]);
+        out.insert(s.name.clone(), d);
+        off += s.numel;
+    }
+    Ok((out, o.queries()))
+}
+
+/// A training hook that replaces backpropagation by DeepZero's sparse CGE: per step, the
+/// estimates are written into the parameters' gradients and the configured optimizer steps.
+pub struct DeepZeroStep {
+    pub cfg: ZoTrainConfig,
+    net: Option<ZoNet>,
+    densities: BTreeMap<String, f64>,
+    coords: Vec<Option<Tensor>>,
+    grasp_batch: (Tensor, Tensor),
+    densities_file: Option<PathBuf>,
+    seed: u64,
+    /// Queries (network evaluations on a batch) so far, ZO-GraSP's included.
+    pub queries: u64,
+    epoch: usize,
+}
+
+impl DeepZeroStep {
+    /// `grasp_batch`: the training batch ZO-GraSP scores on. `densities_file`: where the
+    /// layer densities are kept so that a resumed run reuses them.
+    pub fn new(
+        cfg: ZoTrainConfig,
+        grasp_batch: (Tensor, Tensor),
+        densities_file: Option<PathBuf>,
+        seed: u64,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        Ok(DeepZeroStep {
+            cfg,
+            net: None,
+            densities: BTreeMap::new(),
+            coords: Vec::new(),
+            grasp_batch,
+            densities_file,
+            seed,
+            queries: 0,
+            epoch: 0,
+        })
+    }
+
+    pub fn densities(&self) -> &BTreeMap<String, f64> {
+        &self.densities
+    }
+
+    /// Coordinates estimated per step.
+    pub fn coordinates(&self) -> i64 {
+        self.coords.iter().flatten().map(|c| c.numel() as i64).sum()
+    }
+
+    fn draw(&mut self, epoch: usize) {
+        let net = self.net.as_ref().expect("net built in begin");
+        let round = (epoch / self.cfg.resample_every) as u64;
+        let mut rng = SeedRng::stream(self.seed, "deepzero-coords", round);
+        self.coords = net
+            .slots
+            .iter()
+            .map(|s| {
+                let dev = net.tensor(s).device();
+                if s.bias {
+                    return Some(Tensor::arange(s.numel, (Kind::Int64, dev)));
+                }
+                let d = self.densities.get(&s.name).copied().unwrap_or(0.0);
+                let k = (d * s.numel as f64).round() as usize;
+                if k == 0 {
+                    return None;
+                }
+                let mut perm = rng.permutation(s.numel as usize);
+                perm.truncate(k);
+                perm.sort_unstable();
+                let v: Vec<i64> = perm.into_iter().map(|i| i as i64).collect();
+                Some(Tensor::from_slice(&v).to_device(dev))
+            })
+            .collect();
+    }
+}
+
+impl TrainHook for DeepZeroStep {
+    fn config(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(&self.cfg).ok()
+    }
+
+    fn begin(&mut self, model: &Model, history: &[EpochRecord]) -> Result<()> {
+        let net = ZoNet::new(model)?;
+        let stored = match (&self.densities_file, history.is_empty()) {
+            (Some(f), false) => {
+                let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
+                Some(serde_json::from_slice::<BTreeMap<String, f64>>(&bytes).map_err(|e| {
+                    Error::corrupt(f, format!("layer densities: {e}"))
+                })?)
+            }
+            _ => None,
+        };
+        self.densities = match stored {
+            Some(d) => d,
+            None => {
+                let dev = model.device();
+                let (x, y) = (self.grasp_batch.0.to_device(dev), self.grasp_batch.1.to_device(dev));
+                let (d, q) = zo_grasp_densities(&net, &x, &y, self.cfg.sparsity, self.cfg.grasp_q, derive(self.seed, "zo-grasp", 0))?;
+                self.queries += q;
+                if let Some(f) = &self.densities_file {
+                    rustworthy_core::fsutil::write_json_atomic(f, &d)?;
+                }
+                d
+            }
+        };
+        if let Some(last) = history.last() {
+            self.queries = last.extra.get("queries_total").copied().unwrap_or(0.0) as u64;
+        }
+        self.epoch = history.len();
+        self.net = Some(net);
+        self.draw(self.epoch);
+        Ok(())
+    }
+
+    fn step(&mut self, model: &Model, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
+        let net = self.net.as_ref().ok_or_else(|| Error::invalid("DeepZero step before begin"))?;
+        let (loss, logits, grads, q) = net.cge(x, y, &self.coords, self.cfg.mu, true);
+        self.queries += q;
+        if !bool::try_from(loss.isfinite())? {
+            return Err(Error::Numerical("the zeroth-order training loss is not finite".into()));
+        }
+        // Write the estimates into the gradients: d/dp sum(p * g) = g.
+        let params: BTreeMap<String, Tensor> = model.parameters().into_iter().collect();
+        let mut surrogate = Tensor::zeros([], (Kind::Float, x.device()));
+        for (s, g) in net.slots.iter().zip(&grads) {
+            let p = &params[&s.name];
+            surrogate += (p * g.view(p.size().as_slice())).sum(Kind::Float);
+        }
+        surrogate.backward();
+        Ok((loss, logits))
+    }
+
+    fn end_epoch(&mut self, _model: &mut Model, epoch: usize) -> Result<EpochVerdict> {
+        let mut v = EpochVerdict::default();
+        v.extra.insert("queries_total".into(), self.queries as f64);
+        v.extra.insert("coordinates".into(), self.coordinates() as f64);
+        self.epoch = epoch + 1;
+        if self.epoch % self.cfg.resample_every == 0 {
+            self.draw(self.epoch);
+        }
+        Ok(v)
+    }
+}
