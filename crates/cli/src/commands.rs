@@ -256,11 +256,8 @@ pub fn resolve_config(a: &TrainArgs) -> Result<RunConfig> {
     }
     match a.zo.as_deref() {
         Some("none") => c.zo = None,
-        Some("cge") => {
-            if c.zo.is_none() {
-                c.zo = Some(ZoTrainConfig::new(0.9));
-            }
-        }
+        Some("cge") if c.zo.is_none() => c.zo = Some(ZoTrainConfig::new(0.9)),
+        Some("cge") => {}
         Some(o) => {
             return Err(Error::config(
                 "zo",

@@ -6,6 +6,7 @@ mod prune_cmd;
 mod robust_cmd;
 mod table;
 mod unlearn_cmd;
+mod zo_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -31,13 +32,17 @@ enum Command {
     Info(commands::InfoArgs),
     /// Unlearn a forget set from a trained model and measure how well it was forgotten.
     Unlearn(unlearn_cmd::UnlearnArgs),
-    /// Attack a saved model on test samples (fgsm, pgd, apgd, apgd-t, cw, square).
+    /// Attack a saved model on test samples (fgsm, pgd, apgd, apgd-t, cw, square, and the
+    /// zeroth-order black-box attacks zoo, zo-signsgd, nes).
     Attack(robust_cmd::AttackArgs),
     /// Robust evaluation: clean, FGSM, PGD with restarts, an AutoAttack-style ensemble, the
     /// worst case per sample, an accuracy-vs-eps curve and gradient-masking checks.
     RobustEval(robust_cmd::RobustEvalArgs),
     /// Prune a model (omp, imp, snip, grasp, synflow, random, hydra, bip) to a sparsity.
     Prune(prune_cmd::PruneArgs),
+    /// Zeroth-order estimators, optimizers and min-max on problems with known answers: estimator
+    /// variance against closed forms, convergence to known optima, and an exact duality gap.
+    ZoCheck(zo_cmd::ZoCheckArgs),
     /// Benchmarks: every method against the reference, in one run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -51,6 +56,10 @@ enum BenchCommand {
     /// Every pruning method at several sparsities from one dense model: accuracy, time and
     /// per-layer sparsity, with an accuracy-vs-sparsity plot.
     Prune(prune_cmd::BenchPruneArgs),
+    /// CGE throughput of zeroth-order training (queries per second and seconds per step) on a
+    /// stratified sample of the coordinate set; `scripts/bench-zo.sh` runs it beside the PyTorch
+    /// reference loop.
+    Zo(zo_cmd::BenchZoArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +81,8 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Unlearn(a)) => unlearn_cmd::bench_unlearn(a),
         Command::Bench(BenchCommand::Prune(a)) => prune_cmd::bench_prune(a),
         Command::Prune(a) => prune_cmd::prune_cmd(a),
+        Command::ZoCheck(a) => zo_cmd::zo_check(a),
+        Command::Bench(BenchCommand::Zo(a)) => zo_cmd::bench_zo(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,8 +16,8 @@ use rustworthy_robust::{
     attack_dataset, robust_eval, Apgd, ApgdTargeted, Attack, AttackLoss, CarliniWagner, Norm, Pgd,
     RunOptions, Square, SuiteConfig, TargetSpec, ThreatModel,
 };
-use rustworthy_zo::{ZoAttack, ZoAttackKind};
 use rustworthy_train::checkpoint::load_model;
+use rustworthy_zo::{ZoAttack, ZoAttackKind};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -251,14 +251,12 @@ fn build_attack(a: &AttackArgs) -> Result<Box<dyn Attack>> {
             c.validate()?;
             Box::new(c)
         }
-        o => {
-            return Err(Error::config(
-                "attack",
-                format!(
-                    "unknown attack `{o}` (fgsm, pgd, apgd, apgd-t, cw, square, zoo, zo-signsgd, nes)"
-                ),
-            ))
-        }
+        o => return Err(Error::config(
+            "attack",
+            format!(
+                "unknown attack `{o}` (fgsm, pgd, apgd, apgd-t, cw, square, zoo, zo-signsgd, nes)"
+            ),
+        )),
     })
 }
 

@@ -71,10 +71,7 @@ impl ZoAttack {
     }
     pub fn nes(threat: ThreatModel, queries: usize) -> ZoAttack {
         ZoAttack {
-            kind: ZoAttackKind::Nes {
-                q: 50,
-                sigma: 1e-3,
-            },
+            kind: ZoAttackKind::Nes { q: 50, sigma: 1e-3 },
             lr: threat.eps / 10.0,
             threat,
             queries,
@@ -274,7 +271,11 @@ impl Attack for ZoAttack {
                     )?;
                     let c = (l - f0.unsqueeze(1)) / mu;
                     let g = (c.unsqueeze(2) * u).mean_dim(1, false, None);
-                    &xa - self.threat.ascent_direction(&g.view(shape4(m).as_slice())).view([m, d]) * self.lr
+                    &xa - self
+                        .threat
+                        .ascent_direction(&g.view(shape4(m).as_slice()))
+                        .view([m, d])
+                        * self.lr
                 }
                 ZoAttackKind::Nes { q, sigma } => {
                     let half = q as i64 / 2;
@@ -290,7 +291,11 @@ impl Attack for ZoAttack {
                         2 * half,
                     )?;
                     let g = (l.unsqueeze(2) * u).mean_dim(1, false, None) / sigma;
-                    &xa - self.threat.ascent_direction(&g.view(shape4(m).as_slice())).view([m, d]) * self.lr
+                    &xa - self
+                        .threat
+                        .ascent_direction(&g.view(shape4(m).as_slice()))
+                        .view([m, d])
+                        * self.lr
                 }
             };
             let x_new = self.threat.project(&x_new.view(shape4(m).as_slice()), &xc);

@@ -298,8 +298,20 @@ impl ZoNet {
         let mut names = Vec::new();
         match model.arch() {
             Arch::Lenet => {
-                units.push(Unit::Affine(conv("conv1", 1, 2, true, vec![Post::Relu, Post::MaxPool2])?));
-                units.push(Unit::Affine(conv("conv2", 1, 0, true, vec![Post::Relu, Post::MaxPool2])?));
+                units.push(Unit::Affine(conv(
+                    "conv1",
+                    1,
+                    2,
+                    true,
+                    vec![Post::Relu, Post::MaxPool2],
+                )?));
+                units.push(Unit::Affine(conv(
+                    "conv2",
+                    1,
+                    0,
+                    true,
+                    vec![Post::Relu, Post::MaxPool2],
+                )?));
                 units.push(Unit::Affine(lin("fc1", Pre::Flatten, true)?));
                 units.push(Unit::Affine(lin("fc2", Pre::None, true)?));
                 units.push(Unit::Affine(lin("fc3", Pre::None, false)?));
@@ -312,15 +324,33 @@ impl ZoNet {
                 names.extend(["fc1", "fc2", "fc3"].map(|n| vec![n.to_string()]));
             }
             Arch::Resnet20 => {
-                units.push(Unit::Affine(conv("conv1", 1, 1, false, vec![bnp("bn1")?, Post::Relu])?));
+                units.push(Unit::Affine(conv(
+                    "conv1",
+                    1,
+                    1,
+                    false,
+                    vec![bnp("bn1")?, Post::Relu],
+                )?));
                 names.push(vec!["conv1".into()]);
                 let mut cin = 16;
                 for (i, width) in [16i64, 32, 64].into_iter().enumerate() {
                     for j in 0..3 {
                         let stride = if i > 0 && j == 0 { 2 } else { 1 };
                         let n = format!("layer{}.{j}", i + 1);
-                        let c1 = conv(&format!("{n}.conv1"), stride, 1, false, vec![bnp(&format!("{n}.bn1"))?, Post::Relu])?;
-                        let c2 = conv(&format!("{n}.conv2"), 1, 1, false, vec![bnp(&format!("{n}.bn2"))?])?;
+                        let c1 = conv(
+                            &format!("{n}.conv1"),
+                            stride,
+                            1,
+                            false,
+                            vec![bnp(&format!("{n}.bn1"))?, Post::Relu],
+                        )?;
+                        let c2 = conv(
+                            &format!("{n}.conv2"),
+                            1,
+                            1,
+                            false,
+                            vec![bnp(&format!("{n}.bn2"))?],
+                        )?;
                         let sc = if stride == 1 && cin == width {
                             Shortcut::Identity
                         } else {
@@ -373,8 +403,14 @@ impl ZoNet {
         }
         let dev = model.device();
         let (mean, std) = (
-            model.normalize(&Tensor::zeros([1, model.spec.in_channels, 1, 1], (Kind::Float, dev))),
-            model.normalize(&Tensor::ones([1, model.spec.in_channels, 1, 1], (Kind::Float, dev))),
+            model.normalize(&Tensor::zeros(
+                [1, model.spec.in_channels, 1, 1],
+                (Kind::Float, dev),
+            )),
+            model.normalize(&Tensor::ones(
+                [1, model.spec.in_channels, 1, 1],
+                (Kind::Float, dev),
+            )),
         );
         // normalize(x) = (x - m) / s = x * (n1 - n0) + n0
         Ok(ZoNet {
@@ -407,7 +443,14 @@ impl ZoNet {
         }
     }
 
-    fn unit_forward(&self, u: usize, x: &Tensor, k: i64, train: bool, update: bool) -> (Tensor, Cache) {
+    fn unit_forward(
+        &self,
+        u: usize,
+        x: &Tensor,
+        k: i64,
+        train: bool,
+        update: bool,
+    ) -> (Tensor, Cache) {
         match &self.units[u] {
             Unit::Affine(f) => {
                 let a = pre(f.pre, x);
@@ -502,9 +545,19 @@ impl ZoNet {
                     let zk = (z.unsqueeze(0) + delta(f, a, z, &c, slot.bias, mu)).flatten(0, 1);
                     post(&f.post, zk, k, train, false)
                 }
-                (Unit::Block(bl), Cache::Block { x, pre1, h1, pre2, sc }) => {
+                (
+                    Unit::Block(bl),
+                    Cache::Block {
+                        x,
+                        pre1,
+                        h1,
+                        pre2,
+                        sc,
+                    },
+                ) => {
                     let pre2k = if slot.part == 0 {
-                        let p1 = (pre1.unsqueeze(0) + delta(f, x, pre1, &c, slot.bias, mu)).flatten(0, 1);
+                        let p1 = (pre1.unsqueeze(0) + delta(f, x, pre1, &c, slot.bias, mu))
+                            .flatten(0, 1);
                         let h1k = post(&bl.c1.post, p1, k, train, false);
                         aff_forward(&bl.c2, &h1k)
                     } else {
@@ -536,19 +589,30 @@ impl ZoNet {
         train: bool,
     ) -> Option<Tensor> {
         let u = slot.unit;
-        let (Unit::Affine(f), Some(Unit::Affine(g))) = (&self.units[u], self.units.get(u + 1)) else {
+        let (Unit::Affine(f), Some(Unit::Affine(g))) = (&self.units[u], self.units.get(u + 1))
+        else {
             return None;
         };
-        if !f.post.iter().all(|p| matches!(p, Post::Relu | Post::MaxPool2)) || g.pre == Pre::AvgPool {
+        if !f
+            .post
+            .iter()
+            .all(|p| matches!(p, Post::Relu | Post::MaxPool2))
+            || g.pre == Pre::AvgPool
+        {
             return None;
         }
-        let (Cache::Affine { a, z }, Cache::Affine { a: a2, z: z2 }) = (&caches[u], &caches[u + 1]) else {
+        let (Cache::Affine { a, z }, Cache::Affine { a: a2, z: z2 }) = (&caches[u], &caches[u + 1])
+        else {
             return None;
         };
         let k = coords.size()[0];
         let zs = z.size();
         let (b, cout) = (zs[0], zs[1]);
-        let fan = if slot.bias { 1 } else { f.w.numel() as i64 / cout };
+        let fan = if slot.bias {
+            1
+        } else {
+            f.w.numel() as i64 / cout
+        };
         let o = coords.divide_scalar_mode(fan, "floor");
         // The perturbed channel before and after: [K, B, S].
         let zc = z.view([b, cout, -1]).index_select(1, &o).permute([1, 0, 2]);
@@ -574,7 +638,10 @@ impl ZoNet {
         };
         let h_new = one_channel(zc + dv);
         // The base channel after the post-operations, from the successor's cached input.
-        let h_base = a2.view([b, cout, -1]).index_select(1, &o).permute([1, 0, 2]);
+        let h_base = a2
+            .view([b, cout, -1])
+            .index_select(1, &o)
+            .permute([1, 0, 2]);
         let dh = h_new - h_base; // [K, B, S']
         let s2 = dh.size()[2];
         if g.op == AffOp::Linear && s2 == 1 {
@@ -586,25 +653,41 @@ impl ZoNet {
         let dz2 = match g.op {
             AffOp::Linear => {
                 let out2 = g.w.size()[0];
-                let wsl = g.w.view([out2, cout, s2]).index_select(1, &o).permute([1, 2, 0]);
+                let wsl =
+                    g.w.view([out2, cout, s2])
+                        .index_select(1, &o)
+                        .permute([1, 2, 0]);
                 dh.bmm(&wsl)
             }
             AffOp::Conv { stride, pad } => {
                 let ws = g.w.size();
                 let hw = a2.size();
                 // Each copy's one-channel change, unfolded, times its channel's weight slice.
-                let cols = dh
-                    .view([k * b, 1, hw[2], hw[3]])
-                    .im2col([ws[2], ws[3]], [1, 1], [pad, pad], [stride, stride]);
+                let cols = dh.view([k * b, 1, hw[2], hw[3]]).im2col(
+                    [ws[2], ws[3]],
+                    [1, 1],
+                    [pad, pad],
+                    [stride, stride],
+                );
                 let l = cols.size()[2];
-                let cols = cols.view([k, b, ws[2] * ws[3], l]).permute([0, 2, 1, 3]).reshape([k, ws[2] * ws[3], b * l]);
-                let wsl = g.w.index_select(1, &o).permute([1, 0, 2, 3]).reshape([k, ws[0], ws[2] * ws[3]]);
+                let cols = cols
+                    .view([k, b, ws[2] * ws[3], l])
+                    .permute([0, 2, 1, 3])
+                    .reshape([k, ws[2] * ws[3], b * l]);
+                let wsl = g.w.index_select(1, &o).permute([1, 0, 2, 3]).reshape([
+                    k,
+                    ws[0],
+                    ws[2] * ws[3],
+                ]);
                 let side = |n: i64, kk: i64| (n + 2 * pad - kk) / stride + 1;
                 let (ho, wo) = (side(hw[2], ws[2]), side(hw[3], ws[3]));
-                wsl.bmm(&cols).view([k, ws[0], b, ho, wo]).permute([0, 2, 1, 3, 4])
+                wsl.bmm(&cols)
+                    .view([k, ws[0], b, ho, wo])
+                    .permute([0, 2, 1, 3, 4])
             }
         };
-        let z2k = (z2.unsqueeze(0) + dz2.view([vec![k], z2.size()].concat().as_slice())).flatten(0, 1);
+        let z2k =
+            (z2.unsqueeze(0) + dz2.view([vec![k], z2.size()].concat().as_slice())).flatten(0, 1);
         Some(post(&g.post, z2k, k, train, false))
     }
 
@@ -649,7 +732,14 @@ impl ZoNet {
     /// The same estimate one coordinate at a time, each a full forward pass with the parameter
     /// moved in place (the loop of the published implementation; the test and benchmark
     /// reference). Batch-norm statistics are not updated.
-    pub fn cge_naive(&self, x: &Tensor, y: &Tensor, coords: &[Option<Tensor>], mu: f64, train: bool) -> Vec<Tensor> {
+    pub fn cge_naive(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        coords: &[Option<Tensor>],
+        mu: f64,
+        train: bool,
+    ) -> Vec<Tensor> {
         tch::no_grad(|| {
             let base = group_loss(&self.forward_cached(x, train, false).0, y, 1).double_value(&[0]);
             self.slots
@@ -662,7 +752,8 @@ impl ZoNet {
                         for i in Vec::<i64>::try_from(c).unwrap_or_default() {
                             let old = t.double_value(&[i]);
                             let _ = t.get(i).fill_(old + mu);
-                            let l = group_loss(&self.forward_cached(x, train, false).0, y, 1).double_value(&[0]);
+                            let l = group_loss(&self.forward_cached(x, train, false).0, y, 1)
+                                .double_value(&[0]);
                             let _ = t.get(i).fill_(old);
                             g[i as usize] = ((l - base) / mu) as f32;
                         }
@@ -721,7 +812,10 @@ impl ZoTrainConfig {
         validate::in_half_open("zo.sparsity", self.sparsity, 0.0, 1.0)?;
         validate::finite("zo.mu", self.mu)?;
         if self.mu <= 0.0 {
-            return Err(Error::config("zo.mu", format!("must be > 0, got {}", self.mu)));
+            return Err(Error::config(
+                "zo.mu",
+                format!("must be > 0, got {}", self.mu),
+            ));
         }
         validate::positive_int("zo.resample_every", self.resample_every)?;
         validate::positive_int("zo.grasp_q", self.grasp_q)?;
@@ -742,7 +836,11 @@ struct WeightObjective<'a> {
 impl WeightObjective<'_> {
     fn flat(&self) -> Tensor {
         Tensor::cat(
-            &self.slots.iter().map(|s| self.net.tensor(s).view([-1])).collect::<Vec<_>>(),
+            &self
+                .slots
+                .iter()
+                .map(|s| self.net.tensor(s).view([-1]))
+                .collect::<Vec<_>>(),
             0,
         )
     }
@@ -750,7 +848,7 @@ impl WeightObjective<'_> {
         let mut o = 0;
         for s in &self.slots {
             let mut t = self.net.tensor(s);
-            let _ = t.copy_(&v.narrow(0, o, s.numel).view(t.size().as_slice()));
+            t.copy_(&v.narrow(0, o, s.numel).view(t.size().as_slice()));
             o += s.numel;
         }
     }
@@ -803,7 +901,9 @@ pub fn zo_grasp_densities(
     };
     let g = rge.estimate(&mut o, &theta, None, seed)?.grad;
     let delta = 1e-2 / g.norm().double_value(&[]).max(1e-12);
-    let g2 = rge.estimate(&mut o, &(&theta + &g * delta), None, seed)?.grad;
+    let g2 = rge
+        .estimate(&mut o, &(&theta + &g * delta), None, seed)?
+        .grad;
     let hg = (g2 - &g) / delta;
     let score = (&theta * hg).to_kind(Kind::Double);
     let n = score.numel() as i64;
@@ -816,7 +916,10 @@ pub fn zo_grasp_densities(
     let mut out = BTreeMap::new();
     let mut off = 0;
     for s in &slots {
-        let d = mask.narrow(0, off, s.numel).mean(Kind::Double).double_value(&[]);
+        let d = mask
+            .narrow(0, off, s.numel)
+            .mean(Kind::Double)
+            .double_value(&[]);
         out.insert(s.name.clone(), d);
         off += s.numel;
     }
@@ -907,9 +1010,10 @@ impl TrainHook for DeepZeroStep {
         let stored = match (&self.densities_file, history.is_empty()) {
             (Some(f), false) => {
                 let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
-                Some(serde_json::from_slice::<BTreeMap<String, f64>>(&bytes).map_err(|e| {
-                    Error::corrupt(f, format!("layer densities: {e}"))
-                })?)
+                Some(
+                    serde_json::from_slice::<BTreeMap<String, f64>>(&bytes)
+                        .map_err(|e| Error::corrupt(f, format!("layer densities: {e}")))?,
+                )
             }
             _ => None,
         };
@@ -917,8 +1021,18 @@ impl TrainHook for DeepZeroStep {
             Some(d) => d,
             None => {
                 let dev = model.device();
-                let (x, y) = (self.grasp_batch.0.to_device(dev), self.grasp_batch.1.to_device(dev));
-                let (d, q) = zo_grasp_densities(&net, &x, &y, self.cfg.sparsity, self.cfg.grasp_q, derive(self.seed, "zo-grasp", 0))?;
+                let (x, y) = (
+                    self.grasp_batch.0.to_device(dev),
+                    self.grasp_batch.1.to_device(dev),
+                );
+                let (d, q) = zo_grasp_densities(
+                    &net,
+                    &x,
+                    &y,
+                    self.cfg.sparsity,
+                    self.cfg.grasp_q,
+                    derive(self.seed, "zo-grasp", 0),
+                )?;
                 self.queries += q;
                 if let Some(f) = &self.densities_file {
                     rustworthy_core::fsutil::write_json_atomic(f, &d)?;
@@ -936,11 +1050,16 @@ impl TrainHook for DeepZeroStep {
     }
 
     fn step(&mut self, model: &Model, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
-        let net = self.net.as_ref().ok_or_else(|| Error::invalid("DeepZero step before begin"))?;
+        let net = self
+            .net
+            .as_ref()
+            .ok_or_else(|| Error::invalid("DeepZero step before begin"))?;
         let (loss, logits, grads, q) = net.cge(x, y, &self.coords, self.cfg.mu, true);
         self.queries += q;
         if !bool::try_from(loss.isfinite())? {
-            return Err(Error::Numerical("the zeroth-order training loss is not finite".into()));
+            return Err(Error::Numerical(
+                "the zeroth-order training loss is not finite".into(),
+            ));
         }
         // Write the estimates into the gradients: d/dp sum(p * g) = g.
         let params: BTreeMap<String, Tensor> = model.parameters().into_iter().collect();
@@ -956,9 +1075,10 @@ impl TrainHook for DeepZeroStep {
     fn end_epoch(&mut self, _model: &mut Model, epoch: usize) -> Result<EpochVerdict> {
         let mut v = EpochVerdict::default();
         v.extra.insert("queries_total".into(), self.queries as f64);
-        v.extra.insert("coordinates".into(), self.coordinates() as f64);
+        v.extra
+            .insert("coordinates".into(), self.coordinates() as f64);
         self.epoch = epoch + 1;
-        if self.epoch % self.cfg.resample_every == 0 {
+        if self.epoch.is_multiple_of(self.cfg.resample_every) {
             self.draw(self.epoch);
         }
         Ok(v)

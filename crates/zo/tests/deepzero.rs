@@ -65,7 +65,11 @@ fn check_arch(arch: Arch, size: i64, tol_naive: f64) {
     let mu = 1e-2;
     let (loss, _, fast, q) = net.cge(&x, &y, &coords, mu, true);
     let slow = net.cge_naive(&x, &y, &coords, mu, true);
-    let want_q = 1 + coords.iter().flatten().map(|c| c.numel() as u64).sum::<u64>();
+    let want_q = 1 + coords
+        .iter()
+        .flatten()
+        .map(|c| c.numel() as u64)
+        .sum::<u64>();
     assert_eq!(q, want_q, "one query per coordinate plus the base point");
     let full = |v: &[Tensor]| Tensor::cat(v, 0);
     let (f, s) = (full(&fast), full(&slow));
@@ -81,7 +85,13 @@ fn check_arch(arch: Arch, size: i64, tol_naive: f64) {
         if let Some(c) = c {
             m = m.index_fill(0, c, 0);
         }
-        assert_eq!(g.masked_select(&m).abs().sum(Kind::Double).double_value(&[]), 0.0);
+        assert_eq!(
+            g.masked_select(&m)
+                .abs()
+                .sum(Kind::Double)
+                .double_value(&[]),
+            0.0
+        );
     }
     // Against backpropagation on the same coordinates: the forward difference is within O(mu).
     let ag = autograd(&model, &net, &x, &y);
@@ -124,7 +134,11 @@ fn zo_grasp_densities_meet_the_sparsity() {
     let net = ZoNet::new(&model).unwrap();
     let x = Tensor::rand([32, 1, 16, 16], (Kind::Float, Device::Cpu));
     let y = Tensor::randint(4, [32], (Kind::Int64, Device::Cpu));
-    let before: Vec<Tensor> = model.parameters().into_iter().map(|(_, t)| t.copy()).collect();
+    let before: Vec<Tensor> = model
+        .parameters()
+        .into_iter()
+        .map(|(_, t)| t.copy())
+        .collect();
     let (d, q) = zo_grasp_densities(&net, &x, &y, 0.9, 8, 0).unwrap();
     assert_eq!(q, 2 * 9, "two forward RGEs of 8 directions");
     let mut kept = 0.0;
@@ -135,7 +149,11 @@ fn zo_grasp_densities_meet_the_sparsity() {
         kept += v * s.numel as f64;
         total += s.numel as f64;
     }
-    assert!((kept / total - 0.1).abs() < 1e-3, "overall density {}", kept / total);
+    assert!(
+        (kept / total - 0.1).abs() < 1e-3,
+        "overall density {}",
+        kept / total
+    );
     // Scoring leaves the weights as they were.
     for ((_, t), b) in model.parameters().into_iter().zip(before) {
         assert!(t.equal(&b));
@@ -151,7 +169,10 @@ fn deepzero_trains_without_backpropagation() {
     let _g = TORCH.lock().unwrap_or_else(|e| e.into_inner());
     let all = synthetic(4, 120, 1, 16, 0.3, 7);
     let idx: Vec<usize> = (0..all.len()).collect();
-    let (train, test) = (all.subset(&idx[..400]).unwrap(), all.subset(&idx[400..]).unwrap());
+    let (train, test) = (
+        all.subset(&idx[..400]).unwrap(),
+        all.subset(&idx[400..]).unwrap(),
+    );
     tch::manual_seed(2);
     let mut model = Model::new(spec(Arch::Lenet, 16), Device::Cpu).unwrap();
     let before = evaluate(&model, &test, 256).unwrap().accuracy;
@@ -192,7 +213,10 @@ fn deepzero_trains_without_backpropagation() {
     };
     let out = fit_with(&mut model, &train, None, &cfg, &opts, &mut hook).unwrap();
     let after = evaluate(&model, &test, 256).unwrap().accuracy;
-    assert!(after > 80.0 && after > before + 30.0, "accuracy {before} -> {after}");
+    assert!(
+        after > 80.0 && after > before + 30.0,
+        "accuracy {before} -> {after}"
+    );
     let per_step = 1 + hook.coordinates() as u64;
     let steps = 4 * 400u64.div_ceil(32);
     let grasp = 2 * 65;
