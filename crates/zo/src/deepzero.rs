@@ -239,6 +239,105 @@ fn delta(f: &Affine, a: &Tensor, z: &Tensor, coords: &Tensor, bias: bool, mu: f6
     d.view(shape.as_slice())
 }
 
+/// Channel `o_k` of an affine layer's post-activation output with coordinate `coords[k]` moved
+/// by `mu`, for every k: the channel indices `[K]` and the channel `[K, B, S']`. The layer's
+/// post-operations run on that channel alone (batch norm with the channel's own parameters and,
+/// in training, its statistics over the copy).
+fn perturbed_channel(
+    f: &Affine,
+    a: &Tensor,
+    z: &Tensor,
+    bias: bool,
+    coords: &Tensor,
+    mu: f64,
+    train: bool,
+) -> (Tensor, Tensor) {
+    let k = coords.size()[0];
+    let zs = z.size();
+    let (b, cout) = (zs[0], zs[1]);
+    let fan = if bias { 1 } else { f.w.numel() as i64 / cout };
+    let o = coords.divide_scalar_mode(fan, "floor");
+    let zc = z.view([b, cout, -1]).index_select(1, &o).permute([1, 0, 2]);
+    let dv = if bias {
+        Tensor::full([k, 1, 1], mu, (z.kind(), z.device()))
+    } else {
+        let r = coords.remainder(fan);
+        let cols = match f.op {
+            AffOp::Linear => a.unsqueeze(2),
+            AffOp::Conv { stride, pad } => {
+                let ws = f.w.size();
+                a.im2col([ws[2], ws[3]], [1, 1], [pad, pad], [stride, stride])
+            }
+        };
+        cols.index_select(1, &r).permute([1, 0, 2]) * mu
+    };
+    let mut x = zc + dv; // [K, B, S]
+    let mut spatial: Vec<i64> = zs[2..].to_vec();
+    for op in &f.post {
+        x = match op {
+            Post::Relu => x.relu(),
+            Post::MaxPool2 => {
+                let y = x
+                    .reshape([k * b, 1, spatial[0], spatial[1]])
+                    .max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
+                spatial = y.size()[2..].to_vec();
+                y.view([k, b, -1])
+            }
+            Post::Bn(n) => {
+                let (w, bb) = (
+                    n.w.index_select(0, &o).view([k, 1, 1]),
+                    n.b.index_select(0, &o).view([k, 1, 1]),
+                );
+                let (mean, var) = if train {
+                    (
+                        x.mean_dim([1, 2].as_slice(), true, None),
+                        x.var_correction([1, 2].as_slice(), 0, true),
+                    )
+                } else {
+                    (
+                        n.rm.index_select(0, &o).view([k, 1, 1]),
+                        n.rv.index_select(0, &o).view([k, 1, 1]),
+                    )
+                };
+                (x - mean) / (var + BN_EPS).sqrt() * w + bb
+            }
+        };
+    }
+    (o, x)
+}
+
+/// The change of a convolution's output `[K, B, Cout, Ho, Wo]` when only input channel `o_k`
+/// changes, by `dh[k]` (`[K, B, H * W]`): each copy's change, unfolded, times its channel's
+/// slice of the weight.
+fn conv_one_channel(g: &Affine, dh: &Tensor, o: &Tensor, hw: (i64, i64)) -> Tensor {
+    let AffOp::Conv { stride, pad } = g.op else {
+        unreachable!("a convolution")
+    };
+    let (k, b) = (dh.size()[0], dh.size()[1]);
+    let ws = g.w.size();
+    let cols = dh.reshape([k * b, 1, hw.0, hw.1]).im2col(
+        [ws[2], ws[3]],
+        [1, 1],
+        [pad, pad],
+        [stride, stride],
+    );
+    let l = cols.size()[2];
+    let cols = cols
+        .view([k, b, ws[2] * ws[3], l])
+        .permute([0, 2, 1, 3])
+        .reshape([k, ws[2] * ws[3], b * l]);
+    let wsl = g
+        .w
+        .index_select(1, o)
+        .permute([1, 0, 2, 3])
+        .reshape([k, ws[0], ws[2] * ws[3]]);
+    let side = |n: i64, kk: i64| (n + 2 * pad - kk) / stride + 1;
+    let (ho, wo) = (side(hw.0, ws[2]), side(hw.1, ws[3]));
+    wsl.bmm(&cols)
+        .view([k, ws[0], b, ho, wo])
+        .permute([0, 2, 1, 3, 4])
+}
+
 /// Mean cross-entropy of each of the `k` stacked copies: `[k]`.
 fn group_loss(logits: &Tensor, y: &Tensor, k: i64) -> Tensor {
     let yk = rep(y, k);
@@ -540,6 +639,12 @@ impl ZoNet {
                 s += k;
                 continue;
             }
+            if let Some(h) = self.block_conv1_fast(caches, slot, &c, mu, train) {
+                let logits = self.tail(slot.unit + 1, h, k, train);
+                out.push(group_loss(&logits, y, k));
+                s += k;
+                continue;
+            }
             let h = match (&self.units[slot.unit], &caches[slot.unit]) {
                 (Unit::Affine(_), Cache::Affine { a, z }) => {
                     let zk = (z.unsqueeze(0) + delta(f, a, z, &c, slot.bias, mu)).flatten(0, 1);
@@ -575,11 +680,10 @@ impl ZoNet {
     }
 
     /// The output of unit `u + 1` for each perturbed coordinate of an affine unit `u` whose
-    /// post-operations act channel by channel without batch statistics (ReLU, max-pooling) and
-    /// whose successor is affine: only output channel `o` of unit `u` changes, so the change of
-    /// the successor's pre-activation is the successor applied to that one channel's change
-    /// (a rank-one product for a linear layer, a grouped one-channel convolution for a
-    /// convolution). `None` where the shortcut does not apply.
+    /// successor is affine: only output channel `o` of unit `u` changes, so the change of the
+    /// successor's pre-activation is the successor applied to that one channel's change (a
+    /// rank-one product for a linear layer, a one-channel convolution for a convolution).
+    /// `None` where the shortcut does not apply.
     fn next_affine_fast(
         &self,
         caches: &[Cache],
@@ -593,12 +697,7 @@ impl ZoNet {
         else {
             return None;
         };
-        if !f
-            .post
-            .iter()
-            .all(|p| matches!(p, Post::Relu | Post::MaxPool2))
-            || g.pre == Pre::AvgPool
-        {
+        if g.pre == Pre::AvgPool {
             return None;
         }
         let (Cache::Affine { a, z }, Cache::Affine { a: a2, z: z2 }) = (&caches[u], &caches[u + 1])
@@ -606,37 +705,8 @@ impl ZoNet {
             return None;
         };
         let k = coords.size()[0];
-        let zs = z.size();
-        let (b, cout) = (zs[0], zs[1]);
-        let fan = if slot.bias {
-            1
-        } else {
-            f.w.numel() as i64 / cout
-        };
-        let o = coords.divide_scalar_mode(fan, "floor");
-        // The perturbed channel before and after: [K, B, S].
-        let zc = z.view([b, cout, -1]).index_select(1, &o).permute([1, 0, 2]);
-        let dv = if slot.bias {
-            Tensor::full([k, 1, 1], mu, (z.kind(), z.device()))
-        } else {
-            let r = coords.remainder(fan);
-            let cols = match f.op {
-                AffOp::Linear => a.unsqueeze(2),
-                AffOp::Conv { stride, pad } => {
-                    let ws = f.w.size();
-                    a.im2col([ws[2], ws[3]], [1, 1], [pad, pad], [stride, stride])
-                }
-            };
-            cols.index_select(1, &r).permute([1, 0, 2]) * mu
-        };
-        let spatial: Vec<i64> = zs[2..].to_vec();
-        let one_channel = |t: Tensor| {
-            let mut shape = vec![k * b, 1];
-            shape.extend(&spatial);
-            let h = post(&f.post, t.reshape(shape.as_slice()), k, train, false);
-            h.view([k, b, -1])
-        };
-        let h_new = one_channel(zc + dv);
+        let (b, cout) = (z.size()[0], z.size()[1]);
+        let (o, h_new) = perturbed_channel(f, a, z, slot.bias, coords, mu, train);
         // The base channel after the post-operations, from the successor's cached input.
         let h_base = a2
             .view([b, cout, -1])
@@ -659,36 +729,44 @@ impl ZoNet {
                         .permute([1, 2, 0]);
                 dh.bmm(&wsl)
             }
-            AffOp::Conv { stride, pad } => {
-                let ws = g.w.size();
+            AffOp::Conv { .. } => {
                 let hw = a2.size();
-                // Each copy's one-channel change, unfolded, times its channel's weight slice.
-                let cols = dh.view([k * b, 1, hw[2], hw[3]]).im2col(
-                    [ws[2], ws[3]],
-                    [1, 1],
-                    [pad, pad],
-                    [stride, stride],
-                );
-                let l = cols.size()[2];
-                let cols = cols
-                    .view([k, b, ws[2] * ws[3], l])
-                    .permute([0, 2, 1, 3])
-                    .reshape([k, ws[2] * ws[3], b * l]);
-                let wsl = g.w.index_select(1, &o).permute([1, 0, 2, 3]).reshape([
-                    k,
-                    ws[0],
-                    ws[2] * ws[3],
-                ]);
-                let side = |n: i64, kk: i64| (n + 2 * pad - kk) / stride + 1;
-                let (ho, wo) = (side(hw[2], ws[2]), side(hw[3], ws[3]));
-                wsl.bmm(&cols)
-                    .view([k, ws[0], b, ho, wo])
-                    .permute([0, 2, 1, 3, 4])
+                conv_one_channel(g, &dh, &o, (hw[2], hw[3]))
             }
         };
-        let z2k =
-            (z2.unsqueeze(0) + dz2.view([vec![k], z2.size()].concat().as_slice())).flatten(0, 1);
+        let z2k = (z2.unsqueeze(0) + dz2.view([vec![k], z2.size()].concat().as_slice()))
+            .flatten(0, 1);
         Some(post(&g.post, z2k, k, train, false))
+    }
+
+    /// A residual block's output for each perturbed coordinate of its first convolution: only
+    /// channel `o` of the first pre-activation changes, through batch norm (its statistics are
+    /// per channel) and ReLU, so the second convolution's change is a one-channel convolution.
+    fn block_conv1_fast(
+        &self,
+        caches: &[Cache],
+        slot: &Slot,
+        coords: &Tensor,
+        mu: f64,
+        train: bool,
+    ) -> Option<Tensor> {
+        let (Unit::Block(bl), Cache::Block { x, pre1, h1, pre2, sc }) =
+            (&self.units[slot.unit], &caches[slot.unit])
+        else {
+            return None;
+        };
+        if slot.part != 0 {
+            return None;
+        }
+        let k = coords.size()[0];
+        let (b, c1) = (pre1.size()[0], pre1.size()[1]);
+        let (o, h_new) = perturbed_channel(&bl.c1, x, pre1, slot.bias, coords, mu, train);
+        let h_base = h1.view([b, c1, -1]).index_select(1, &o).permute([1, 0, 2]);
+        let dh = h_new - h_base;
+        let hw = h1.size();
+        let d2 = conv_one_channel(&bl.c2, &dh, &o, (hw[2], hw[3]));
+        let pre2k = (pre2.unsqueeze(0) + d2).flatten(0, 1);
+        Some((post(&bl.c2.post, pre2k, k, train, false) + rep(sc, k)).relu())
     }
 
     /// One CGE estimate of the batch loss's gradient on the coordinates `coords` (per slot,
