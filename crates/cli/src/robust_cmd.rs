@@ -67,7 +67,8 @@ pub struct AttackArgs {
     /// Iterations (pgd 10, apgd 100, cw 100 per binary-search step).
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Step size (pgd; default eps/4).
+    /// Step size (pgd: default eps/4; zoo: the Adam rate, default eps/2; zo-signsgd and nes:
+    /// the signed step, default eps/20).
     #[arg(long)]
     pub step_size: Option<f64>,
     #[arg(long, default_value_t = 1)]
@@ -251,12 +252,14 @@ fn build_attack(a: &AttackArgs) -> Result<Box<dyn Attack>> {
             c.validate()?;
             Box::new(c)
         }
-        o => return Err(Error::config(
-            "attack",
-            format!(
+        o => {
+            return Err(Error::config(
+                "attack",
+                format!(
                 "unknown attack `{o}` (fgsm, pgd, apgd, apgd-t, cw, square, zoo, zo-signsgd, nes)"
             ),
-        )),
+            ))
+        }
     })
 }
 

@@ -42,7 +42,10 @@ fn zo_training_and_black_box_attacks_on_fashion_mnist() {
     assert_eq!(coords, (0.05f64 * 61470.0).round() as u64 + 236);
     // ZO-GraSP (2 x 65 queries) and 3200 / 64 = 50 steps of 1 + |S| queries.
     let steps = 3200u64 / 64;
-    assert_eq!(m["zo_queries"].as_u64().unwrap(), 130 + steps * (1 + coords));
+    assert_eq!(
+        m["zo_queries"].as_u64().unwrap(),
+        130 + steps * (1 + coords)
+    );
     // 50 steps without a single gradient already beat chance (10%) clearly.
     assert!(m["test_accuracy"].as_f64().unwrap() > 25.0, "{m}");
     let dens = json(&out.join("zo-densities.json"));
@@ -118,7 +121,10 @@ fn bad_zo_settings_are_named() {
         (&["--sparsity", "0.9"], "--zo cge"),
         (&["--zo", "cge", "--sparsity", "1.0"], "zo.sparsity"),
         (&["--zo", "cge", "--zo-mu", "0"], "zo.mu"),
-        (&["--zo", "cge", "--adv", "pgd", "--eps", "0.1"], "cannot be combined"),
+        (
+            &["--zo", "cge", "--adv", "pgd", "--eps", "0.1"],
+            "cannot be combined",
+        ),
     ];
     for (extra, want) in cases {
         let mut args = vec!["train", "--preset", "fmnist-lenet", "--epochs", "1"];

@@ -7,6 +7,6 @@ pub use rustworthy_data as data;
 pub use rustworthy_models as models;
 pub use rustworthy_prune as prune;
 pub use rustworthy_robust as robust;
-pub use rustworthy_zo as zo;
 pub use rustworthy_train as train;
 pub use rustworthy_unlearn as unlearn;
+pub use rustworthy_zo as zo;

@@ -56,7 +56,7 @@ impl ZoAttack {
                 coords: 128,
                 h: 1e-3,
             },
-            lr: threat.eps / 4.0,
+            lr: threat.eps / 2.0,
             threat,
             queries,
         }
@@ -64,7 +64,7 @@ impl ZoAttack {
     pub fn sign_sgd(threat: ThreatModel, queries: usize) -> ZoAttack {
         ZoAttack {
             kind: ZoAttackKind::SignSgd { q: 20, mu: 5e-3 },
-            lr: threat.eps / 10.0,
+            lr: threat.eps / 20.0,
             threat,
             queries,
         }
@@ -72,7 +72,7 @@ impl ZoAttack {
     pub fn nes(threat: ThreatModel, queries: usize) -> ZoAttack {
         ZoAttack {
             kind: ZoAttackKind::Nes { q: 50, sigma: 1e-3 },
-            lr: threat.eps / 10.0,
+            lr: threat.eps / 20.0,
             threat,
             queries,
         }

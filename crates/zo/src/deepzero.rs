@@ -156,6 +156,19 @@ fn bn(n: &Bn, x: &Tensor, k: i64, train: bool, update: bool) -> Tensor {
             true,
         );
     }
+    if k == 1 {
+        // One copy: the fused kernel, batch statistics, running statistics untouched.
+        return x.batch_norm(
+            Some(&n.w),
+            Some(&n.b),
+            None::<&Tensor>,
+            None::<&Tensor>,
+            true,
+            BN_MOMENTUM,
+            BN_EPS,
+            true,
+        );
+    }
     let s = x.size();
     let c = s[1];
     let g = x.view([k, s[0] / k, c, -1]);
@@ -166,14 +179,19 @@ fn bn(n: &Bn, x: &Tensor, k: i64, train: bool, update: bool) -> Tensor {
     y.view(s.as_slice())
 }
 
-fn post(ops: &[Post], x: Tensor, k: i64, train: bool, update: bool) -> Tensor {
+/// Applies post-operations. `owned`: `x` may be overwritten (ReLU then runs in place); after
+/// the first operation that allocates, the result is owned either way.
+fn post(ops: &[Post], x: Tensor, k: i64, train: bool, update: bool, owned: bool) -> Tensor {
     let mut x = x;
+    let mut owned = owned;
     for op in ops {
         x = match op {
             Post::Bn(n) => bn(n, &x, k, train, update),
+            Post::Relu if owned => x.relu_(),
             Post::Relu => x.relu(),
             Post::MaxPool2 => x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false),
         };
+        owned = true;
     }
     x
 }
@@ -205,12 +223,12 @@ fn rep(x: &Tensor, k: i64) -> Tensor {
 
 /// The change of an affine layer's output `[K, B, ...]` when coordinate `coords[k]` of its
 /// weight (or bias) moves by `mu`, from the layer input `a` `[B, ...]`.
-fn delta(f: &Affine, a: &Tensor, z: &Tensor, coords: &Tensor, bias: bool, mu: f64) -> Tensor {
+fn delta(f: &Affine, cols: &Tensor, z: &Tensor, coords: &Tensor, bias: bool, mu: f64) -> Tensor {
     let k = coords.size()[0];
     let zs = z.size();
     let (b, cout) = (zs[0], zs[1]);
     let rest: i64 = zs[2..].iter().product();
-    let dev = a.device();
+    let dev = z.device();
     let kind = z.kind();
     // [K, 1, Cout, 1] one-hot of the output channel of each coordinate.
     let fan = if bias { 1 } else { f.w.numel() as i64 / cout };
@@ -222,13 +240,6 @@ fn delta(f: &Affine, a: &Tensor, z: &Tensor, coords: &Tensor, bias: bool, mu: f6
         Tensor::full([k, 1, 1, 1], mu, (kind, dev))
     } else {
         let r = coords.remainder(fan);
-        let cols = match f.op {
-            AffOp::Linear => a.unsqueeze(2), // [B, in, 1]
-            AffOp::Conv { stride, pad } => {
-                let ws = f.w.size();
-                a.im2col([ws[2], ws[3]], [1, 1], [pad, pad], [stride, stride])
-            }
-        };
         // [B, K, L] -> [K, B, 1, L]
         cols.index_select(1, &r).permute([1, 0, 2]).unsqueeze(2) * mu
     };
@@ -239,13 +250,25 @@ fn delta(f: &Affine, a: &Tensor, z: &Tensor, coords: &Tensor, bias: bool, mu: f6
     d.view(shape.as_slice())
 }
 
+/// A layer input unfolded so that row `r` of `[B, fan, L]` is what weight `r` of an output
+/// channel multiplies (the input features of a linear layer, `L = 1`; im2col of a convolution).
+fn unfold(f: &Affine, a: &Tensor) -> Tensor {
+    match f.op {
+        AffOp::Linear => a.unsqueeze(2),
+        AffOp::Conv { stride, pad } => {
+            let ws = f.w.size();
+            a.im2col([ws[2], ws[3]], [1, 1], [pad, pad], [stride, stride])
+        }
+    }
+}
+
 /// Channel `o_k` of an affine layer's post-activation output with coordinate `coords[k]` moved
 /// by `mu`, for every k: the channel indices `[K]` and the channel `[K, B, S']`. The layer's
 /// post-operations run on that channel alone (batch norm with the channel's own parameters and,
 /// in training, its statistics over the copy).
 fn perturbed_channel(
     f: &Affine,
-    a: &Tensor,
+    cols: &Tensor,
     z: &Tensor,
     bias: bool,
     coords: &Tensor,
@@ -262,13 +285,6 @@ fn perturbed_channel(
         Tensor::full([k, 1, 1], mu, (z.kind(), z.device()))
     } else {
         let r = coords.remainder(fan);
-        let cols = match f.op {
-            AffOp::Linear => a.unsqueeze(2),
-            AffOp::Conv { stride, pad } => {
-                let ws = f.w.size();
-                a.im2col([ws[2], ws[3]], [1, 1], [pad, pad], [stride, stride])
-            }
-        };
         cols.index_select(1, &r).permute([1, 0, 2]) * mu
     };
     let mut x = zc + dv; // [K, B, S]
@@ -277,9 +293,13 @@ fn perturbed_channel(
         x = match op {
             Post::Relu => x.relu(),
             Post::MaxPool2 => {
-                let y = x
-                    .reshape([k * b, 1, spatial[0], spatial[1]])
-                    .max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
+                let y = x.reshape([k * b, 1, spatial[0], spatial[1]]).max_pool2d(
+                    [2, 2],
+                    [2, 2],
+                    [0, 0],
+                    [1, 1],
+                    false,
+                );
                 spatial = y.size()[2..].to_vec();
                 y.view([k, b, -1])
             }
@@ -326,11 +346,10 @@ fn conv_one_channel(g: &Affine, dh: &Tensor, o: &Tensor, hw: (i64, i64)) -> Tens
         .view([k, b, ws[2] * ws[3], l])
         .permute([0, 2, 1, 3])
         .reshape([k, ws[2] * ws[3], b * l]);
-    let wsl = g
-        .w
-        .index_select(1, o)
-        .permute([1, 0, 2, 3])
-        .reshape([k, ws[0], ws[2] * ws[3]]);
+    let wsl =
+        g.w.index_select(1, o)
+            .permute([1, 0, 2, 3])
+            .reshape([k, ws[0], ws[2] * ws[3]]);
     let side = |n: i64, kk: i64| (n + 2 * pad - kk) / stride + 1;
     let (ho, wo) = (side(hw.0, ws[2]), side(hw.1, ws[3]));
     wsl.bmm(&cols)
@@ -347,9 +366,12 @@ fn group_loss(logits: &Tensor, y: &Tensor, k: i64) -> Tensor {
         .mean_dim(1, false, Some(Kind::Double))
 }
 
-/// Activation floats per sample that a perturbed copy may hold at once (bounds a chunk of
-/// coordinates).
-const CHUNK_FLOATS: i64 = 1 << 26;
+/// Activation floats that the perturbed copies of one chunk of coordinates may hold at once.
+/// On the host a chunk's tensors should stay cache-sized (16 MB here: larger chunks were
+/// 1.5-2.4x slower on LeNet-5, smaller ones pay per-chunk overhead); on a GPU, large chunks fill
+/// the device.
+const CHUNK_FLOATS_CPU: i64 = 1 << 22;
+const CHUNK_FLOATS_CUDA: i64 = 1 << 26;
 
 impl ZoNet {
     /// Builds the chain of `model` (LeNet-5, MLP or ResNet-20).
@@ -554,15 +576,16 @@ impl ZoNet {
             Unit::Affine(f) => {
                 let a = pre(f.pre, x);
                 let z = aff_forward(f, &a);
-                let out = post(&f.post, z.shallow_clone(), k, train, update);
+                let out = post(&f.post, z.shallow_clone(), k, train, update, k > 1);
                 (out, Cache::Affine { a, z })
             }
             Unit::Block(b) => {
                 let pre1 = aff_forward(&b.c1, x);
-                let h1 = post(&b.c1.post, pre1.shallow_clone(), k, train, update);
+                let h1 = post(&b.c1.post, pre1.shallow_clone(), k, train, update, k > 1);
                 let pre2 = aff_forward(&b.c2, &h1);
                 let sc = shortcut(&b.sc, x);
-                let out = (post(&b.c2.post, pre2.shallow_clone(), k, train, update) + &sc).relu();
+                let out =
+                    (post(&b.c2.post, pre2.shallow_clone(), k, train, update, k > 1) + &sc).relu();
                 (
                     out,
                     Cache::Block {
@@ -625,50 +648,57 @@ impl ZoNet {
         train: bool,
     ) -> Tensor {
         let b = y.size()[0];
-        let per = (CHUNK_FLOATS / (b * self.act_floats(caches, slot.unit).max(1))).max(1);
+        let floats = if y.device().is_cuda() {
+            CHUNK_FLOATS_CUDA
+        } else {
+            CHUNK_FLOATS_CPU
+        };
+        let per = (floats / (b * self.act_floats(caches, slot.unit).max(1))).max(1);
         let n = coords.size()[0];
+        let f = self.affine(slot);
+        // The perturbed layer's input, unfolded once for all chunks.
+        let input = match &caches[slot.unit] {
+            Cache::Affine { a, .. } => a,
+            Cache::Block { x, .. } if slot.part == 0 => x,
+            Cache::Block { h1, .. } => h1,
+        };
+        let cols = if slot.bias {
+            input.shallow_clone()
+        } else {
+            unfold(f, input)
+        };
         let mut out = Vec::new();
         let mut s = 0;
         while s < n {
             let k = per.min(n - s);
             let c = coords.narrow(0, s, k);
-            let f = self.affine(slot);
-            if let Some(h) = self.next_affine_fast(caches, slot, &c, mu, train) {
+            if let Some(h) = self.next_affine_fast(caches, slot, &cols, &c, mu, train) {
                 let logits = self.tail(slot.unit + 2, h, k, train);
                 out.push(group_loss(&logits, y, k));
                 s += k;
                 continue;
             }
-            if let Some(h) = self.block_conv1_fast(caches, slot, &c, mu, train) {
+            if let Some(h) = self.block_conv1_fast(caches, slot, &cols, &c, mu, train) {
                 let logits = self.tail(slot.unit + 1, h, k, train);
                 out.push(group_loss(&logits, y, k));
                 s += k;
                 continue;
             }
             let h = match (&self.units[slot.unit], &caches[slot.unit]) {
-                (Unit::Affine(_), Cache::Affine { a, z }) => {
-                    let zk = (z.unsqueeze(0) + delta(f, a, z, &c, slot.bias, mu)).flatten(0, 1);
-                    post(&f.post, zk, k, train, false)
+                (Unit::Affine(_), Cache::Affine { z, .. }) => {
+                    let zk = (z.unsqueeze(0) + delta(f, &cols, z, &c, slot.bias, mu)).flatten(0, 1);
+                    post(&f.post, zk, k, train, false, true)
                 }
-                (
-                    Unit::Block(bl),
-                    Cache::Block {
-                        x,
-                        pre1,
-                        h1,
-                        pre2,
-                        sc,
-                    },
-                ) => {
+                (Unit::Block(bl), Cache::Block { pre1, pre2, sc, .. }) => {
                     let pre2k = if slot.part == 0 {
-                        let p1 = (pre1.unsqueeze(0) + delta(f, x, pre1, &c, slot.bias, mu))
+                        let p1 = (pre1.unsqueeze(0) + delta(f, &cols, pre1, &c, slot.bias, mu))
                             .flatten(0, 1);
-                        let h1k = post(&bl.c1.post, p1, k, train, false);
+                        let h1k = post(&bl.c1.post, p1, k, train, false, true);
                         aff_forward(&bl.c2, &h1k)
                     } else {
-                        (pre2.unsqueeze(0) + delta(f, h1, pre2, &c, slot.bias, mu)).flatten(0, 1)
+                        (pre2.unsqueeze(0) + delta(f, &cols, pre2, &c, slot.bias, mu)).flatten(0, 1)
                     };
-                    (post(&bl.c2.post, pre2k, k, train, false) + rep(sc, k)).relu()
+                    (post(&bl.c2.post, pre2k, k, train, false, true) + rep(sc, k)).relu_()
                 }
                 _ => unreachable!("caches follow the units"),
             };
@@ -688,6 +718,7 @@ impl ZoNet {
         &self,
         caches: &[Cache],
         slot: &Slot,
+        cols: &Tensor,
         coords: &Tensor,
         mu: f64,
         train: bool,
@@ -700,13 +731,14 @@ impl ZoNet {
         if g.pre == Pre::AvgPool {
             return None;
         }
-        let (Cache::Affine { a, z }, Cache::Affine { a: a2, z: z2 }) = (&caches[u], &caches[u + 1])
+        let (Cache::Affine { z, .. }, Cache::Affine { a: a2, z: z2 }) =
+            (&caches[u], &caches[u + 1])
         else {
             return None;
         };
         let k = coords.size()[0];
         let (b, cout) = (z.size()[0], z.size()[1]);
-        let (o, h_new) = perturbed_channel(f, a, z, slot.bias, coords, mu, train);
+        let (o, h_new) = perturbed_channel(f, cols, z, slot.bias, coords, mu, train);
         // The base channel after the post-operations, from the successor's cached input.
         let h_base = a2
             .view([b, cout, -1])
@@ -718,7 +750,7 @@ impl ZoNet {
             // Rank one: z2 + dh * W2[:, o], in one pass.
             let wcol = g.w.index_select(1, &o).tr().unsqueeze(1); // [K, 1, out2]
             let z2k = z2.unsqueeze(0).addcmul(&dh, &wcol).flatten(0, 1);
-            return Some(post(&g.post, z2k, k, train, false));
+            return Some(post(&g.post, z2k, k, train, false, true));
         }
         let dz2 = match g.op {
             AffOp::Linear => {
@@ -734,9 +766,9 @@ impl ZoNet {
                 conv_one_channel(g, &dh, &o, (hw[2], hw[3]))
             }
         };
-        let z2k = (z2.unsqueeze(0) + dz2.view([vec![k], z2.size()].concat().as_slice()))
-            .flatten(0, 1);
-        Some(post(&g.post, z2k, k, train, false))
+        let z2k =
+            (z2.unsqueeze(0) + dz2.view([vec![k], z2.size()].concat().as_slice())).flatten(0, 1);
+        Some(post(&g.post, z2k, k, train, false, true))
     }
 
     /// A residual block's output for each perturbed coordinate of its first convolution: only
@@ -746,12 +778,17 @@ impl ZoNet {
         &self,
         caches: &[Cache],
         slot: &Slot,
+        cols: &Tensor,
         coords: &Tensor,
         mu: f64,
         train: bool,
     ) -> Option<Tensor> {
-        let (Unit::Block(bl), Cache::Block { x, pre1, h1, pre2, sc }) =
-            (&self.units[slot.unit], &caches[slot.unit])
+        let (
+            Unit::Block(bl),
+            Cache::Block {
+                pre1, h1, pre2, sc, ..
+            },
+        ) = (&self.units[slot.unit], &caches[slot.unit])
         else {
             return None;
         };
@@ -760,13 +797,13 @@ impl ZoNet {
         }
         let k = coords.size()[0];
         let (b, c1) = (pre1.size()[0], pre1.size()[1]);
-        let (o, h_new) = perturbed_channel(&bl.c1, x, pre1, slot.bias, coords, mu, train);
+        let (o, h_new) = perturbed_channel(&bl.c1, cols, pre1, slot.bias, coords, mu, train);
         let h_base = h1.view([b, c1, -1]).index_select(1, &o).permute([1, 0, 2]);
         let dh = h_new - h_base;
         let hw = h1.size();
         let d2 = conv_one_channel(&bl.c2, &dh, &o, (hw[2], hw[3]));
         let pre2k = (pre2.unsqueeze(0) + d2).flatten(0, 1);
-        Some((post(&bl.c2.post, pre2k, k, train, false) + rep(sc, k)).relu())
+        Some((post(&bl.c2.post, pre2k, k, train, false, true) + rep(sc, k)).relu_())
     }
 
     /// One CGE estimate of the batch loss's gradient on the coordinates `coords` (per slot,
