@@ -116,6 +116,10 @@ pub struct Slot {
 pub struct ZoNet {
     units: Vec<Unit>,
     pub slots: Vec<Slot>,
+    /// Stack perturbed copies of batch-norm networks on the host too (off by default: one copy
+    /// per chunk with the fused kernel is faster there; tests turn it on to check the stacked
+    /// path).
+    pub stack_on_host: bool,
     mean: Tensor,
     std: Tensor,
 }
@@ -537,6 +541,7 @@ impl ZoNet {
         Ok(ZoNet {
             units,
             slots,
+            stack_on_host: false,
             mean,
             std,
         })
@@ -625,6 +630,15 @@ impl ZoNet {
         h
     }
 
+    /// Whether any unit normalizes with batch statistics.
+    fn has_bn(&self) -> bool {
+        let bn = |f: &Affine| f.post.iter().any(|p| matches!(p, Post::Bn(_)));
+        self.units.iter().any(|u| match u {
+            Unit::Affine(f) => bn(f),
+            Unit::Block(b) => bn(&b.c1) || bn(&b.c2),
+        })
+    }
+
     /// Largest per-sample activation size from unit `u` on.
     fn act_floats(&self, caches: &[Cache], u: usize) -> i64 {
         caches[u..]
@@ -653,7 +667,14 @@ impl ZoNet {
         } else {
             CHUNK_FLOATS_CPU
         };
-        let per = (floats / (b * self.act_floats(caches, slot.unit).max(1))).max(1);
+        // On the host, batch norm over stacked copies (per-copy statistics, unfused) costs more
+        // than it saves: networks with batch norm run one coordinate per chunk there, with the
+        // fused kernel (measured 1.9x faster on ResNet-20).
+        let per = if !y.device().is_cuda() && self.has_bn() && !self.stack_on_host {
+            1
+        } else {
+            (floats / (b * self.act_floats(caches, slot.unit).max(1))).max(1)
+        };
         let n = coords.size()[0];
         let f = self.affine(slot);
         // The perturbed layer's input, unfolded once for all chunks.

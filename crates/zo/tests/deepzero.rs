@@ -65,6 +65,17 @@ fn check_arch(arch: Arch, size: i64, tol_naive: f64) {
     let mu = 1e-2;
     let (loss, _, fast, q) = net.cge(&x, &y, &coords, mu, true);
     let slow = net.cge_naive(&x, &y, &coords, mu, true);
+    // Stacked copies (the GPU path) and one copy per chunk give the same estimates.
+    let mut stacked = ZoNet::new(&model).unwrap();
+    stacked.stack_on_host = true;
+    let (_, _, fast2, _) = stacked.cge(&x, &y, &coords, mu, true);
+    for (a, b) in fast.iter().zip(&fast2) {
+        let d = (a - b).abs().max().double_value(&[]);
+        assert!(
+            d <= 1e-2 * tol_naive,
+            "{arch}: stacked and single copies differ by {d}"
+        );
+    }
     let want_q = 1 + coords
         .iter()
         .flatten()
