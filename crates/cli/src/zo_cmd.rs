@@ -29,29 +29,6 @@ pub struct ZoCheckArgs {
 
 const F64: (Kind, Device) = (Kind::Double, Device::Cpu);
 
-fn quadratic(d: i64) -> Quadratic {
-    let q = Tensor::linalg_qr(&Tensor::randn([d, d], F64), "reduced").0;
-    let eig = Tensor::linspace(1.0, 4.0, d, F64);
-    let a = q
-        .matmul(&Tensor::diag_embed(&eig, 0, -2, -1))
-        .matmul(&q.tr());
-    Quadratic {
-        a: (&a + a.tr()) * 0.5,
-        c: Tensor::randn([d], F64),
-    }
-}
-
-fn logistic(n: i64, d: i64) -> Logistic {
-    let features = Tensor::randn([n, d], F64);
-    let w = Tensor::randn([d], F64);
-    let labels = (features.mv(&w) + Tensor::randn([n], F64) * 0.5).sign();
-    Logistic {
-        features,
-        labels,
-        l2: 0.01,
-    }
-}
-
 /// Empirical squared bias and MSE of `n` independent estimates, with the sampling standard
 /// error of the MSE.
 fn moments<O: Objective>(
@@ -93,11 +70,11 @@ pub fn zo_check(a: ZoCheckArgs) -> Result<()> {
     let mut rows = Vec::new();
     let mut json_rows = Vec::new();
     // 1. Estimator moments against closed forms.
-    let mut quad = Oracle::new(quadratic(d), None)?;
+    let mut quad = Oracle::new(Quadratic::well_conditioned(d, a.seed as i64), None)?;
     let x = Tensor::randn([d], F64);
     let g = quad.objective.gradient(&x);
     let g2 = g.square().sum(Kind::Double).double_value(&[]);
-    let mut logit = Oracle::new(logistic(500, d), None)?;
+    let mut logit = Oracle::new(Logistic::synthetic(500, d, a.seed as i64 + 1), None)?;
     let w = Tensor::randn([d], F64) * 0.3;
     let gl = logit.objective.gradient(&w);
     let gl2 = gl.square().sum(Kind::Double).double_value(&[]);
@@ -165,7 +142,7 @@ pub fn zo_check(a: ZoCheckArgs) -> Result<()> {
     );
     // 2. Convergence of the optimizers on the quadratic (known optimum c) and on logistic
     //    regression (optimum by first-order gradient descent).
-    let quad_obj = quadratic(d);
+    let quad_obj = Quadratic::well_conditioned(d, a.seed as i64 + 2);
     let c = quad_obj.c.copy();
     let mut oq = Oracle::new(quad_obj, None)?;
     let rg = |q: usize| {
@@ -196,17 +173,12 @@ pub fn zo_check(a: ZoCheckArgs) -> Result<()> {
         &cfg(rg(10), Update::Sgd, 0.05, 3000),
     )?;
     let quad_err = (&t.x - &c).norm().double_value(&[]) / c.norm().double_value(&[]);
-    let lg = logistic(1000, d);
+    let lg = Logistic::synthetic(1000, d, a.seed as i64 + 3);
     let mut wstar = Tensor::zeros([d], F64);
     for _ in 0..5000 {
         wstar = &wstar - lg.gradient(&wstar) * 1.0;
     }
-    let lg_copy = Logistic {
-        features: lg.features.copy(),
-        labels: lg.labels.copy(),
-        l2: lg.l2,
-    };
-    let mut ol = Oracle::new(lg_copy, None)?;
+    let mut ol = Oracle::new(lg.copy(), None)?;
     let f_star = ol.value(&wstar, None)?;
     let f0 = ol.value(&Tensor::zeros([d], F64), None)?;
     let mut opt_rows = vec![vec![
@@ -251,12 +223,7 @@ pub fn zo_check(a: ZoCheckArgs) -> Result<()> {
             ),
         ),
     ] {
-        let lg_copy = Logistic {
-            features: lg.features.copy(),
-            labels: lg.labels.copy(),
-            l2: lg.l2,
-        };
-        let mut o = Oracle::new(lg_copy, None)?;
+        let mut o = Oracle::new(lg.copy(), None)?;
         let t = minimize(&mut o, &Tensor::zeros([d], F64), None, &c)?;
         let gap = (t.f_best - f_star) / (f0 - f_star);
         opt_rows.push(vec![

@@ -130,13 +130,7 @@ fn differences<O: Objective>(
         Diff::Forward => k as u64 + 1,
         Diff::Central => 2 * k as u64,
     };
-    if !oracle.affords(need) {
-        return Err(Error::BudgetExhausted {
-            budget: oracle.budget().unwrap_or(0),
-            used: oracle.queries(),
-            needed: need,
-        });
-    }
+    ensure_budget(oracle, need)?;
     let x0 = x.unsqueeze(0);
     let eval = |oracle: &mut Oracle<O>, pts: Tensor| -> Result<Tensor> {
         let n = pts.size()[0];
@@ -163,6 +157,18 @@ fn differences<O: Objective>(
             Ok(((fp - fm) / (2.0 * mu), None))
         }
     }
+}
+
+/// Fails with the budget's numbers unless the oracle can pay `need` more queries.
+fn ensure_budget<O: Objective>(oracle: &Oracle<O>, need: u64) -> Result<()> {
+    if oracle.affords(need) {
+        return Ok(());
+    }
+    Err(Error::BudgetExhausted {
+        budget: oracle.budget().unwrap_or(0),
+        used: oracle.queries(),
+        needed: need,
+    })
 }
 
 fn check_point<O: Objective>(oracle: &Oracle<O>, x: &Tensor) -> Result<()> {
@@ -268,13 +274,7 @@ impl Rge {
     ) -> Result<Replay> {
         self.validate()?;
         check_point(oracle, x)?;
-        if !oracle.affords(self.queries()) {
-            return Err(Error::BudgetExhausted {
-                budget: oracle.budget().unwrap_or(0),
-                used: oracle.queries(),
-                needed: self.queries(),
-            });
-        }
+        ensure_budget(oracle, self.queries())?;
         let d = oracle.dim();
         let scale = self.scale(d);
         let fx = match self.diff {
@@ -390,6 +390,7 @@ impl Cge {
         let mut fx = None;
         let chunk = (DEFAULT_CHUNK as i64).max(1);
         let mut s = 0;
+        ensure_budget(oracle, self.queries(d))?;
         let f0 = match self.diff {
             Diff::Forward => {
                 let v = oracle.value(x, batch)?;
@@ -398,13 +399,6 @@ impl Cge {
             }
             Diff::Central => None,
         };
-        if !oracle.affords(self.queries(d) - u64::from(f0.is_some())) {
-            return Err(Error::BudgetExhausted {
-                budget: oracle.budget().unwrap_or(0),
-                used: oracle.queries(),
-                needed: self.queries(d) - u64::from(f0.is_some()),
-            });
-        }
         while s < k {
             let e = (s + chunk).min(k);
             let ids = idx.narrow(0, s, e - s);

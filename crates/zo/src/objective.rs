@@ -166,6 +166,22 @@ pub struct Quadratic {
 }
 
 impl Quadratic {
+    /// A random quadratic in `d` dimensions (float64) with eigenvalues evenly spaced in [1, 4]
+    /// and a standard normal minimizer, from libtorch's generator seeded with `seed`.
+    pub fn well_conditioned(d: i64, seed: i64) -> Quadratic {
+        let f64 = (Kind::Double, tch::Device::Cpu);
+        tch::manual_seed(seed);
+        let q = Tensor::linalg_qr(&Tensor::randn([d, d], f64), "reduced").0;
+        let eig = Tensor::linspace(1.0, 4.0, d, f64);
+        let a = q
+            .matmul(&Tensor::diag_embed(&eig, 0, -2, -1))
+            .matmul(&q.tr());
+        Quadratic {
+            a: (&a + a.tr()) * 0.5,
+            c: Tensor::randn([d], f64),
+        }
+    }
+
     pub fn gradient(&self, x: &Tensor) -> Tensor {
         self.a.mv(&(x - &self.c))
     }
@@ -190,6 +206,31 @@ pub struct Logistic {
 }
 
 impl Logistic {
+    /// `n` standard normal samples in `d` dimensions (float64) labelled by a random linear
+    /// classifier with Gaussian label noise, l2 = 0.01, from libtorch's generator seeded with
+    /// `seed`.
+    pub fn synthetic(n: i64, d: i64, seed: i64) -> Logistic {
+        let f64 = (Kind::Double, tch::Device::Cpu);
+        tch::manual_seed(seed);
+        let features = Tensor::randn([n, d], f64);
+        let w = Tensor::randn([d], f64);
+        let labels = (features.mv(&w) + Tensor::randn([n], f64) * 0.5).sign();
+        Logistic {
+            features,
+            labels,
+            l2: 0.01,
+        }
+    }
+
+    /// An independent copy (same samples).
+    pub fn copy(&self) -> Logistic {
+        Logistic {
+            features: self.features.copy(),
+            labels: self.labels.copy(),
+            l2: self.l2,
+        }
+    }
+
     /// Exact gradient at `w` (`[d]`) on all samples.
     pub fn gradient(&self, w: &Tensor) -> Tensor {
         let margin = self.features.mv(w) * &self.labels;

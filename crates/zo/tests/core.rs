@@ -7,31 +7,12 @@ use tch::{Device, Kind, Tensor};
 
 const F64: (Kind, Device) = (Kind::Double, Device::Cpu);
 
-/// A well-conditioned quadratic in `d` dimensions with eigenvalues in [1, 4].
 fn quadratic(d: i64, seed: i64) -> Quadratic {
-    tch::manual_seed(seed);
-    let q = Tensor::linalg_qr(&Tensor::randn([d, d], F64), "reduced").0;
-    let eig = Tensor::linspace(1.0, 4.0, d, F64);
-    let a = q
-        .matmul(&Tensor::diag_embed(&eig, 0, -2, -1))
-        .matmul(&q.tr());
-    let a = (&a + a.tr()) * 0.5;
-    Quadratic {
-        a,
-        c: Tensor::randn([d], F64),
-    }
+    Quadratic::well_conditioned(d, seed)
 }
 
 fn logistic(n: i64, d: i64, seed: i64) -> Logistic {
-    tch::manual_seed(seed);
-    let features = Tensor::randn([n, d], F64);
-    let w = Tensor::randn([d], F64);
-    let labels = (features.mv(&w) + Tensor::randn([n], F64) * 0.5).sign();
-    Logistic {
-        features,
-        labels,
-        l2: 0.01,
-    }
+    Logistic::synthetic(n, d, seed)
 }
 
 fn rge(dist: Dist, q: usize, mu: f64, diff: Diff) -> Rge {
