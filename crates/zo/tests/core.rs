@@ -397,6 +397,18 @@ fn an_exhausted_budget_stops_cleanly_with_the_best_point() {
     assert!(t.f_best < f0);
     let f_at_best = o.objective.eval(&t.x_best.unsqueeze(0), None).unwrap();
     assert!((f_at_best.double_value(&[0]) - t.f_best).abs() < 1e-12);
+    // An estimate the budget cannot pay for in full spends nothing.
+    let mut small = Oracle::new(quadratic(d, 7), Some(5)).unwrap();
+    let cge = Cge {
+        mu: 1e-3,
+        diff: Diff::Forward,
+        coords: None,
+    };
+    let e = cge.estimate(&mut small, &x0, None).err().unwrap();
+    assert!(matches!(e, Error::BudgetExhausted { needed: 7, .. }), "{e}");
+    let e = rge(Dist::Gaussian, 6, 1e-3, Diff::Central).estimate(&mut small, &x0, None, 0);
+    assert!(matches!(e.err().unwrap(), Error::BudgetExhausted { .. }));
+    assert_eq!(small.queries(), 0);
     // A direct query beyond the budget is refused with the counts.
     let e = o.query(&Tensor::zeros([5, d], F64), None).err().unwrap();
     assert!(
