@@ -28,4 +28,8 @@ if [[ $what == attacks || $what == all ]]; then
         "$bin" attack --model "$model" --attack "$a" --eps 0.1 --queries 10000 --n 1000 \
             --device "$dev" --progress quiet --out "$out/attacks/$a"
     done
+    for a in zo-signsgd nes; do
+        "$bin" attack --model "$model" --attack "$a" --eps 0.1 --queries 10000 --n 1000 \
+            --momentum 0.9 --device "$dev" --progress quiet --out "$out/attacks/$a-momentum0.9"
+    done
 fi

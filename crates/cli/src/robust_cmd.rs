@@ -94,6 +94,9 @@ pub struct AttackArgs {
     /// Finite-difference radius (zoo h 1e-3, zo-signsgd mu 5e-3, nes sigma 1e-3).
     #[arg(long)]
     pub mu: Option<f64>,
+    /// zo-signsgd and nes: momentum of the normalized estimates (0: the published plain step).
+    #[arg(long, default_value_t = 0.0)]
+    pub momentum: f64,
     /// Targets tried by apgd-t.
     #[arg(long, default_value_t = 9)]
     pub targets: usize,
@@ -221,6 +224,7 @@ fn build_attack(a: &AttackArgs) -> Result<Box<dyn Attack>> {
             if let Some(lr) = a.step_size {
                 z.lr = lr;
             }
+            z.momentum = a.momentum;
             z.kind = match z.kind {
                 ZoAttackKind::Zoo { coords, h } => ZoAttackKind::Zoo {
                     coords: a.q.unwrap_or(coords),

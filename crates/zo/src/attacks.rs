@@ -43,6 +43,10 @@ pub struct ZoAttack {
     pub queries: usize,
     /// Step size (ZOO: the Adam learning rate; the others: the signed step).
     pub lr: f64,
+    /// ZO-signSGD and NES: step along the sign of a momentum of the l1-normalized estimates,
+    /// `m <- beta m + g / mean|g|` (as in MI-FGSM); 0 for the published plain signed step.
+    #[serde(default)]
+    pub momentum: f64,
 }
 
 /// Points scored per oracle call (bounds the memory of a batch of perturbed images).
@@ -59,6 +63,7 @@ impl ZoAttack {
             lr: threat.eps / 2.0,
             threat,
             queries,
+            momentum: 0.0,
         }
     }
     pub fn sign_sgd(threat: ThreatModel, queries: usize) -> ZoAttack {
@@ -67,6 +72,7 @@ impl ZoAttack {
             lr: threat.eps / 20.0,
             threat,
             queries,
+            momentum: 0.0,
         }
     }
     pub fn nes(threat: ThreatModel, queries: usize) -> ZoAttack {
@@ -75,6 +81,7 @@ impl ZoAttack {
             lr: threat.eps / 20.0,
             threat,
             queries,
+            momentum: 0.0,
         }
     }
 
@@ -82,6 +89,7 @@ impl ZoAttack {
         self.threat.validate()?;
         validate::positive("lr", self.lr)?;
         validate::positive_int("queries", self.queries)?;
+        validate::in_half_open("momentum", self.momentum, 0.0, 1.0)?;
         let (radius, field) = match self.kind {
             ZoAttackKind::Zoo { coords, h } => {
                 validate::positive_int("coords", coords)?;
@@ -119,6 +127,18 @@ impl ZoAttack {
             ));
         }
         Ok(())
+    }
+
+    /// The estimate `g` (`[m, d]`) of the samples `todo`, or with momentum the updated
+    /// momentum of those samples.
+    fn with_momentum(&self, mom: &mut Tensor, todo: &Tensor, g: Tensor) -> Tensor {
+        if self.momentum == 0.0 {
+            return g;
+        }
+        let scale = g.abs().mean_dim(1, true, None).clamp_min(1e-12);
+        let m = mom.index_select(0, todo) * self.momentum + g / scale;
+        let _ = mom.index_copy_(0, todo, &m);
+        m
     }
 
     /// Queries per sample per iteration, the scoring of the new point included.
@@ -165,10 +185,15 @@ fn score_points(
 
 impl Attack for ZoAttack {
     fn name(&self) -> String {
+        let m = if self.momentum > 0.0 {
+            format!("-m{}", self.momentum)
+        } else {
+            String::new()
+        };
         match self.kind {
             ZoAttackKind::Zoo { coords, .. } => format!("zoo-{coords}x{}", self.queries),
-            ZoAttackKind::SignSgd { q, .. } => format!("zo-signsgd-q{q}x{}", self.queries),
-            ZoAttackKind::Nes { q, .. } => format!("nes-q{q}x{}", self.queries),
+            ZoAttackKind::SignSgd { q, .. } => format!("zo-signsgd-q{q}x{}{m}", self.queries),
+            ZoAttackKind::Nes { q, .. } => format!("nes-q{q}x{}{m}", self.queries),
         }
     }
     fn threat(&self) -> Option<ThreatModel> {
@@ -203,6 +228,11 @@ impl Attack for ZoAttack {
                 Tensor::zeros([b, d], (Kind::Float, dev)),
             ),
             _ => (Tensor::new(), Tensor::new(), Tensor::new()),
+        };
+        let mut mom = if self.momentum > 0.0 {
+            Tensor::zeros([b, d], (Kind::Float, dev))
+        } else {
+            Tensor::new()
         };
         let cost = self.cost_per_iteration();
         let iterations = (self.queries as i64 - 1) / cost;
@@ -271,6 +301,7 @@ impl Attack for ZoAttack {
                     )?;
                     let c = (l - f0.unsqueeze(1)) / mu;
                     let g = (c.unsqueeze(2) * u).mean_dim(1, false, None);
+                    let g = self.with_momentum(&mut mom, &todo, g);
                     &xa - self
                         .threat
                         .ascent_direction(&g.view(shape4(m).as_slice()))
@@ -291,6 +322,7 @@ impl Attack for ZoAttack {
                         2 * half,
                     )?;
                     let g = (l.unsqueeze(2) * u).mean_dim(1, false, None) / sigma;
+                    let g = self.with_momentum(&mut mom, &todo, g);
                     &xa - self
                         .threat
                         .ascent_direction(&g.view(shape4(m).as_slice()))

@@ -86,6 +86,10 @@ fn zo_attacks_come_close_to_pgd_with_exact_queries() {
         ZoAttack::zoo(threat, 3000),
         ZoAttack::sign_sgd(threat, 3000),
         ZoAttack::nes(threat, 3000),
+        ZoAttack {
+            momentum: 0.9,
+            ..ZoAttack::nes(threat, 3000)
+        },
     ] {
         let run = attack_dataset(&att, model, test, &opts()).unwrap();
         let s = &run.summary;
@@ -153,6 +157,9 @@ fn zo_attacks_refuse_bad_settings_by_name() {
     let mut a = ZoAttack::nes(threat, 1000);
     a.lr = f64::NAN;
     assert!(msg(a).contains("lr"));
+    let mut a = ZoAttack::nes(threat, 1000);
+    a.momentum = 1.0;
+    assert!(msg(a).contains("momentum"));
     // Out-of-box inputs are refused before any query.
     let bad = &x * 3.0 - 1.0;
     assert!(ZoAttack::nes(threat, 1000)
