@@ -114,49 +114,59 @@ pub struct Estimate {
 /// Rows evaluated per oracle call by default (caps the memory of a batch of query points).
 pub const DEFAULT_CHUNK: usize = 4096;
 
-/// Finite differences along the rows `v` (`[k, d]`) of the step `mu`: `[k]` differences and
-/// `f(x)` for forward differences. Points go to the oracle `chunk` rows at a time.
+impl Diff {
+    /// Queries of `n` differences (forward ones share one evaluation of `f(x)`).
+    pub fn queries(self, n: u64) -> u64 {
+        match self {
+            Diff::Forward => n + 1,
+            Diff::Central => 2 * n,
+        }
+    }
+}
+
+/// `f(x)` for forward differences (one query), nothing for central ones.
+fn base_value<O: Objective>(
+    oracle: &mut Oracle<O>,
+    x: &Tensor,
+    diff: Diff,
+    batch: Option<&Tensor>,
+) -> Result<Option<f64>> {
+    match diff {
+        Diff::Forward => oracle.value(x, batch).map(Some),
+        Diff::Central => Ok(None),
+    }
+}
+
+/// Finite differences along the rows `v` (`[k, d]`) with step `mu`: `(f(x + mu v) - f0) / mu`
+/// given `f0 = f(x)`, else central `(f(x + mu v) - f(x - mu v)) / (2 mu)`. Points go to the
+/// oracle at most [`DEFAULT_CHUNK`] rows at a time.
 fn differences<O: Objective>(
     oracle: &mut Oracle<O>,
     x: &Tensor,
     v: &Tensor,
     mu: f64,
-    diff: Diff,
+    f0: Option<f64>,
     batch: Option<&Tensor>,
-    chunk: usize,
-) -> Result<(Tensor, Option<f64>)> {
+) -> Result<Tensor> {
     let k = v.size()[0];
-    let need = match diff {
-        Diff::Forward => k as u64 + 1,
-        Diff::Central => 2 * k as u64,
-    };
-    ensure_budget(oracle, need)?;
     let x0 = x.unsqueeze(0);
-    let eval = |oracle: &mut Oracle<O>, pts: Tensor| -> Result<Tensor> {
-        let n = pts.size()[0];
-        let mut out = Vec::new();
-        let mut s = 0;
-        while s < n {
-            let e = (s + chunk as i64).min(n);
-            out.push(oracle.query(&pts.narrow(0, s, e - s), batch)?);
-            s = e;
-        }
-        Ok(Tensor::cat(&out, 0))
+    let pts = match f0 {
+        Some(_) => &x0 + v * mu,
+        None => Tensor::cat(&[&x0 + v * mu, &x0 - v * mu], 0),
     };
-    match diff {
-        Diff::Forward => {
-            let fx = oracle.query(&x0, batch)?;
-            let fp = eval(oracle, &x0 + v * mu)?;
-            let f0 = fx.double_value(&[0]);
-            Ok(((fp - fx) / mu, Some(f0)))
-        }
-        Diff::Central => {
-            let pts = Tensor::cat(&[&x0 + v * mu, &x0 - v * mu], 0);
-            let f = eval(oracle, pts)?;
-            let (fp, fm) = (f.narrow(0, 0, k), f.narrow(0, k, k));
-            Ok(((fp - fm) / (2.0 * mu), None))
-        }
+    let n = pts.size()[0];
+    let mut out = Vec::new();
+    let mut s = 0;
+    while s < n {
+        let e = (s + DEFAULT_CHUNK as i64).min(n);
+        out.push(oracle.query(&pts.narrow(0, s, e - s), batch)?);
+        s = e;
     }
+    let f = Tensor::cat(&out, 0);
+    Ok(match f0 {
+        Some(f0) => (f - f0) / mu,
+        None => (f.narrow(0, 0, k) - f.narrow(0, k, k)) / (2.0 * mu),
+    })
 }
 
 /// Fails with the budget's numbers unless the oracle can pay `need` more queries.
@@ -226,10 +236,7 @@ impl Rge {
 
     /// Queries per estimate.
     pub fn queries(&self) -> u64 {
-        match self.diff {
-            Diff::Forward => self.q as u64 + 1,
-            Diff::Central => 2 * self.q as u64,
-        }
+        self.diff.queries(self.q as u64)
     }
 
     fn scale(&self, d: i64) -> f64 {
@@ -254,7 +261,9 @@ impl Rge {
         let d = oracle.dim();
         let u = directions(seed, self.q, d, self.dist, x.kind(), x.device());
         let q0 = oracle.queries();
-        let (c, fx) = differences(oracle, x, &u, self.mu, self.diff, batch, DEFAULT_CHUNK)?;
+        ensure_budget(oracle, self.queries())?;
+        let fx = base_value(oracle, x, self.diff, batch)?;
+        let c = differences(oracle, x, &u, self.mu, fx, batch)?;
         let grad = c.unsqueeze(0).matmul(&u).squeeze_dim(0) * self.scale(d);
         Ok(Estimate {
             grad,
@@ -277,21 +286,11 @@ impl Rge {
         ensure_budget(oracle, self.queries())?;
         let d = oracle.dim();
         let scale = self.scale(d);
-        let fx = match self.diff {
-            Diff::Forward => Some(oracle.value(x, batch)?),
-            Diff::Central => None,
-        };
+        let fx = base_value(oracle, x, self.diff, batch)?;
         let mut coefs = Vec::with_capacity(self.q);
         for i in 0..self.q as u64 {
-            let u = direction(seed, i, d, self.dist, x.kind(), x.device());
-            let c = match fx {
-                Some(f0) => (oracle.value(&(x + &u * self.mu), batch)? - f0) / self.mu,
-                None => {
-                    let fp = oracle.value(&(x + &u * self.mu), batch)?;
-                    let fm = oracle.value(&(x - &u * self.mu), batch)?;
-                    (fp - fm) / (2.0 * self.mu)
-                }
-            };
+            let u = direction(seed, i, d, self.dist, x.kind(), x.device()).unsqueeze(0);
+            let c = differences(oracle, x, &u, self.mu, fx, batch)?.double_value(&[0]);
             coefs.push(c * scale);
         }
         Ok(Replay {
@@ -363,10 +362,7 @@ impl Cge {
 
     /// Queries per estimate in dimension `d`.
     pub fn queries(&self, d: i64) -> u64 {
-        match self.diff {
-            Diff::Forward => self.count(d) + 1,
-            Diff::Central => 2 * self.count(d),
-        }
+        self.diff.queries(self.count(d))
     }
 
     pub fn estimate<O: Objective>(
@@ -385,35 +381,18 @@ impl Cge {
         };
         let k = idx.size()[0];
         let q0 = oracle.queries();
+        ensure_budget(oracle, self.queries(d))?;
+        let fx = base_value(oracle, x, self.diff, batch)?;
         // Unit vectors of the chosen coordinates, built one chunk at a time.
         let mut grad = Tensor::zeros([d], (kind, dev));
-        let mut fx = None;
-        let chunk = (DEFAULT_CHUNK as i64).max(1);
+        let chunk = DEFAULT_CHUNK as i64;
         let mut s = 0;
-        ensure_budget(oracle, self.queries(d))?;
-        let f0 = match self.diff {
-            Diff::Forward => {
-                let v = oracle.value(x, batch)?;
-                fx = Some(v);
-                Some(v)
-            }
-            Diff::Central => None,
-        };
         while s < k {
             let e = (s + chunk).min(k);
             let ids = idx.narrow(0, s, e - s);
             let eye =
                 Tensor::zeros([e - s, d], (kind, dev)).scatter_value(1, &ids.unsqueeze(1), 1.0);
-            let pts_p = x.unsqueeze(0) + &eye * self.mu;
-            let c = match f0 {
-                Some(f0) => (oracle.query(&pts_p, batch)? - f0) / self.mu,
-                None => {
-                    let pts_m = x.unsqueeze(0) - &eye * self.mu;
-                    let f = oracle.query(&Tensor::cat(&[pts_p, pts_m], 0), batch)?;
-                    let n = e - s;
-                    (f.narrow(0, 0, n) - f.narrow(0, n, n)) / (2.0 * self.mu)
-                }
-            };
+            let c = differences(oracle, x, &eye, self.mu, fx, batch)?;
             let _ = grad.index_copy_(0, &ids, &c.to_kind(kind));
             s = e;
         }
