@@ -225,32 +225,54 @@ fn rep(x: &Tensor, k: i64) -> Tensor {
     x.unsqueeze(0).repeat(shape.as_slice()).flatten(0, 1)
 }
 
+/// The output channel `o_k` of each coordinate and the change `[K, B or 1, L or 1]` that moving
+/// it by `mu` makes to that channel of the layer's pre-activation (`L` = spatial size), read
+/// from the unfolded layer input `cols` (see [`unfold`]; unused for a bias).
+fn coord_change(
+    f: &Affine,
+    cols: &Tensor,
+    z: &Tensor,
+    bias: bool,
+    coords: &Tensor,
+    mu: f64,
+) -> (Tensor, Tensor) {
+    let k = coords.size()[0];
+    let cout = z.size()[1];
+    let fan = if bias { 1 } else { f.w.numel() as i64 / cout };
+    let o = coords.divide_scalar_mode(fan, "floor");
+    let dv = if bias {
+        Tensor::full([k, 1, 1], mu, (z.kind(), z.device()))
+    } else {
+        // [B, K, L] -> [K, B, L]
+        cols.index_select(1, &coords.remainder(fan))
+            .permute([1, 0, 2])
+            * mu
+    };
+    (o, dv)
+}
+
+/// Channels `o` (`[K]`) of a `[B, C, ...]` tensor as `[K, B, S]`.
+fn channels(t: &Tensor, o: &Tensor) -> Tensor {
+    let s = t.size();
+    t.view([s[0], s[1], -1])
+        .index_select(1, o)
+        .permute([1, 0, 2])
+}
+
 /// The change of an affine layer's output `[K, B, ...]` when coordinate `coords[k]` of its
-/// weight (or bias) moves by `mu`, from the layer input `a` `[B, ...]`.
+/// weight (or bias) moves by `mu`.
 fn delta(f: &Affine, cols: &Tensor, z: &Tensor, coords: &Tensor, bias: bool, mu: f64) -> Tensor {
     let k = coords.size()[0];
     let zs = z.size();
-    let (b, cout) = (zs[0], zs[1]);
-    let rest: i64 = zs[2..].iter().product();
-    let dev = z.device();
-    let kind = z.kind();
+    let cout = zs[1];
+    let (o, dv) = coord_change(f, cols, z, bias, coords, mu);
     // [K, 1, Cout, 1] one-hot of the output channel of each coordinate.
-    let fan = if bias { 1 } else { f.w.numel() as i64 / cout };
-    let out_ch = coords.divide_scalar_mode(fan, "floor");
-    let onehot = Tensor::zeros([k, cout], (kind, dev))
-        .scatter_value(1, &out_ch.unsqueeze(1), 1.0)
+    let onehot = Tensor::zeros([k, cout], (z.kind(), z.device()))
+        .scatter_value(1, &o.unsqueeze(1), 1.0)
         .view([k, 1, cout, 1]);
-    let vals = if bias {
-        Tensor::full([k, 1, 1, 1], mu, (kind, dev))
-    } else {
-        let r = coords.remainder(fan);
-        // [B, K, L] -> [K, B, 1, L]
-        cols.index_select(1, &r).permute([1, 0, 2]).unsqueeze(2) * mu
-    };
-    let d = onehot * vals;
-    let mut shape = vec![k, if bias { 1 } else { b }, cout];
+    let d = onehot * dv.unsqueeze(2);
+    let mut shape = vec![k, if bias { 1 } else { zs[0] }, cout];
     shape.extend(zs[2..].iter().map(|&n| if bias { 1 } else { n }));
-    let _ = rest;
     d.view(shape.as_slice())
 }
 
@@ -281,17 +303,9 @@ fn perturbed_channel(
 ) -> (Tensor, Tensor) {
     let k = coords.size()[0];
     let zs = z.size();
-    let (b, cout) = (zs[0], zs[1]);
-    let fan = if bias { 1 } else { f.w.numel() as i64 / cout };
-    let o = coords.divide_scalar_mode(fan, "floor");
-    let zc = z.view([b, cout, -1]).index_select(1, &o).permute([1, 0, 2]);
-    let dv = if bias {
-        Tensor::full([k, 1, 1], mu, (z.kind(), z.device()))
-    } else {
-        let r = coords.remainder(fan);
-        cols.index_select(1, &r).permute([1, 0, 2]) * mu
-    };
-    let mut x = zc + dv; // [K, B, S]
+    let b = zs[0];
+    let (o, dv) = coord_change(f, cols, z, bias, coords, mu);
+    let mut x = channels(z, &o) + dv; // [K, B, S]
     let mut spatial: Vec<i64> = zs[2..].to_vec();
     for op in &f.post {
         x = match op {
@@ -693,41 +707,51 @@ impl ZoNet {
         while s < n {
             let k = per.min(n - s);
             let c = coords.narrow(0, s, k);
-            if let Some(h) = self.next_affine_fast(caches, slot, &cols, &c, mu, train) {
-                let logits = self.tail(slot.unit + 2, h, k, train);
-                out.push(group_loss(&logits, y, k));
-                s += k;
-                continue;
-            }
-            if let Some(h) = self.block_conv1_fast(caches, slot, &cols, &c, mu, train) {
-                let logits = self.tail(slot.unit + 1, h, k, train);
-                out.push(group_loss(&logits, y, k));
-                s += k;
-                continue;
-            }
-            let h = match (&self.units[slot.unit], &caches[slot.unit]) {
-                (Unit::Affine(_), Cache::Affine { z, .. }) => {
-                    let zk = (z.unsqueeze(0) + delta(f, &cols, z, &c, slot.bias, mu)).flatten(0, 1);
-                    post(&f.post, zk, k, train, false, true)
-                }
-                (Unit::Block(bl), Cache::Block { pre1, pre2, sc, .. }) => {
-                    let pre2k = if slot.part == 0 {
-                        let p1 = (pre1.unsqueeze(0) + delta(f, &cols, pre1, &c, slot.bias, mu))
-                            .flatten(0, 1);
-                        let h1k = post(&bl.c1.post, p1, k, train, false, true);
-                        aff_forward(&bl.c2, &h1k)
-                    } else {
-                        (pre2.unsqueeze(0) + delta(f, &cols, pre2, &c, slot.bias, mu)).flatten(0, 1)
-                    };
-                    (post(&bl.c2.post, pre2k, k, train, false, true) + rep(sc, k)).relu_()
-                }
-                _ => unreachable!("caches follow the units"),
-            };
-            let logits = self.tail(slot.unit + 1, h, k, train);
+            // The output of the first unit not yet run, and that unit's index.
+            let (h, next) =
+                if let Some(h) = self.next_affine_fast(caches, slot, &cols, &c, mu, train) {
+                    (h, slot.unit + 2)
+                } else if let Some(h) = self.block_conv1_fast(caches, slot, &cols, &c, mu, train) {
+                    (h, slot.unit + 1)
+                } else {
+                    (
+                        self.perturbed_unit(caches, slot, &cols, &c, mu, train),
+                        slot.unit + 1,
+                    )
+                };
+            let logits = self.tail(next, h, k, train);
             out.push(group_loss(&logits, y, k));
             s += k;
         }
         Tensor::cat(&out, 0)
+    }
+
+    /// The perturbed unit's output for each coordinate where no shortcut applies: its perturbed
+    /// pre-activation from the cache, then the rest of the unit on the stacked copies.
+    fn perturbed_unit(
+        &self,
+        caches: &[Cache],
+        slot: &Slot,
+        cols: &Tensor,
+        c: &Tensor,
+        mu: f64,
+        train: bool,
+    ) -> Tensor {
+        let k = c.size()[0];
+        let f = self.affine(slot);
+        match (&self.units[slot.unit], &caches[slot.unit]) {
+            (Unit::Affine(_), Cache::Affine { z, .. }) => {
+                let zk = (z.unsqueeze(0) + delta(f, cols, z, c, slot.bias, mu)).flatten(0, 1);
+                post(&f.post, zk, k, train, false, true)
+            }
+            // A block's first convolution always takes `block_conv1_fast`; this is its second.
+            (Unit::Block(bl), Cache::Block { pre2, sc, .. }) if slot.part == 1 => {
+                let pre2k =
+                    (pre2.unsqueeze(0) + delta(f, cols, pre2, c, slot.bias, mu)).flatten(0, 1);
+                (post(&bl.c2.post, pre2k, k, train, false, true) + rep(sc, k)).relu_()
+            }
+            _ => unreachable!("caches follow the units; block conv1 has its own path"),
+        }
     }
 
     /// The output of unit `u + 1` for each perturbed coordinate of an affine unit `u` whose
@@ -761,10 +785,7 @@ impl ZoNet {
         let (b, cout) = (z.size()[0], z.size()[1]);
         let (o, h_new) = perturbed_channel(f, cols, z, slot.bias, coords, mu, train);
         // The base channel after the post-operations, from the successor's cached input.
-        let h_base = a2
-            .view([b, cout, -1])
-            .index_select(1, &o)
-            .permute([1, 0, 2]);
+        let h_base = channels(&a2.view([b, cout, -1]), &o);
         let dh = h_new - h_base; // [K, B, S']
         let s2 = dh.size()[2];
         if g.op == AffOp::Linear && s2 == 1 {
@@ -817,10 +838,8 @@ impl ZoNet {
             return None;
         }
         let k = coords.size()[0];
-        let (b, c1) = (pre1.size()[0], pre1.size()[1]);
         let (o, h_new) = perturbed_channel(&bl.c1, cols, pre1, slot.bias, coords, mu, train);
-        let h_base = h1.view([b, c1, -1]).index_select(1, &o).permute([1, 0, 2]);
-        let dh = h_new - h_base;
+        let dh = h_new - channels(h1, &o);
         let hw = h1.size();
         let d2 = conv_one_channel(&bl.c2, &dh, &o, (hw[2], hw[3]));
         let pre2k = (pre2.unsqueeze(0) + d2).flatten(0, 1);
