@@ -154,17 +154,8 @@ pub fn zo_check(a: ZoCheckArgs) -> Result<()> {
         })
     };
     let cfg = |est: Estimator, update: Update, lr: f64, steps: usize| ZoConfig {
-        estimator: est,
-        update,
-        lr,
-        decay: Decay::Constant,
-        steps,
-        constraint: Constraint::Free,
-        conservative: false,
-        svrg_epoch: None,
-        batch_size: None,
-        eval_every: 0,
         seed: a.seed,
+        ..ZoConfig::new(est, update, lr, steps)
     };
     let t = minimize(
         &mut oq,

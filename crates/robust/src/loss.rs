@@ -42,3 +42,12 @@ pub fn dlr_targeted(logits: &Tensor, y: &Tensor, target: &Tensor) -> Tensor {
     let denom = sorted.select(1, 0) - (sorted.select(1, 2) + sorted.select(1, 3)) * 0.5 + 1e-12;
     -(logit_of(logits, y) - logit_of(logits, target)) / denom
 }
+
+/// The margin to the attack's goal, below zero exactly when it is reached: `z_y - max_{j != y}
+/// z_j` (untargeted) or `max_{j != t} z_j - z_t` (targeted). The loss of the score-based attacks.
+pub fn goal_margin(logits: &Tensor, y: &Tensor, target: Option<&Tensor>) -> Tensor {
+    match target {
+        None => margin(logits, y),
+        Some(t) => -margin(logits, t),
+    }
+}

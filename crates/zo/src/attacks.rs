@@ -150,14 +150,6 @@ impl ZoAttack {
     }
 }
 
-/// Per-sample loss to minimize (success when < 0).
-fn search_loss(logits: &Tensor, y: &Tensor, t: Option<&Tensor>) -> Tensor {
-    match t {
-        None => loss::margin(logits, y),
-        Some(t) => -loss::margin(logits, t),
-    }
-}
-
 /// Scores `p` points per sample: `pts` is `[m * p, C, H, W]` (sample-major), `idx` the batch
 /// positions of the `m` samples. Returns the search loss `[m, p]`.
 fn score_points(
@@ -177,7 +169,11 @@ fn score_points(
         let e = (s + POINTS_PER_CALL).min(n);
         let logits = oracle.scores(&pts.narrow(0, s, e - s), &idx_r.narrow(0, s, e - s))?;
         let tt = t_r.as_ref().map(|t| t.narrow(0, s, e - s));
-        out.push(search_loss(&logits, &y_r.narrow(0, s, e - s), tt.as_ref()));
+        out.push(loss::goal_margin(
+            &logits,
+            &y_r.narrow(0, s, e - s),
+            tt.as_ref(),
+        ));
         s = e;
     }
     Ok(Tensor::cat(&out, 0).view([-1, p]))
@@ -216,7 +212,7 @@ impl Attack for ZoAttack {
         let mut oracle = ScoreOracle::new(model, b, Some(self.queries as i64));
         let all = Tensor::arange(b, (Kind::Int64, dev));
         let logits = oracle.scores(x, &all)?;
-        let mut loss_cur = search_loss(&logits, y, target);
+        let mut loss_cur = loss::goal_margin(&logits, y, target);
         let mut x_cur = x.copy();
         let mut x_best = x.copy();
         let mut loss_best = loss_cur.copy();
@@ -343,7 +339,7 @@ impl Attack for ZoAttack {
         }
         // Verify on the returned images (not counted as queries).
         let final_logits = tch::no_grad(|| model.forward_t(&x_best, false));
-        let success = search_loss(&final_logits, y, target).lt(0.0);
+        let success = loss::goal_margin(&final_logits, y, target).lt(0.0);
         Ok(AttackOutput {
             x_adv: x_best,
             success,

@@ -172,6 +172,24 @@ pub struct ZoConfig {
 }
 
 impl ZoConfig {
+    /// A run of `steps` steps with a constant learning rate, no constraint, no minibatches, no
+    /// variance reduction, no conservative test and seed 0; set the other fields as needed.
+    pub fn new(estimator: Estimator, update: Update, lr: f64, steps: usize) -> Self {
+        ZoConfig {
+            estimator,
+            update,
+            lr,
+            decay: Decay::Constant,
+            steps,
+            constraint: Constraint::Free,
+            conservative: false,
+            svrg_epoch: None,
+            batch_size: None,
+            eval_every: 0,
+            seed: 0,
+        }
+    }
+
     pub fn validate(&self, d: i64, samples: usize) -> Result<()> {
         self.estimator.validate(d)?;
         self.update.validate()?;

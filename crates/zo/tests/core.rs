@@ -59,17 +59,13 @@ fn query_counts_are_exact() {
     }
     // A whole run: steps * (q + 1) plus the final value.
     let cfg = ZoConfig {
-        estimator: Estimator::Rge(rge(Dist::Gaussian, 4, 1e-3, Diff::Forward)),
-        update: Update::Sgd,
-        lr: 0.01,
-        decay: Decay::Constant,
-        steps: 9,
-        constraint: Constraint::Free,
-        conservative: false,
-        svrg_epoch: None,
-        batch_size: None,
-        eval_every: 0,
         seed: 3,
+        ..ZoConfig::new(
+            Estimator::Rge(rge(Dist::Gaussian, 4, 1e-3, Diff::Forward)),
+            Update::Sgd,
+            0.01,
+            9,
+        )
     };
     let mut o = Oracle::new(quadratic(d, 0), None).unwrap();
     let t = minimize(&mut o, &x, None, &cfg).unwrap();
@@ -231,17 +227,8 @@ fn projections_keep_constraints_and_are_idempotent() {
 
 fn base(est: Estimator, update: Update, lr: f64, steps: usize) -> ZoConfig {
     ZoConfig {
-        estimator: est,
-        update,
-        lr,
-        decay: Decay::Constant,
-        steps,
-        constraint: Constraint::Free,
-        conservative: false,
-        svrg_epoch: None,
-        batch_size: None,
-        eval_every: 0,
         seed: 11,
+        ..ZoConfig::new(est, update, lr, steps)
     }
 }
 

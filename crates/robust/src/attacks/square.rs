@@ -73,14 +73,6 @@ impl Square {
     }
 }
 
-/// Per-sample loss for the random search: the margin (untargeted), or the targeted margin.
-fn search_loss(logits: &Tensor, y: &Tensor, t: Option<&Tensor>) -> Tensor {
-    match t {
-        None => loss::margin(logits, y),
-        Some(t) => -loss::margin(logits, t),
-    }
-}
-
 impl Attack for Square {
     fn name(&self) -> String {
         format!("square-{}", self.queries)
@@ -112,7 +104,7 @@ impl Attack for Square {
         let signs = Tensor::randint(2, [b, c, 1, w], (Kind::Float, dev)) * 2.0 - 1.0;
         let mut x_best = self.threat.clamp_box(&(x + signs * eps));
         let logits = oracle.scores(&x_best, &all)?;
-        let mut loss_min = search_loss(&logits, y, target);
+        let mut loss_min = loss::goal_margin(&logits, y, target);
         // Success: margin below zero (untargeted) or the target on top (targeted loss < 0).
         let rows = Tensor::arange(h, (Kind::Int64, dev)).view([1, 1, h, 1]);
         let cols = Tensor::arange(w, (Kind::Int64, dev)).view([1, 1, 1, w]);
@@ -160,7 +152,7 @@ impl Attack for Square {
             }
             let x_new = self.threat.clamp_box(&(&xc + &new_delta));
             let logits = oracle.scores(&x_new, &todo)?;
-            let l = search_loss(&logits, &yc, tc.as_ref());
+            let l = loss::goal_margin(&logits, &yc, tc.as_ref());
             let cur = loss_min.index_select(0, &todo);
             let better = l.lt_tensor(&cur);
             let upd = x_new.where_self(&better.view([m, 1, 1, 1]), &xb);
