@@ -1204,7 +1204,7 @@ impl TrainHook for DeepZeroStep {
         Ok(())
     }
 
-    fn step(&mut self, model: &Model, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn step(&mut self, _model: &Model, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
         let net = self
             .net
             .as_ref()
@@ -1216,12 +1216,12 @@ impl TrainHook for DeepZeroStep {
                 "the zeroth-order training loss is not finite".into(),
             ));
         }
-        // Write the estimates into the gradients: d/dp sum(p * g) = g.
-        let params: BTreeMap<String, Tensor> = model.parameters().into_iter().collect();
+        // Write the estimates into the gradients: d/dp sum(p * g) = g. The net's tensors are
+        // the model's own variables.
         let mut surrogate = Tensor::zeros([], (Kind::Float, x.device()));
         for (s, g) in net.slots.iter().zip(&grads) {
-            let p = &params[&s.name];
-            surrogate += (p * g.view(p.size().as_slice())).sum(Kind::Float);
+            let p = net.tensor(s);
+            surrogate += (&p * g.view(p.size().as_slice())).sum(Kind::Float);
         }
         surrogate.backward();
         Ok((loss, logits))
