@@ -1,14 +1,16 @@
-//! `rustworthy`: trustworthy and scalable machine learning from the command line.
+//! `rustworthy`: trustworthy and scalable machine learning from the command line. Each command
+//! parses its flags, calls the `rustworthy` library and prints.
 
-mod commands;
-mod config;
-mod prune_cmd;
-mod robust_cmd;
-mod table;
-mod unlearn_cmd;
-mod zo_cmd;
+mod args;
+mod cmd_prune;
+mod cmd_robust;
+mod cmd_train;
+mod cmd_unlearn;
+mod cmd_zo;
+mod print;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use rustworthy::core::Error;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -18,6 +20,12 @@ use std::process::ExitCode;
     about = "Trustworthy and scalable machine learning on libtorch"
 )]
 struct Cli {
+    /// More messages (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,41 +33,62 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a model from a preset or a TOML config.
-    Train(commands::TrainArgs),
+    Train(cmd_train::TrainArgs),
     /// Evaluate a saved model on a dataset's test split.
-    Eval(commands::EvalArgs),
+    Eval(cmd_train::EvalArgs),
     /// Summarise datasets, models and presets.
-    Info(commands::InfoArgs),
+    Info(cmd_train::InfoArgs),
     /// Unlearn a forget set from a trained model and measure how well it was forgotten.
-    Unlearn(unlearn_cmd::UnlearnArgs),
-    /// Attack a saved model on test samples (fgsm, pgd, apgd, apgd-t, cw, square, and the
-    /// zeroth-order black-box attacks zoo, zo-signsgd, nes).
-    Attack(robust_cmd::AttackArgs),
+    Unlearn(cmd_unlearn::UnlearnArgs),
+    /// Attack a saved model on test samples (white-box and score-based black-box attacks).
+    Attack(cmd_robust::AttackArgs),
     /// Robust evaluation: clean, FGSM, PGD with restarts, an AutoAttack-style ensemble, the
     /// worst case per sample, an accuracy-vs-eps curve and gradient-masking checks.
-    RobustEval(robust_cmd::RobustEvalArgs),
-    /// Prune a model (omp, imp, snip, grasp, synflow, random, hydra, bip) to a sparsity.
-    Prune(prune_cmd::PruneArgs),
+    RobustEval(cmd_robust::RobustEvalArgs),
+    /// Prune a model to a sparsity.
+    Prune(cmd_prune::PruneArgs),
     /// Zeroth-order estimators, optimizers and min-max on problems with known answers: estimator
     /// variance against closed forms, convergence to known optima, and an exact duality gap.
-    ZoCheck(zo_cmd::ZoCheckArgs),
+    ZoCheck(cmd_zo::ZoCheckArgs),
     /// Benchmarks: every method against the reference, in one run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Train (or reuse) the original model, run Retrain and every unlearning method, and write a
     /// paper-style table (Markdown, CSV, JSON) and a gap-vs-time plot.
-    Unlearn(unlearn_cmd::BenchUnlearnArgs),
+    Unlearn(cmd_unlearn::BenchUnlearnArgs),
     /// Every pruning method at several sparsities from one dense model: accuracy, time and
     /// per-layer sparsity, with an accuracy-vs-sparsity plot.
-    Prune(prune_cmd::BenchPruneArgs),
+    Prune(cmd_prune::BenchPruneArgs),
     /// CGE throughput of zeroth-order training (queries per second and seconds per step) on a
     /// stratified sample of the coordinate set; `scripts/bench-zo.sh` runs it beside the PyTorch
     /// reference loop.
-    Zo(zo_cmd::BenchZoArgs),
+    Zo(cmd_zo::BenchZoArgs),
+}
+
+/// Messages go to stderr: plain for information, prefixed for warnings and errors.
+fn init_logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let level = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .event_format(print::Plain)
+        .try_init();
 }
 
 fn main() -> ExitCode {
@@ -71,24 +100,38 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
     let r = match cli.command {
-        Command::Train(a) => commands::train(a),
-        Command::Eval(a) => commands::eval(a),
-        Command::Info(a) => commands::info(a),
-        Command::Unlearn(a) => unlearn_cmd::unlearn(a),
-        Command::Attack(a) => robust_cmd::attack(a),
-        Command::RobustEval(a) => robust_cmd::robust_eval_cmd(a),
-        Command::Bench(BenchCommand::Unlearn(a)) => unlearn_cmd::bench_unlearn(a),
-        Command::Bench(BenchCommand::Prune(a)) => prune_cmd::bench_prune(a),
-        Command::Prune(a) => prune_cmd::prune_cmd(a),
-        Command::ZoCheck(a) => zo_cmd::zo_check(a),
-        Command::Bench(BenchCommand::Zo(a)) => zo_cmd::bench_zo(a),
+        Command::Train(a) => cmd_train::train(a),
+        Command::Eval(a) => cmd_train::eval(a),
+        Command::Info(a) => cmd_train::info(a),
+        Command::Unlearn(a) => cmd_unlearn::unlearn(a),
+        Command::Attack(a) => cmd_robust::attack(a),
+        Command::RobustEval(a) => cmd_robust::robust_eval(a),
+        Command::Prune(a) => cmd_prune::prune(a),
+        Command::ZoCheck(a) => cmd_zo::zo_check(a),
+        Command::Bench(BenchCommand::Unlearn(a)) => cmd_unlearn::bench_unlearn(a),
+        Command::Bench(BenchCommand::Prune(a)) => cmd_prune::bench_prune(a),
+        Command::Bench(BenchCommand::Zo(a)) => cmd_zo::bench_zo(a),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "rustworthy",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
+            tracing::error!("{e}");
+            // 2: the request itself is wrong (a config field, a flag's value); 1: it failed.
+            match e {
+                Error::Config { .. } => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
         }
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// A small synthetic dataset in Fashion-MNIST's file layout.
 fn synthetic_dir(root: &Path) -> PathBuf {
     let d = root.join("synthetic");
-    rustworthy_data::synthetic::write_synthetic_idx(&d, 4, 60, 20, 28, 0.3, 11).unwrap();
+    rustworthy::data::synthetic::write_synthetic_idx(&d, 4, 60, 20, 28, 0.3, 11).unwrap();
     d
 }
 
@@ -166,7 +166,12 @@ fn config_errors_name_the_field() {
     assert!(stderr(&o).contains("device"), "{}", stderr(&o));
 
     let o = run(&["train", "--arch", "alexnet"]);
-    assert!(stderr(&o).contains("model.arch"), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("alexnet") && stderr(&o).contains("lenet"),
+        "{}",
+        stderr(&o)
+    );
 
     let o = run(&["train", "--preset", "nope"]);
     assert!(stderr(&o).contains("fmnist-lenet"), "{}", stderr(&o));
@@ -182,7 +187,7 @@ fn missing_data_says_how_to_get_it() {
         "--out",
         tmp.path().join("x").to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert!(
         e.contains("dataset-fashion-mnist") && e.contains("nowhere"),
@@ -196,7 +201,7 @@ fn missing_data_says_how_to_get_it() {
         "--data-dir",
         tmp.path().to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("cifar-10"), "{}", stderr(&o));
 }
 
@@ -214,7 +219,7 @@ fn corrupt_dataset_file_is_named() {
         "--out",
         tmp.path().join("x").to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("train-labels-idx1-ubyte.gz"),
         "{}",
@@ -264,7 +269,7 @@ fn eval_rejects_mismatched_checkpoint() {
         "--device",
         "cpu",
     ]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("conv1.weight"), "{}", stderr(&o));
 }
 
@@ -273,11 +278,81 @@ fn info_lists_presets_and_counts_parameters() {
     let o = run(&["info", "--arch", "lenet", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["num_params"], 61706);
+    assert_eq!(v["model"]["num_params"], 61706);
     let o = run(&["info", "--presets"]);
     let s = String::from_utf8_lossy(&o.stdout);
+    // Training and benchmark presets alike.
     assert!(
-        s.contains("fmnist-lenet") && s.contains("cifar10-resnet18"),
+        s.contains("fmnist-lenet")
+            && s.contains("cifar10-resnet18")
+            && s.contains("fmnist-lenet-random10")
+            && s.contains("bench unlearn"),
         "{s}"
+    );
+}
+
+#[test]
+fn cli_conventions() {
+    // Choices are listed by --help.
+    let o = run(&["attack", "--help"]);
+    let h = String::from_utf8_lossy(&o.stdout);
+    for v in ["apgd-t", "zo-signsgd", "linf", "dlr", "bar", "json"] {
+        assert!(h.contains(v), "attack --help lacks {v}:\n{h}");
+    }
+    let o = run(&["unlearn", "--help"]);
+    let h = String::from_utf8_lossy(&o.stdout);
+    assert!(h.contains("salun") && h.contains("neggrad-plus"), "{h}");
+    // A usage error exits 2, a failure exits 1.
+    let o = run(&["attack", "--model", "m.safetensors", "--attack", "pgdd"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("pgdd"), "{}", stderr(&o));
+    let o = run(&[
+        "eval",
+        "--model",
+        "/nonexistent/model.safetensors",
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).starts_with("error: "), "{}", stderr(&o));
+    // --set and --print-config: the resolved config as TOML, readable again.
+    let o = run(&[
+        "train",
+        "--set",
+        "train.epochs=3",
+        "--set",
+        "train.optim.momentum=0.8",
+        "--lr",
+        "0.02",
+        "--print-config",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        t.contains("epochs = 3") && t.contains("momentum = 0.8") && t.contains("lr = 0.02"),
+        "{t}"
+    );
+    let o = run(&["train", "--set", "train.epohcs=3", "--print-config"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("epohcs"), "{}", stderr(&o));
+    let o = run(&[
+        "bench",
+        "unlearn",
+        "--set",
+        "forget=\"class:3\"",
+        "--print-config",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("class:3"));
+    // Completions for a shell.
+    let o = run(&["completions", "bash"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("robust-eval"));
+    // -q silences information messages; -v is accepted.
+    let o = run(&["-q", "info", "--arch", "mlp", "--json"]);
+    assert!(
+        o.status.success() && stderr(&o).is_empty(),
+        "{}",
+        stderr(&o)
     );
 }

@@ -135,7 +135,7 @@ fn bad_robustness_settings_are_named() {
             &["train", "--adv", "pgd", "--eps", "0.1", "--adv-lambda", "1"],
             "adv.lambda",
         ),
-        (&["train", "--adv", "magic", "--eps", "0.1"], "adv.method"),
+        (&["train", "--adv", "magic", "--eps", "0.1"], "magic"),
         (
             &["attack", "--model", "m", "--attack", "pgd", "--eps", "0"],
             "eps",
@@ -151,14 +151,14 @@ fn bad_robustness_settings_are_named() {
             &[
                 "attack", "--model", "m", "--attack", "teleport", "--eps", "0.1",
             ],
-            "unknown attack",
+            "teleport",
         ),
         (&["attack", "--model", "m", "--attack", "cw"], "l2"),
         (
             &[
                 "attack", "--model", "m", "--attack", "pgd", "--eps", "0.1", "--norm", "l7",
             ],
-            "norm",
+            "l7",
         ),
         (
             &[
@@ -170,7 +170,7 @@ fn bad_robustness_settings_are_named() {
                 "--suite",
                 "huge",
             ],
-            "suite",
+            "huge",
         ),
         (
             &[

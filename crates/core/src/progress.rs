@@ -9,9 +9,9 @@ use std::io::Write;
 #[serde(rename_all = "kebab-case")]
 pub enum ProgressMode {
     /// Progress bars on stderr with ETA, running loss and accuracy.
-    #[default]
     Bar,
-    /// Nothing but the final summary.
+    /// Nothing but the final summary (the default: library calls draw no bars unless asked).
+    #[default]
     Quiet,
     /// One JSON object per event on stdout.
     JsonLines,

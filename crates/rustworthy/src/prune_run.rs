@@ -1,14 +1,13 @@
-//! `rustworthy prune` and `rustworthy bench prune`.
+//! Pruning runs: a dense model trained from a preset, one pruning method to a sparsity with
+//! its model, masks and report, and the benchmark of every method at several sparsities.
 
-use crate::commands::{load_splits, progress_mode, set_threads};
 use crate::config::{preset, RunConfig};
-use crate::table::render;
-use clap::Args;
+use crate::train_run::{load_splits, set_threads};
 use rustworthy_core::device::device_name;
 use rustworthy_core::fsutil::write_json_atomic;
 use rustworthy_core::plot::Chart;
-use rustworthy_core::progress::ProgressMode;
 use rustworthy_core::report::RunReport;
+use rustworthy_core::DeviceSpec;
 use rustworthy_core::{Error, Result};
 use rustworthy_models::Model;
 use rustworthy_prune::methods::layer_map;
@@ -20,83 +19,73 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Options shared by `prune` and `bench prune`.
-#[derive(Args, Debug)]
+/// Settings shared by `prune` and `bench prune`.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct PruneCommon {
     /// Training preset of the dense model and of every retraining.
-    #[arg(long, default_value = "fmnist-lenet")]
     pub preset: String,
     /// Epochs of the recipe (dense training, IMP rounds, pruning at initialization).
-    #[arg(long)]
     pub epochs: Option<usize>,
-    #[arg(long)]
+    /// Train on this many samples only.
     pub train_subset: Option<usize>,
-    #[arg(long)]
+    /// Where the dataset is read from.
     pub data_dir: Option<PathBuf>,
-    /// global | layerwise
-    #[arg(long, default_value = "global")]
-    pub scope: String,
-    /// Structured pruning (omp, bip): remove whole output channels; the sparsity is the share
-    /// of channels removed per layer (use --scope layerwise).
-    #[arg(long)]
+    /// Global or per-layer sparsity.
+    pub scope: Scope,
+    /// Structured pruning (omp, bip): remove whole output channels.
     pub structured: bool,
     /// IMP: rewind to the weights after this many dense epochs (0 = initialization).
-    #[arg(long, default_value_t = 0)]
     pub rewind_epoch: usize,
     /// IMP: share of the remaining weights pruned per round.
-    #[arg(long)]
     pub imp_rate: Option<f64>,
     /// HYDRA and BiP: epochs of the score loop.
-    #[arg(long)]
     pub score_epochs: Option<usize>,
-    #[arg(long)]
+    /// HYDRA and BiP: learning rate of the scores.
     pub score_lr: Option<f64>,
-    #[arg(long)]
+    /// BiP: gamma.
     pub bip_gamma: Option<f64>,
-    #[arg(long)]
+    /// BiP: learning rate of the weights.
     pub bip_weight_lr: Option<f64>,
     /// OMP and HYDRA: fine-tuning epochs.
-    #[arg(long)]
     pub finetune_epochs: Option<usize>,
-    #[arg(long, default_value_t = 0)]
+    /// Seed of the pruning method.
     pub seed: u64,
-    #[arg(long)]
-    pub device: Option<String>,
-    #[arg(long, default_value_t = 0)]
+    /// Device (default: the preset's).
+    pub device: Option<DeviceSpec>,
+    /// libtorch threads (0 = default).
     pub threads: usize,
-    #[arg(long)]
+    /// Output folder.
     pub out: Option<PathBuf>,
-    #[arg(long, default_value = "bar")]
-    pub progress: String,
 }
 
-#[derive(Args, Debug)]
-pub struct PruneArgs {
-    /// omp | imp | snip | grasp | synflow | random | hydra | bip
-    #[arg(long)]
-    pub method: String,
-    /// Fraction of the prunable weights removed, in [0, 1).
-    #[arg(long)]
-    pub sparsity: f64,
-    #[command(flatten)]
-    pub common: PruneCommon,
+impl Default for PruneCommon {
+    fn default() -> Self {
+        PruneCommon {
+            preset: "fmnist-lenet".into(),
+            epochs: None,
+            train_subset: None,
+            data_dir: None,
+            scope: Scope::Global,
+            structured: false,
+            rewind_epoch: 0,
+            imp_rate: None,
+            score_epochs: None,
+            score_lr: None,
+            bip_gamma: None,
+            bip_weight_lr: None,
+            finetune_epochs: None,
+            seed: 0,
+            device: None,
+            threads: 0,
+            out: None,
+        }
+    }
 }
 
-#[derive(Args, Debug)]
-pub struct BenchPruneArgs {
-    /// Methods to compare (default: all).
-    #[arg(long, value_delimiter = ',')]
-    pub methods: Option<Vec<String>>,
-    /// Sparsities of the comparison.
-    #[arg(long, value_delimiter = ',', default_value = "0.5,0.8,0.9,0.95")]
-    pub sparsities: Vec<f64>,
-    #[command(flatten)]
-    pub common: PruneCommon,
-}
-
-fn config_for(c: &PruneCommon, method: PruneMethod, sparsity: f64) -> Result<PruneConfig> {
+/// The pruning config of `method` at `sparsity` with the shared settings.
+pub fn config_for(c: &PruneCommon, method: PruneMethod, sparsity: f64) -> Result<PruneConfig> {
     let mut p = PruneConfig::new(method, sparsity);
-    p.scope = c.scope.parse::<Scope>()?;
+    p.scope = c.scope;
     p.rewind_epoch = c.rewind_epoch;
     p.structured = c.structured;
     p.seed = c.seed;
@@ -121,16 +110,24 @@ fn config_for(c: &PruneCommon, method: PruneMethod, sparsity: f64) -> Result<Pru
     Ok(p)
 }
 
-struct Prepared {
-    rc: RunConfig,
-    dense: Dense,
-    train: rustworthy_data::Dataset,
-    test: rustworthy_data::Dataset,
-    device: tch::Device,
-    dense_test_accuracy: f64,
+/// The dense model and data every pruning run starts from.
+pub struct Prepared {
+    /// The training config (preset plus overrides).
+    pub rc: RunConfig,
+    /// The dense model (with its rewind point).
+    pub dense: Dense,
+    /// Training data.
+    pub train: rustworthy_data::Dataset,
+    /// Test data.
+    pub test: rustworthy_data::Dataset,
+    /// Device.
+    pub device: tch::Device,
+    /// Test accuracy of the dense model.
+    pub dense_test_accuracy: f64,
 }
 
-fn prepare(c: &PruneCommon, mode: ProgressMode) -> Result<Prepared> {
+/// Trains the dense model of `c`.
+pub fn prepare(c: &PruneCommon) -> Result<Prepared> {
     set_threads(c.threads);
     let mut rc = preset(&c.preset)?;
     if let Some(e) = c.epochs {
@@ -142,8 +139,8 @@ fn prepare(c: &PruneCommon, mode: ProgressMode) -> Result<Prepared> {
     if let Some(d) = &c.data_dir {
         rc.data.data_dir = Some(d.clone());
     }
-    if let Some(d) = &c.device {
-        rc.run.device = d.parse()?;
+    if let Some(d) = c.device {
+        rc.run.device = d;
     }
     rc.validate()?;
     if c.rewind_epoch >= rc.train.epochs {
@@ -159,12 +156,11 @@ fn prepare(c: &PruneCommon, mode: ProgressMode) -> Result<Prepared> {
     let s = load_splits(&rc)?;
     let train = s.train.to_device(device);
     let test = s.test.to_device(device);
-    let (ch, h, w) = train.image_shape();
-    let spec = rc.model_spec(ch as i64, (h as i64, w as i64), train.num_classes as i64)?;
+    let spec = rc.model_spec_for(&train)?;
     rustworthy_core::seed::seed_torch(rc.model.init_seed);
     let init = Model::new(spec, device)?;
-    if mode == ProgressMode::Bar {
-        eprintln!(
+    {
+        tracing::info!(
             "training the dense {:?} ({} epochs, {} samples) on {}",
             rc.model.arch,
             rc.train.epochs,
@@ -183,8 +179,8 @@ fn prepare(c: &PruneCommon, mode: ProgressMode) -> Result<Prepared> {
     )?;
     let dense_test_accuracy =
         rustworthy_train::evaluate(&dense.trained, &test, rc.train.eval_batch_size)?.accuracy;
-    if mode == ProgressMode::Bar {
-        eprintln!(
+    {
+        tracing::info!(
             "dense: test accuracy {dense_test_accuracy:.2}% in {:.1}s",
             dense.seconds
         );
@@ -202,18 +198,29 @@ fn prepare(c: &PruneCommon, mode: ProgressMode) -> Result<Prepared> {
 /// One pruning result, for tables and reports.
 #[derive(Clone, Debug, Serialize)]
 pub struct PruneRow {
+    /// Method name.
     pub method: String,
+    /// Sparsity asked for.
     pub requested_sparsity: f64,
+    /// Sparsity of the mask.
     pub sparsity: f64,
+    /// Share of the prunable weights that are zero.
     pub zero_fraction: f64,
+    /// Test accuracy of the pruned model.
     pub test_accuracy: f64,
+    /// Seconds of the method (without the dense training).
     pub seconds: f64,
+    /// IMP rounds.
     pub rounds: Vec<rustworthy_prune::RoundRecord>,
+    /// Per-layer sparsity.
     pub layers: BTreeMap<String, f64>,
+    /// The config.
     pub config: PruneConfig,
 }
 
-fn run_one(p: &Prepared, cfg: &PruneConfig, out: Option<&Path>) -> Result<PruneRow> {
+/// Runs one pruning config from the prepared dense model; with `out`, writes the model, its
+/// sidecar and the masks there.
+pub fn run_one(p: &Prepared, cfg: &PruneConfig, out: Option<&Path>) -> Result<PruneRow> {
     let o = prune(
         cfg,
         &p.dense,
@@ -268,22 +275,36 @@ fn run_one(p: &Prepared, cfg: &PruneConfig, out: Option<&Path>) -> Result<PruneR
     })
 }
 
-pub fn prune_cmd(a: PruneArgs) -> Result<()> {
+/// What a pruning run produced.
+pub struct PruneOutcome {
+    /// The result.
+    pub row: PruneRow,
+    /// Test accuracy of the dense model.
+    pub dense_test_accuracy: f64,
+    /// Seconds of the dense training.
+    pub dense_seconds: f64,
+    /// Output folder.
+    pub out: PathBuf,
+    /// The report written to `report.json`.
+    pub report: RunReport,
+}
+
+/// Trains the dense model, prunes it with `method` to `sparsity`, and writes the run folder
+/// (`model.safetensors` + sidecar, `masks.safetensors`, `report.json`).
+pub fn prune_run(method: PruneMethod, sparsity: f64, common: &PruneCommon) -> Result<PruneOutcome> {
     let t_total = Instant::now();
-    let mode = progress_mode(&a.common.progress)?;
-    let method: PruneMethod = a.method.parse()?;
-    let cfg = config_for(&a.common, method, a.sparsity)?;
-    let out =
-        a.common.out.clone().unwrap_or_else(|| {
-            PathBuf::from(format!("runs/prune/{}-{}", method.name(), a.sparsity))
-        });
+    let cfg = config_for(common, method, sparsity)?;
+    let out = common
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("runs/prune/{}-{}", method.name(), sparsity)));
     // Validate before the dense training.
-    let mut probe = preset(&a.common.preset)?;
-    if let Some(e) = a.common.epochs {
+    let mut probe = preset(&common.preset)?;
+    if let Some(e) = common.epochs {
         probe.train.epochs = e;
     }
     cfg.validate(&probe.train)?;
-    let p = prepare(&a.common, mode)?;
+    let p = prepare(common)?;
     let row = run_one(&p, &cfg, Some(&out))?;
     let mut report = RunReport::new(
         "prune",
@@ -308,36 +329,39 @@ pub fn prune_cmd(a: PruneArgs) -> Result<()> {
         "masks.safetensors".into(),
     ];
     report.write(&out.join("report.json"))?;
-    let mut rows = vec![
-        vec!["method".into(), row.method.clone()],
-        vec!["sparsity".into(), format!("{:.4}", row.sparsity)],
-        vec!["test accuracy".into(), format!("{:.2}%", row.test_accuracy)],
-        vec![
-            "dense test accuracy".into(),
-            format!("{:.2}%", p.dense_test_accuracy),
-        ],
-        vec!["method time".into(), format!("{:.1} s", row.seconds)],
-        vec!["dense training".into(), format!("{:.1} s", p.dense.seconds)],
-    ];
-    for (k, v) in &row.layers {
-        rows.push(vec![format!("  {k}"), format!("{:.4}", v)]);
-    }
-    rows.push(vec![
-        "report".into(),
-        out.join("report.json").display().to_string(),
-    ]);
-    println!("{}", render(&["metric", "value"], &rows));
-    Ok(())
+    Ok(PruneOutcome {
+        row,
+        dense_test_accuracy: p.dense_test_accuracy,
+        dense_seconds: p.dense.seconds,
+        out,
+        report,
+    })
 }
 
-pub fn bench_prune(a: BenchPruneArgs) -> Result<()> {
+/// What the pruning benchmark produced.
+pub struct BenchPruneOutcome {
+    /// The Markdown table with its header line (also in `results.md`).
+    pub markdown: String,
+    /// Every run.
+    pub rows: Vec<PruneRow>,
+    /// Output folder.
+    pub out: PathBuf,
+}
+
+/// Every method in `methods` (empty: all) at every sparsity from one dense model: accuracy,
+/// time and per-layer sparsity, with an accuracy-vs-sparsity plot.
+pub fn bench_prune(
+    methods: &[PruneMethod],
+    sparsities: &[f64],
+    common: &PruneCommon,
+) -> Result<BenchPruneOutcome> {
     let t_total = Instant::now();
-    let mode = progress_mode(&a.common.progress)?;
-    let methods: Vec<PruneMethod> = match &a.methods {
-        Some(m) => m.iter().map(|s| s.parse()).collect::<Result<_>>()?,
-        None => PruneMethod::ALL.to_vec(),
+    let methods: Vec<PruneMethod> = if methods.is_empty() {
+        PruneMethod::ALL.to_vec()
+    } else {
+        methods.to_vec()
     };
-    let mut sps = a.sparsities.clone();
+    let mut sps = sparsities.to_vec();
     for s in &sps {
         rustworthy_prune::check_sparsity(*s)?;
     }
@@ -346,13 +370,12 @@ pub fn bench_prune(a: BenchPruneArgs) -> Result<()> {
     if sps.is_empty() {
         return Err(Error::config("sparsities", "no sparsity given"));
     }
-    let out = a
-        .common
+    let out = common
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs/bench-prune"));
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-    let p = prepare(&a.common, mode)?;
+    let p = prepare(common)?;
     let mut rows: Vec<PruneRow> = Vec::new();
     for m in &methods {
         let targets: Vec<f64> = if *m == PruneMethod::Imp {
@@ -362,10 +385,10 @@ pub fn bench_prune(a: BenchPruneArgs) -> Result<()> {
             sps.clone()
         };
         for s in targets {
-            let cfg = config_for(&a.common, *m, s)?;
+            let cfg = config_for(common, *m, s)?;
             let t = Instant::now();
             let r = run_one(&p, &cfg, None)?;
-            eprintln!(
+            tracing::info!(
                 "{} at {:.2}: test {:.2}% ({:.1}s)",
                 m.name(),
                 r.sparsity,
@@ -448,12 +471,12 @@ pub fn bench_prune(a: BenchPruneArgs) -> Result<()> {
     let mut report = RunReport::new(
         "bench-prune",
         serde_json::json!({"methods": methods, "sparsities": sps, "training": &p.rc,
-            "prune_defaults": config_for(&a.common, PruneMethod::Bip, sps[0])?}),
+            "prune_defaults": config_for(common, PruneMethod::Bip, sps[0])?}),
         &device_name(p.device),
     );
     report.seeds.insert("init".into(), p.rc.model.init_seed);
     report.seeds.insert("train".into(), p.rc.train.seed);
-    report.seeds.insert("prune".into(), a.common.seed);
+    report.seeds.insert("prune".into(), common.seed);
     report
         .timings_s
         .insert("dense_train".into(), p.dense.seconds);
@@ -468,6 +491,9 @@ pub fn bench_prune(a: BenchPruneArgs) -> Result<()> {
         "accuracy_vs_sparsity.png".into(),
     ];
     report.write(&out.join("report.json"))?;
-    println!("{md}");
-    Ok(())
+    Ok(BenchPruneOutcome {
+        markdown: md,
+        rows,
+        out,
+    })
 }

@@ -1,9 +1,8 @@
-//! `zo-check` (estimators, optimizers and min-max on problems with known answers) and
-//! `bench zo` (CGE throughput of DeepZero training).
+//! Zeroth-order checks (estimators, optimizers and min-max on problems with known answers)
+//! and the CGE throughput benchmark of DeepZero training.
 
-use crate::commands::set_threads;
 use crate::table::render;
-use clap::Args;
+use crate::train_run::set_threads;
 use rustworthy_core::device::device_name;
 use rustworthy_core::report::RunReport;
 use rustworthy_core::{DeviceSpec, Error, Result};
@@ -13,18 +12,36 @@ use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-#[derive(Args, Debug)]
-pub struct ZoCheckArgs {
+/// Settings of the zeroth-order checks.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ZoCheckConfig {
     /// Independent estimates per row of the estimator table.
-    #[arg(long, default_value_t = 4000)]
     pub samples: usize,
     /// Dimension of the test problems.
-    #[arg(long, default_value_t = 20)]
     pub dim: i64,
-    #[arg(long, default_value_t = 0)]
+    /// Seed of the problems and estimates.
     pub seed: u64,
-    #[arg(long, default_value = "runs/zo/check")]
+    /// Output folder.
     pub out: PathBuf,
+}
+
+impl Default for ZoCheckConfig {
+    fn default() -> Self {
+        ZoCheckConfig {
+            samples: 4000,
+            dim: 20,
+            seed: 0,
+            out: PathBuf::from("runs/zo/check"),
+        }
+    }
+}
+
+/// What the checks found: the tables as text and the report.
+pub struct ZoCheckOutcome {
+    /// The estimator, optimizer and min-max tables.
+    pub text: String,
+    /// The report written to `report.json`.
+    pub report: RunReport,
 }
 
 const F64: (Kind, Device) = (Kind::Double, Device::Cpu);
@@ -56,7 +73,8 @@ fn moments<O: Objective>(
     Ok((bias2, mse, se))
 }
 
-pub fn zo_check(a: ZoCheckArgs) -> Result<()> {
+/// Runs the checks and writes `report.json` into `a.out`.
+pub fn zo_check(a: &ZoCheckConfig) -> Result<ZoCheckOutcome> {
     let t0 = Instant::now();
     tch::manual_seed(a.seed as i64);
     let d = a.dim;
@@ -269,9 +287,7 @@ pub fn zo_check(a: ZoCheckArgs) -> Result<()> {
         .map(|(s, g)| vec![s.to_string(), format!("{}", s * 22), format!("{g:.2e}")])
         .collect();
     let mm_table = render(&["step", "queries", "duality gap"], &mm_rows);
-    println!("RGE moments against closed forms ({n} estimates each, d = {d}):\n{est_table}");
-    println!("Optimizers (d = {d}):\n{opt_table}");
-    println!(
+    let text = format!("RGE moments against closed forms ({n} estimates each, d = {d}):\n{est_table}\nOptimizers (d = {d}):\n{opt_table}\n") + &format!(
         "ZO-Min-Max, distributionally robust regression (4 groups): duality gap {gap0:.3} -> {gap:.2e}; worst-group loss {worst_group_erm:.3} (ERM) -> {worst_group_robust:.3} (robust)\n{mm_table}"
     );
     let mut report = RunReport::new("zo-check", serde_json::to_value(format!("{a:?}"))?, "cpu");
@@ -289,38 +305,35 @@ pub fn zo_check(a: ZoCheckArgs) -> Result<()> {
     report.finished_utc = Some(rustworthy_core::report::utc_now());
     std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
     report.write(&a.out.join("report.json"))?;
-    println!("report {}", a.out.join("report.json").display());
-    Ok(())
+    Ok(ZoCheckOutcome { text, report })
 }
 
-#[derive(Args, Debug)]
-pub struct BenchZoArgs {
-    /// lenet | resnet20 | mlp
-    #[arg(long, default_value = "resnet20")]
-    pub arch: String,
-    #[arg(long, default_value_t = 256)]
+/// Settings of the CGE throughput benchmark.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct BenchZoConfig {
+    /// Architecture (lenet, resnet20, mlp).
+    pub arch: Arch,
+    /// Batch size.
     pub batch: i64,
     /// Fraction of each weight tensor left out of the coordinate set (biases always in).
-    #[arg(long, default_value_t = 0.9)]
     pub sparsity: f64,
     /// Coordinates timed (a stratified sample of the set; the step time is extrapolated).
-    #[arg(long, default_value_t = 2000)]
     pub coords: usize,
-    #[arg(long, default_value_t = 5e-3)]
+    /// Finite-difference radius.
     pub mu: f64,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    #[arg(long, default_value_t = 0)]
+    /// Device.
+    pub device: DeviceSpec,
+    /// libtorch threads (0 = default).
     pub threads: usize,
-    #[arg(long, default_value_t = 0)]
+    /// Seed.
     pub seed: u64,
 }
 
-/// Times batched CGE on a stratified sample of the coordinate set and prints one JSON object.
-pub fn bench_zo(a: BenchZoArgs) -> Result<()> {
+/// Times batched CGE on a stratified sample of the coordinate set; returns one JSON object.
+pub fn bench_zo(a: &BenchZoConfig) -> Result<serde_json::Value> {
     set_threads(a.threads);
-    let device = a.device.parse::<DeviceSpec>()?.resolve()?;
-    let arch: Arch = a.arch.parse()?;
+    let device = a.device.resolve()?;
+    let arch: Arch = a.arch;
     rustworthy_core::validate::in_half_open("sparsity", a.sparsity, 0.0, 1.0)?;
     tch::manual_seed(a.seed as i64);
     let spec = ModelSpec {
@@ -383,17 +396,13 @@ pub fn bench_zo(a: BenchZoArgs) -> Result<()> {
     }
     let timed = q - 1;
     let qps = timed as f64 / dt;
-    println!(
-        "{}",
-        serde_json::json!({
+    Ok(serde_json::json!({
             "impl": "rustworthy",
-            "arch": a.arch, "batch": a.batch, "sparsity": a.sparsity,
+            "arch": a.arch.to_string(), "batch": a.batch, "sparsity": a.sparsity,
             "device": device_name(device),
             "threads": tch::get_num_threads(),
             "coords_timed": timed, "coords_per_step": total,
             "seconds": dt, "queries_per_s": qps,
             "step_seconds": total as f64 / qps,
-        })
-    );
-    Ok(())
+    }))
 }

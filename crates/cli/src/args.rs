@@ -1,0 +1,89 @@
+//! Option groups and value parsers shared by the commands.
+
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Args, ValueEnum};
+use rustworthy::core::progress::ProgressMode;
+use rustworthy::core::DeviceSpec;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// How progress is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Progress {
+    /// Progress bars on stderr.
+    Bar,
+    /// Only the final summary.
+    Quiet,
+    /// JSON lines on stdout, for scripts.
+    Json,
+}
+
+impl From<Progress> for ProgressMode {
+    fn from(p: Progress) -> ProgressMode {
+        match p {
+            Progress::Bar => ProgressMode::Bar,
+            Progress::Quiet => ProgressMode::Quiet,
+            Progress::Json => ProgressMode::JsonLines,
+        }
+    }
+}
+
+/// Options every command that runs something shares.
+#[derive(Args, Debug, Clone)]
+pub struct RunOpts {
+    /// Device: auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(long, value_parser = parse_device)]
+    pub device: Option<DeviceSpec>,
+    /// libtorch intra-op threads (0: libtorch's default).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Seed of the command's own randomness (training, the method, the attack).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Progress display.
+    #[arg(long, value_enum, default_value_t = Progress::Bar)]
+    pub progress: Progress,
+    /// Output folder (each command has its own default, shown in its report).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+impl RunOpts {
+    /// The device, `auto` when not given.
+    pub fn device(&self) -> DeviceSpec {
+        self.device.unwrap_or_default()
+    }
+    /// The progress mode.
+    pub fn mode(&self) -> ProgressMode {
+        self.progress.into()
+    }
+}
+
+fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+    s.parse::<DeviceSpec>().map_err(|e| e.to_string())
+}
+
+/// A parser accepting exactly `names` (listed by `--help`) and converting with `FromStr`.
+pub fn choice<T>(names: &'static [&'static str]) -> impl TypedValueParser<Value = T>
+where
+    T: FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::fmt::Display,
+{
+    PossibleValuesParser::new(names).try_map(|s: String| s.parse::<T>().map_err(|e| e.to_string()))
+}
+
+/// Names of the model zoo's architectures.
+pub const ARCHS: &[&str] = &[
+    "mlp",
+    "lenet",
+    "resnet18",
+    "resnet20",
+    "preact-resnet18",
+    "vgg16-bn",
+];
+/// Names of the pruning methods.
+pub const PRUNE_METHODS: &[&str] = &[
+    "omp", "imp", "snip", "grasp", "synflow", "random", "hydra", "bip",
+];
+/// Names of the adversarial-training methods, and `none`.
+pub const ADV_METHODS: &[&str] = &["pgd", "fast", "gradalign", "fast-bat", "trades", "none"];

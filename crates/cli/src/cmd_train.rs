@@ -1,0 +1,331 @@
+//! `train`, `eval` and `info`.
+
+use crate::args::{choice, RunOpts, ADV_METHODS, ARCHS};
+use crate::print::{emit_summary, print_pairs};
+use clap::Args;
+use rustworthy::config::{apply_sets, preset, to_toml, RunConfig, TrainOverrides};
+use rustworthy::core::Result;
+use rustworthy::eval_run::{eval as eval_run, EvalRequest};
+use rustworthy::models::Arch;
+use rustworthy::table::render;
+use rustworthy::train_run::{train as train_run, TrainOptions};
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// A named preset (see `rustworthy info --presets`; default fmnist-lenet).
+    #[arg(long, conflicts_with = "config")]
+    pub preset: Option<String>,
+    /// A TOML config file (same shape as the files in presets/).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Set any config field: `--set train.epochs=5 --set train.optim.momentum=0.8`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Print the resolved config as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Training epochs.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Mini-batch size.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Base (peak) learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Seed of the weight initialisation.
+    #[arg(long)]
+    pub init_seed: Option<u64>,
+    /// Model architecture.
+    #[arg(long, value_parser = choice::<Arch>(ARCHS))]
+    pub arch: Option<Arch>,
+    /// Dataset: fashion-mnist, mnist, cifar10, cifar100.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Folder holding the dataset files.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Train on this many training samples only (0 = all).
+    #[arg(long)]
+    pub train_subset: Option<usize>,
+    /// Share of each training class held out for validation.
+    #[arg(long)]
+    pub val_fraction: Option<f64>,
+    /// Continue an interrupted run from its last checkpoint in the output folder.
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop after this many epochs, keeping the checkpoint (resume later with --resume).
+    #[arg(long)]
+    pub stop_after: Option<usize>,
+    /// Adversarial training method (`none`: standard training).
+    #[arg(long, value_parser = PossibleValuesParserStr(ADV_METHODS))]
+    pub adv: Option<String>,
+    /// l_inf radius of adversarial training, in pixel units.
+    #[arg(long)]
+    pub eps: Option<f64>,
+    /// Attack steps of adversarial training (pgd, trades).
+    #[arg(long)]
+    pub adv_steps: Option<usize>,
+    /// Attack step size of adversarial training.
+    #[arg(long)]
+    pub adv_step_size: Option<f64>,
+    /// GradAlign's penalty weight or Fast-BAT's lambda.
+    #[arg(long)]
+    pub adv_lambda: Option<f64>,
+    /// TRADES' beta.
+    #[arg(long)]
+    pub adv_beta: Option<f64>,
+    /// Validation samples attacked after each epoch to detect catastrophic overfitting (0: off).
+    #[arg(long)]
+    pub monitor_samples: Option<usize>,
+    /// On catastrophic overfitting, restore the most robust epoch's weights and stop.
+    #[arg(long)]
+    pub stop_on_co: bool,
+    /// Train without backpropagation: `cge` (DeepZero's sparse coordinate-wise estimates).
+    #[arg(long, value_parser = PossibleValuesParserStr(&["cge", "none"]))]
+    pub zo: Option<String>,
+    /// Zeroth-order training: fraction of the weight coordinates left out of each estimate.
+    #[arg(long)]
+    pub sparsity: Option<f64>,
+    /// Zeroth-order training: finite-difference radius.
+    #[arg(long)]
+    pub zo_mu: Option<f64>,
+    /// Zeroth-order training: redraw the coordinate set every this many epochs.
+    #[arg(long)]
+    pub resample_every: Option<usize>,
+    #[command(flatten)]
+    pub run: RunOpts,
+}
+
+/// `PossibleValuesParser` for plain strings (the value stays a `String`).
+#[allow(non_snake_case)]
+fn PossibleValuesParserStr(names: &'static [&'static str]) -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(names)
+}
+
+impl TrainArgs {
+    fn overrides(&self) -> TrainOverrides {
+        TrainOverrides {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            seed: self.run.seed,
+            init_seed: self.init_seed,
+            arch: self.arch,
+            dataset: self.dataset.clone(),
+            data_dir: self.data_dir.clone(),
+            train_subset: self.train_subset,
+            val_fraction: self.val_fraction,
+            device: self.run.device,
+            out: self.run.out.clone(),
+            threads: self.run.threads,
+            adv: self.adv.clone(),
+            eps: self.eps,
+            adv_steps: self.adv_steps,
+            adv_step_size: self.adv_step_size,
+            adv_lambda: self.adv_lambda,
+            adv_beta: self.adv_beta,
+            monitor_samples: self.monitor_samples,
+            stop_on_co: self.stop_on_co,
+            zo: self.zo.clone(),
+            sparsity: self.sparsity,
+            zo_mu: self.zo_mu,
+            resample_every: self.resample_every,
+        }
+    }
+
+    /// Preset or file, then `--set`, then the flags, then validation.
+    pub fn resolve(&self) -> Result<RunConfig> {
+        let base = match (&self.config, &self.preset) {
+            (Some(p), _) => RunConfig::from_file(p)?,
+            (None, Some(name)) => preset(name)?,
+            (None, None) => preset("fmnist-lenet")?,
+        };
+        self.overrides().apply(apply_sets(&base, &self.sets)?)
+    }
+}
+
+pub fn train(a: TrainArgs) -> Result<()> {
+    let c = a.resolve()?;
+    if a.print_config {
+        print!("{}", to_toml(&c)?);
+        return Ok(());
+    }
+    let mode = a.run.mode();
+    let opts = TrainOptions {
+        progress: mode,
+        resume: a.resume,
+        stop_after: a.stop_after,
+    };
+    let o = train_run(&c, &opts)?;
+    if let Some(e) = o.stopped_after {
+        tracing::info!(
+            "stopped after epoch {e}; resume with: rustworthy train ... --out {} --resume",
+            o.out.display()
+        );
+        return Ok(());
+    }
+    if !emit_summary(mode, &o.report.metrics) {
+        print_pairs(&o.summary());
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// A model file (`model.safetensors` with its `model.json` sidecar, or a checkpoint file).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Dataset to evaluate on (default: the one the model was trained on).
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Folder holding the dataset files.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// For a weights file without sidecar: the architecture.
+    #[arg(long, value_parser = choice::<Arch>(ARCHS))]
+    pub arch: Option<Arch>,
+    /// Evaluation batch size.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+    /// Write every sample's logits, prediction and label to this safetensors file.
+    #[arg(long)]
+    pub save_logits: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunOpts,
+}
+
+pub fn eval(a: EvalArgs) -> Result<()> {
+    let req = EvalRequest {
+        model: a.model.clone(),
+        dataset: a.dataset.clone(),
+        data_dir: a.data_dir.clone(),
+        arch: a.arch,
+        device: a.run.device(),
+        batch_size: a.batch_size,
+        out: a.run.out.clone(),
+        save_logits: a.save_logits.clone(),
+    };
+    let o = eval_run(&req)?;
+    if emit_summary(a.run.mode(), &o.report.metrics) {
+        return Ok(());
+    }
+    let r = &o.result;
+    println!(
+        "{} test: accuracy {:.2}%  loss {:.4}  (n = {})\n",
+        o.dataset, r.accuracy, r.loss, r.n
+    );
+    let rows: Vec<Vec<String>> = r
+        .per_class_accuracy
+        .iter()
+        .enumerate()
+        .map(|(k, acc)| {
+            vec![
+                k.to_string(),
+                o.data.class_names.get(k).cloned().unwrap_or_default(),
+                acc.map(|a| format!("{a:.2}%"))
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    println!("{}", render(&["class", "name", "accuracy"], &rows));
+    println!("report: {}", o.out.join("report.json").display());
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    /// Summarise this dataset (train and test splits).
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Folder holding the dataset files.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Summarise this model architecture (layers and parameter counts).
+    #[arg(long, value_parser = choice::<Arch>(ARCHS))]
+    pub arch: Option<Arch>,
+    /// List the presets (training and benchmark).
+    #[arg(long)]
+    pub presets: bool,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn info(a: InfoArgs) -> Result<()> {
+    let nothing = a.dataset.is_none() && a.arch.is_none();
+    let info = rustworthy::info::collect(&rustworthy::info::InfoRequest {
+        presets: a.presets || nothing,
+        overview: nothing,
+        dataset: a.dataset.clone(),
+        data_dir: a.data_dir.clone(),
+        arch: a.arch,
+    })?;
+    if a.json {
+        println!("{}", info.to_json()?);
+        return Ok(());
+    }
+    if let Some(p) = &info.presets {
+        let rows: Vec<Vec<String>> = p
+            .iter()
+            .map(|p| {
+                vec![
+                    p.name.to_string(),
+                    p.kind_name().into(),
+                    p.description.to_string(),
+                ]
+            })
+            .collect();
+        println!("{}", render(&["preset", "for", "description"], &rows));
+    }
+    if let Some(models) = &info.models {
+        let rows: Vec<Vec<String>> = models
+            .iter()
+            .map(|m| {
+                vec![
+                    m.arch.clone(),
+                    m.params_fmnist.to_string(),
+                    m.params_cifar.to_string(),
+                ]
+            })
+            .collect();
+        println!(
+            "{}",
+            render(
+                &[
+                    "model",
+                    "params (1x28x28, 10 cls)",
+                    "params (3x32x32, 10 cls)"
+                ],
+                &rows
+            )
+        );
+    }
+    if let Some(s) = &info.fashion_mnist {
+        println!("fashion-mnist: {s}");
+    }
+    if let Some(d) = &info.dataset {
+        println!("{}", rustworthy::info::pretty(d)?);
+    }
+    if let Some(m) = &info.model {
+        let rows: Vec<Vec<String>> = m
+            .layers
+            .iter()
+            .map(|l| {
+                vec![
+                    l.name.clone(),
+                    format!("{:?}", l.shape),
+                    l.numel.to_string(),
+                    if l.trainable { "yes" } else { "buffer" }.to_string(),
+                ]
+            })
+            .collect();
+        println!(
+            "{}",
+            render(&["tensor", "shape", "numel", "trainable"], &rows)
+        );
+        println!("{}: {} trainable parameters", m.arch, m.num_params);
+    }
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! `zo-check` and `bench zo`.
+
+use crate::args::{choice, RunOpts, ARCHS};
+use clap::Args;
+use rustworthy::core::Result;
+use rustworthy::models::Arch;
+use rustworthy::zo_run::{
+    bench_zo as bench_run, zo_check as check_run, BenchZoConfig, ZoCheckConfig,
+};
+
+#[derive(Args, Debug)]
+pub struct ZoCheckArgs {
+    /// Independent estimates per row of the estimator table.
+    #[arg(long, default_value_t = 4000)]
+    pub samples: usize,
+    /// Dimension of the test problems.
+    #[arg(long, default_value_t = 20)]
+    pub dim: i64,
+    #[command(flatten)]
+    pub run: RunOpts,
+}
+
+pub fn zo_check(a: ZoCheckArgs) -> Result<()> {
+    let d = ZoCheckConfig::default();
+    let cfg = ZoCheckConfig {
+        samples: a.samples,
+        dim: a.dim,
+        seed: a.run.seed.unwrap_or(d.seed),
+        out: a.run.out.clone().unwrap_or(d.out),
+    };
+    let o = check_run(&cfg)?;
+    println!("{}", o.text);
+    println!("report {}", cfg.out.join("report.json").display());
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct BenchZoArgs {
+    /// Architecture (lenet, resnet20, mlp).
+    #[arg(long, value_parser = choice::<Arch>(ARCHS), default_value = "resnet20")]
+    pub arch: Arch,
+    /// Batch size.
+    #[arg(long, default_value_t = 256)]
+    pub batch: i64,
+    /// Fraction of each weight tensor left out of the coordinate set (biases always in).
+    #[arg(long, default_value_t = 0.9)]
+    pub sparsity: f64,
+    /// Coordinates timed (a stratified sample of the set; the step time is extrapolated).
+    #[arg(long, default_value_t = 2000)]
+    pub coords: usize,
+    /// Finite-difference radius.
+    #[arg(long, default_value_t = 5e-3)]
+    pub mu: f64,
+    #[command(flatten)]
+    pub run: RunOpts,
+}
+
+/// Prints one JSON object (the benchmark script reads it).
+pub fn bench_zo(a: BenchZoArgs) -> Result<()> {
+    let cfg = BenchZoConfig {
+        arch: a.arch,
+        batch: a.batch,
+        sparsity: a.sparsity,
+        coords: a.coords,
+        mu: a.mu,
+        device: a.run.device.unwrap_or(rustworthy::core::DeviceSpec::Cpu),
+        threads: a.run.threads.unwrap_or(0),
+        seed: a.run.seed.unwrap_or(0),
+    };
+    println!("{}", bench_run(&cfg)?);
+    Ok(())
+}

@@ -1,0 +1,427 @@
+//! Unlearning runs: a trained run and a forgetting scenario ready for unlearning, a method run
+//! and evaluated (optionally with a learning-rate search, optionally after pruning), and the
+//! run folder written with the unlearned model and its report.
+
+use crate::config::RunConfig;
+use crate::table::render;
+use crate::train_run::set_threads;
+use crate::trained::TrainedRun;
+use rustworthy_core::device::device_name;
+use rustworthy_core::progress::ProgressMode;
+use rustworthy_core::report::{utc_now, RunReport};
+use rustworthy_core::{DeviceSpec, Error, Result};
+use rustworthy_data::Dataset;
+use rustworthy_models::Model;
+use rustworthy_prune::methods::one_shot_masks;
+use rustworthy_prune::{PruneMethod, Scope};
+use rustworthy_train::checkpoint::{save_model, CheckpointMeta};
+use rustworthy_train::mask::Masks;
+use rustworthy_train::{fit_with, MaskedStep, TrainConfig};
+use rustworthy_unlearn::metrics::{avg_gap, UnlearnMetrics};
+use rustworthy_unlearn::pipeline::{
+    clone_model, evaluate, lr_search, run_method, MethodResult, Selection,
+};
+use rustworthy_unlearn::svm::SvcConfig;
+use rustworthy_unlearn::{ForgetSpec, MethodConfig, UnlearnCtx, UnlearnData};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The original model and the data of a scenario, ready for unlearning.
+pub struct UnlearnSetup {
+    /// The model to unlearn from.
+    pub original: Model,
+    /// Its training recipe (methods such as Retrain reuse it).
+    pub train_config: TrainConfig,
+    /// Its whole training config.
+    pub run_config: RunConfig,
+    /// Forget, retain and test sets of the scenario.
+    pub data: UnlearnData,
+    /// The original model's training split (forget and retain), on the device.
+    pub train: Dataset,
+}
+
+impl UnlearnSetup {
+    /// Opens a trained run (see [`TrainedRun::open`]) and resolves the scenario on its split.
+    pub fn open(
+        model_path: &Path,
+        forget: &ForgetSpec,
+        forget_seed: u64,
+        data_dir: Option<&Path>,
+        device: tch::Device,
+    ) -> Result<UnlearnSetup> {
+        let run = TrainedRun::open(model_path, data_dir, device)?;
+        let data = run.scenario(forget, forget_seed)?;
+        Ok(UnlearnSetup {
+            train: run.splits.train.to_device(device),
+            original: run.model,
+            train_config: run.config.train.clone(),
+            run_config: run.config,
+            data,
+        })
+    }
+}
+
+/// A method's config from its name, an optional TOML file of its settings and the common
+/// `lr`/`epochs` overrides.
+pub fn method_config(
+    name: &str,
+    file: Option<&Path>,
+    lr: Option<f64>,
+    epochs: Option<usize>,
+) -> Result<MethodConfig> {
+    let mut o = serde_json::Map::new();
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
+        let t: toml::Table = toml::from_str(&text)
+            .map_err(|e| Error::config(f.display().to_string(), e.to_string()))?;
+        if let serde_json::Value::Object(m) = serde_json::to_value(t)? {
+            o = m;
+        }
+    }
+    if let Some(v) = lr {
+        o.insert("lr".into(), serde_json::json!(v));
+    }
+    if let Some(v) = epochs {
+        o.insert("epochs".into(), serde_json::json!(v));
+    }
+    MethodConfig::with_overrides(name, &o)
+}
+
+/// `METHOD:SPARSITY` of prune-then-unlearn (e.g. `omp:0.95`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PruneSpec {
+    /// A one-shot pruning method.
+    pub method: PruneMethod,
+    /// Share of the prunable weights removed.
+    pub sparsity: f64,
+}
+
+impl std::str::FromStr for PruneSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<PruneSpec> {
+        let (m, sp) = s.split_once(':').ok_or_else(|| {
+            Error::config(
+                "prune",
+                format!("`{s}` is not METHOD:SPARSITY (e.g. omp:0.95)"),
+            )
+        })?;
+        let method: PruneMethod = m.parse()?;
+        if !method.is_one_shot() {
+            return Err(Error::config(
+                "prune",
+                format!(
+                    "{} is not a one-shot method; use omp, snip, grasp, synflow or random",
+                    method.name()
+                ),
+            ));
+        }
+        let sparsity: f64 = sp
+            .parse()
+            .map_err(|_| Error::config("prune", format!("`{sp}` is not a number")))?;
+        rustworthy_prune::check_sparsity(sparsity).map_err(|e| match e {
+            Error::Config { msg, .. } => Error::config("prune", msg),
+            o => o,
+        })?;
+        Ok(PruneSpec { method, sparsity })
+    }
+}
+
+impl std::fmt::Display for PruneSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.method.name(), self.sparsity)
+    }
+}
+
+/// Fine-tuning epochs after pruning the original model (the reference's short fine-tune).
+pub const PRUNE_FINETUNE_EPOCHS: usize = 3;
+
+/// Prunes the original model one-shot and fine-tunes it with the mask fixed on its own training
+/// split (forget and retain: the data the original model was trained on), cosine from lr 0.01.
+/// Returns the pruned model (the new original), its masks and the seconds spent.
+pub fn prune_original(s: &UnlearnSetup, p: PruneSpec, seed: u64) -> Result<(Model, Masks, f64)> {
+    let t0 = Instant::now();
+    let mut model = clone_model(&s.original)?;
+    rustworthy_core::seed::seed_torch(rustworthy_core::seed::derive(seed, "prune", 0));
+    let masks = one_shot_masks(p.method, &model, &s.train, p.sparsity, Scope::Global, seed)?;
+    let mut recipe = s.train_config.clone();
+    recipe.epochs = PRUNE_FINETUNE_EPOCHS;
+    recipe.lr.lr = 0.01;
+    recipe.lr.schedule = rustworthy_train::schedule::LrSchedule::Cosine { min_lr: 0.0 };
+    recipe.lr.warmup_epochs = 0.0;
+    let opts = rustworthy_train::trainer::FitOptions {
+        progress: ProgressMode::Quiet,
+        ..Default::default()
+    };
+    fit_with(
+        &mut model,
+        &s.train,
+        None,
+        &recipe,
+        &opts,
+        &mut MaskedStep(&masks),
+    )?;
+    Ok((model, masks, t0.elapsed().as_secs_f64()))
+}
+
+/// The unlearned metrics of a Retrain run's `report.json` (the reference of Avg. Gap).
+pub fn read_retrain_metrics(p: &Path) -> Result<UnlearnMetrics> {
+    let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::corrupt(p, e.to_string()))?;
+    serde_json::from_value(v["metrics"]["unlearned"].clone())
+        .map_err(|e| Error::corrupt(p, format!("no unlearned metrics in this report: {e}")))
+}
+
+/// A plain-text table of UA, RA, TA, MIA and RTE for named models.
+pub fn metrics_table(rows: &[(&str, &UnlearnMetrics)]) -> String {
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(n, m)| {
+            vec![
+                n.to_string(),
+                format!("{:.2}", m.ua),
+                format!("{:.2}", m.ra),
+                format!("{:.2}", m.ta),
+                format!("{:.2}", m.mia_efficacy),
+                format!("{:.2}", m.mia_auc_forget_vs_test),
+                format!("{:.1}", m.rte_s),
+            ]
+        })
+        .collect();
+    render(
+        &["model", "UA", "RA", "TA", "MIA-Eff", "MIA-AUC f/t", "RTE s"],
+        &body,
+    )
+}
+
+/// A learning-rate search: multiples of the method's lr and the selection rule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LrSearch {
+    /// Multipliers of the configured lr.
+    pub grid: Vec<f64>,
+    /// How the best run is chosen.
+    pub select: Selection,
+}
+
+/// One unlearning run on a trained model.
+#[derive(Clone, Debug)]
+pub struct UnlearnRequest {
+    /// The original model (`model.safetensors` of a training run, or its folder).
+    pub model: PathBuf,
+    /// The method and its settings.
+    pub method: MethodConfig,
+    /// What to forget.
+    pub forget: ForgetSpec,
+    /// Seed of a random forget set.
+    pub forget_seed: u64,
+    /// Seed of the method's own randomness.
+    pub seed: u64,
+    /// Search the learning rate (absent: the configured one).
+    pub lr_search: Option<LrSearch>,
+    /// Retrain's metrics on the same scenario, for Avg. Gap and gap-based selection.
+    pub retrain: Option<UnlearnMetrics>,
+    /// Prune the original first and unlearn with the mask fixed.
+    pub prune: Option<PruneSpec>,
+    /// Where the dataset is read from (default: as the original model was trained).
+    pub data_dir: Option<PathBuf>,
+    /// Device.
+    pub device: DeviceSpec,
+    /// Output folder.
+    pub out: PathBuf,
+    /// libtorch threads (0: default).
+    pub threads: usize,
+    /// Progress display (library default: quiet).
+    pub progress: ProgressMode,
+}
+
+impl UnlearnRequest {
+    /// A request with the defaults of `rustworthy unlearn`: forget seed 1, method seed 0, no
+    /// search, no pruning, `runs/unlearn-<method>`.
+    pub fn new(model: impl Into<PathBuf>, method: MethodConfig, forget: ForgetSpec) -> Self {
+        let out = PathBuf::from(format!("runs/unlearn-{}", method.name()));
+        UnlearnRequest {
+            model: model.into(),
+            method,
+            forget,
+            forget_seed: 1,
+            seed: 0,
+            lr_search: None,
+            retrain: None,
+            prune: None,
+            data_dir: None,
+            device: DeviceSpec::default(),
+            out,
+            threads: 0,
+            progress: ProgressMode::Quiet,
+        }
+    }
+}
+
+/// What an unlearning run produced.
+pub struct UnlearnOutcome {
+    /// Metrics of the original (or pruned original) model on the scenario.
+    pub before: UnlearnMetrics,
+    /// The method's result (metrics, gap, report, lr grid).
+    pub result: MethodResult,
+    /// Retrain's metrics, when given.
+    pub retrain: Option<UnlearnMetrics>,
+    /// The unlearned model.
+    pub model: Model,
+    /// Where it was written.
+    pub model_path: PathBuf,
+    /// The report written to `report.json`.
+    pub report: RunReport,
+}
+
+/// Runs one unlearning method on a trained model, evaluates it, and writes the run folder
+/// (`scenario.json`, `model.safetensors` + sidecar, `report.json`).
+pub fn unlearn(req: &UnlearnRequest) -> Result<UnlearnOutcome> {
+    let t_total = Instant::now();
+    set_threads(req.threads);
+    let device = req.device.resolve()?;
+    let cfg = &req.method;
+    let out = &req.out;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+
+    let t0 = Instant::now();
+    let mut s = UnlearnSetup::open(
+        &req.model,
+        &req.forget,
+        req.forget_seed,
+        req.data_dir.as_deref(),
+        device,
+    )?;
+    s.data.scenario.save(&out.join("scenario.json"))?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let svc = SvcConfig::default();
+    let eval_batch = 1000;
+    let mut masks: Option<Masks> = None;
+    let mut prune_s = 0.0;
+    if let Some(p) = req.prune {
+        let (m, mk, secs) = prune_original(&s, p, req.seed)?;
+        tracing::info!(
+            "pruned the original model ({p}), fine-tuned {PRUNE_FINETUNE_EPOCHS} epochs in {secs:.1}s"
+        );
+        s.original = m;
+        masks = Some(mk);
+        prune_s = secs;
+    }
+    let before = evaluate(&s.original, &s.data, &svc, eval_batch, 0.0)?;
+    let ctx = UnlearnCtx {
+        data: &s.data,
+        seed: req.seed,
+        progress: req.progress,
+        original: &s.train_config,
+        masks: masks.as_ref(),
+    };
+    let retrain = req.retrain.as_ref();
+    let (result, model) = match &req.lr_search {
+        Some(search) => {
+            let base = cfg.lr().ok_or_else(|| {
+                Error::config("lr_search", format!("{} has no learning rate", cfg.name()))
+            })?;
+            let lrs: Vec<f64> = search.grid.iter().map(|m| m * base).collect();
+            let reference_ta = retrain.map(|r| r.ta).unwrap_or(before.ta);
+            lr_search(
+                &s.original,
+                cfg,
+                &lrs,
+                &ctx,
+                &svc,
+                eval_batch,
+                &search.select,
+                retrain,
+                reference_ta,
+            )?
+        }
+        None => {
+            let (m, rep, rte) = run_method(&s.original, cfg, &ctx)?;
+            let met = evaluate(&m, &s.data, &svc, eval_batch, rte)?;
+            let gap = retrain.map(|r| avg_gap(&met, r));
+            (
+                MethodResult {
+                    method: cfg.name().to_string(),
+                    config: cfg.clone(),
+                    metrics: met,
+                    gap,
+                    report: rep,
+                    lr_grid: Vec::new(),
+                },
+                m,
+            )
+        }
+    };
+
+    let model_path = out.join("model.safetensors");
+    let mut seeds = BTreeMap::new();
+    seeds.insert("method".to_string(), req.seed);
+    seeds.insert("forget".to_string(), req.forget_seed);
+    save_model(
+        &model_path,
+        &model,
+        CheckpointMeta {
+            format: rustworthy_train::checkpoint::FORMAT,
+            model_spec: model.spec.clone(),
+            config: serde_json::to_value(&s.run_config)?,
+            epoch: 0,
+            optimizer_steps: 0,
+            seeds: seeds.clone(),
+            metrics: serde_json::json!({"unlearning": {
+                "from": req.model, "method": &result.config, "forget": req.forget.to_string(),
+                "metrics": &result.metrics,
+            }}),
+            history: Vec::new(),
+            model_file: String::new(),
+            optim_file: None,
+        },
+    )?;
+    let (lr_grid, select) = match &req.lr_search {
+        Some(l) => (l.grid.clone(), Some(l.select.clone())),
+        None => (Vec::new(), None),
+    };
+    let mut report = RunReport::new(
+        "unlearn",
+        serde_json::json!({
+            "model": req.model, "method": &result.config, "forget": req.forget,
+            "forget_seed": req.forget_seed, "seed": req.seed, "lr_search": req.lr_search.is_some(),
+            "lr_grid": lr_grid, "select": select, "svm": svc,
+            "original_training": &s.run_config,
+            "prune": req.prune.map(|p| p.to_string()),
+            "prune_finetune_epochs": req.prune.map(|_| PRUNE_FINETUNE_EPOCHS),
+        }),
+        &device_name(device),
+    );
+    report.seeds = seeds;
+    report.timings_s.insert("load".into(), load_s);
+    if req.prune.is_some() {
+        report.timings_s.insert("prune".into(), prune_s);
+    }
+    report.timings_s.insert("rte".into(), result.metrics.rte_s);
+    report
+        .timings_s
+        .insert("total".into(), t_total.elapsed().as_secs_f64());
+    report.metrics = serde_json::json!({
+        "original": before, "unlearned": &result.metrics, "avg_gap_to_retrain": result.gap,
+        "forget_size": s.data.forget.len(), "retain_size": s.data.retain.len(),
+        "test_size": s.data.test.len(), "method_report": &result.report, "lr_grid": &result.lr_grid,
+        "sparsity": masks.as_ref().map(|m| rustworthy_train::mask::mask_stats(m).1),
+        "zero_fraction_after": masks.as_ref().map(|m| rustworthy_train::mask::weight_sparsity(&model, m)),
+    });
+    report.artifacts = vec![
+        "scenario.json".into(),
+        "model.safetensors".into(),
+        "model.json".into(),
+    ];
+    report.finished_utc = Some(utc_now());
+    report.write(&out.join("report.json"))?;
+    Ok(UnlearnOutcome {
+        before,
+        result,
+        retrain: req.retrain.clone(),
+        model,
+        model_path,
+        report,
+    })
+}
