@@ -140,17 +140,13 @@ impl RunConfig {
     pub fn model_spec_for(&self, train: &rustworthy_data::Dataset) -> Result<ModelSpec> {
         let (ch, h, w) = train.image_shape();
         let mut spec =
-            self.model_spec(ch as i64, (h as i64, w as i64), train.num_classes as i64)?;
+            self.spec_unchecked(ch as i64, (h as i64, w as i64), train.num_classes as i64);
         if crate::datasets::is_user_data(&self.data.dataset) {
             let (mean, std) = crate::datasets::channel_stats(train)?;
-            if self.model.mean.is_none() {
-                spec.mean = mean;
-            }
-            if self.model.std.is_none() {
-                spec.std = std;
-            }
-            spec.validate()?;
+            spec.mean = self.model.mean.clone().unwrap_or(mean);
+            spec.std = self.model.std.clone().unwrap_or(std);
         }
+        spec.validate()?;
         Ok(spec)
     }
 
@@ -161,6 +157,12 @@ impl RunConfig {
         size: (i64, i64),
         classes: i64,
     ) -> Result<ModelSpec> {
+        let spec = self.spec_unchecked(in_channels, size, classes);
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    fn spec_unchecked(&self, in_channels: i64, size: (i64, i64), classes: i64) -> ModelSpec {
         let ds = self.data.dataset.as_str();
         let mut spec = match ds {
             "cifar10" | "cifar100" => ModelSpec::cifar10(self.model.arch),
@@ -179,8 +181,7 @@ impl RunConfig {
         spec.in_channels = in_channels;
         spec.input_size = size;
         spec.num_classes = classes;
-        spec.validate()?;
-        Ok(spec)
+        spec
     }
 
     /// Parses a TOML document.
