@@ -53,11 +53,12 @@ sys.exit(0 if torch.__version__.split("+")[0] == sys.argv[1] else 1)
 PY
 then
     say "pip install torch==$TORCH_VERSION (large download on a fresh machine)"
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt "torch==$TORCH_VERSION"
 fi
+# Every install is constrained: torch must stay the libtorch the binaries link.
 if ! .venv/bin/python -c "import numpy, safetensors" 2>/dev/null; then
     say "pip install numpy safetensors"
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check numpy safetensors
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt numpy safetensors
 fi
 torch_dir=$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))' 2>/dev/null)
 ln -sfn "$torch_dir" libtorch

@@ -101,6 +101,10 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
+    if let Err(e) = rustworthy::core::device::check_libtorch() {
+        tracing::error!("{e}");
+        return ExitCode::from(1);
+    }
     let r = match cli.command {
         Command::Train(a) => cmd_train::train(a),
         Command::Eval(a) => cmd_train::eval(a),

@@ -115,3 +115,53 @@ mod tests {
         assert_eq!(DeviceSpec::Cpu.resolve().unwrap(), tch::Device::Cpu);
     }
 }
+
+/// The libtorch version this build was compiled against (from the torch wheel's `version.py`).
+pub const BUILT_LIBTORCH: &str = env!("RUSTWORTHY_LIBTORCH_VERSION");
+
+/// The version of the libtorch actually loaded by this process: the `version.py` beside the
+/// loaded `libtorch_cpu.so` (a torch wheel's layout), or `None` when it cannot be told.
+pub fn loaded_libtorch_version() -> Option<(String, std::path::PathBuf)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let lib = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.ends_with("/libtorch_cpu.so"))?;
+    let torch_dir = std::path::Path::new(lib).parent()?.parent()?.to_path_buf();
+    let text = std::fs::read_to_string(torch_dir.join("version.py")).ok()?;
+    let v = text.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("__version__")?;
+        Some(rest.split(['\'', '"']).nth(1)?.to_string())
+    })?;
+    Some((v, torch_dir))
+}
+
+/// Checks that the loaded libtorch is the release this build was compiled against (local
+/// build tags such as `+cpu` or `+cu130` may differ). A mismatch (for example a venv whose
+/// torch was upgraded by another package's install) is an error naming both versions and the
+/// folder, instead of wrong results or a crash later.
+pub fn check_libtorch() -> Result<()> {
+    let release = |v: &str| v.split('+').next().unwrap_or(v).to_string();
+    let Some((loaded, dir)) = loaded_libtorch_version() else {
+        return Ok(());
+    };
+    if BUILT_LIBTORCH == "unknown" || release(&loaded) == release(BUILT_LIBTORCH) {
+        return Ok(());
+    }
+    Err(Error::Device(format!(
+        "this build of rustworthy was compiled against libtorch {BUILT_LIBTORCH} but loaded torch {loaded} from {}; reinstall it with `pip install -c constraints.txt torch` (constraints.txt pins torch==2.11.0) or rebuild",
+        dir.display()
+    )))
+}
+
+#[cfg(test)]
+mod libtorch_tests {
+    #[test]
+    fn the_loaded_libtorch_is_the_one_built_against() {
+        let _ = tch::Tensor::zeros([1], (tch::Kind::Float, tch::Device::Cpu));
+        let (v, dir) = super::loaded_libtorch_version().expect("libtorch_cpu.so is mapped");
+        assert!(dir.join("version.py").is_file());
+        assert_eq!(v.split('+').next(), super::BUILT_LIBTORCH.split('+').next());
+        super::check_libtorch().unwrap();
+    }
+}
