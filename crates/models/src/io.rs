@@ -9,7 +9,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// Suffix of the batch-norm counters PyTorch keeps in its state dicts.
-const COUNTER_SUFFIX: &str = "num_batches_tracked";
+pub(crate) const COUNTER_SUFFIX: &str = "num_batches_tracked";
 /// How many names an error message lists before summarizing.
 const SHOW: usize = 5;
 
@@ -51,8 +51,8 @@ fn quoted(names: &[String]) -> Vec<String> {
     names.iter().map(|n| format!("`{n}`")).collect()
 }
 
-/// Reads `path` and copies it into `vars`, after checking the file matches them exactly.
-pub(crate) fn load(vars: &[Var], path: &Path) -> Result<()> {
+/// Reads a safetensors file, mapping unreadable files to a checkpoint error.
+pub(crate) fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     if !path.is_file() {
         return Err(Error::checkpoint(
             path,
@@ -63,7 +63,7 @@ pub(crate) fn load(vars: &[Var], path: &Path) -> Result<()> {
             },
         ));
     }
-    let entries = Tensor::read_safetensors(path).map_err(|e| {
+    Tensor::read_safetensors(path).map_err(|e| {
         let why = match e {
             tch::TchError::SafeTensorError { err, .. } => format!("{err:?}"),
             other => other.to_string(),
@@ -72,9 +72,19 @@ pub(crate) fn load(vars: &[Var], path: &Path) -> Result<()> {
             path,
             format!("not a readable safetensors file (truncated or corrupt?): {why}"),
         )
-    })?;
-    let file: HashMap<String, Tensor> = entries.into_iter().collect();
+    })
+}
 
+/// Reads `path` and copies it into `vars`, after checking the file matches them exactly.
+pub(crate) fn load(vars: &[Var], path: &Path) -> Result<()> {
+    let file: HashMap<String, Tensor> = read_safetensors(path)?.into_iter().collect();
+    load_map(vars, path, &file)
+}
+
+/// Copies the tensors of `file` (read from `path`) into `vars`, after checking they match
+/// exactly: every parameter and float buffer present, float32, with the model's shape, and no
+/// unknown keys (`num_batches_tracked` entries are optional). Nothing is changed on error.
+pub(crate) fn load_map(vars: &[Var], path: &Path, file: &HashMap<String, Tensor>) -> Result<()> {
     let mut missing = Vec::new();
     let mut shape_errors = Vec::new();
     let mut dtype_errors = Vec::new();

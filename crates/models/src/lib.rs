@@ -5,6 +5,9 @@
 //!   mean/std of its [`ModelSpec`], so attacks and unlearning work in pixel space.
 //! * Variables carry the state-dict names of the PyTorch reference models in
 //!   `scripts/ref/models.py`; weights round-trip through safetensors in both directions.
+//! * Weights from other code bases load too ([`Model::load_foreign`], see [`foreign`]): state
+//!   dicts in safetensors or `torch.save` files (read by the restricted, non-executing reader
+//!   of [`pth`]) with other names, prefixes and normalization buffers.
 //! * Initialisation follows PyTorch: module defaults for MLP, LeNet and VGG, the torchvision
 //!   scheme (kaiming-normal fan-out convolutions, BN weight 1 / bias 0) for the ResNets.
 //!
@@ -23,11 +26,14 @@
 
 #![warn(missing_docs)]
 
+pub mod foreign;
 mod io;
 mod layers;
 pub mod model;
 mod nets;
+pub mod pth;
 pub mod spec;
 
+pub use foreign::{LoadReport, MapRules, Rename};
 pub use model::{LayerInfo, Model};
 pub use spec::{Arch, ModelSpec, CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_MEAN, FASHION_MNIST_STD};

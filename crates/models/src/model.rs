@@ -233,6 +233,21 @@ impl Model {
         crate::io::load(&self.vars, path.as_ref())
     }
 
+    /// Replaces the per-channel normalization: `spec.mean`/`spec.std` and the constants the
+    /// forward pass uses. Both need one finite entry per input channel and `std > 0`; nothing
+    /// changes on error.
+    pub fn set_normalization(&mut self, mean: &[f64], std: &[f64]) -> Result<()> {
+        let mut spec = self.spec.clone();
+        spec.mean = mean.to_vec();
+        spec.std = std.to_vec();
+        spec.validate()?;
+        let (m, s) = norm_constants(&spec, self.device())?;
+        self.spec = spec;
+        self.mean = m;
+        self.std = s;
+        Ok(())
+    }
+
     /// Copies every parameter and buffer of `other` into this model (without gradient
     /// tracking; this model's device is kept). Both must have the same variables and shapes.
     pub fn copy_from(&mut self, other: &Model) -> Result<()> {
