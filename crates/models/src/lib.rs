@@ -1,10 +1,12 @@
 //! rustworthy-models: the model zoo (MLP, LeNet-5, ResNet-18/20, PreAct ResNet-18,
-//! VGG-16-BN) on libtorch.
+//! VGG-16-BN) on libtorch, and TorchScript modules wrapped as models.
 //!
 //! * Every [`Model`] takes images in [0, 1] and normalizes them itself with the per-channel
 //!   mean/std of its [`ModelSpec`], so attacks and unlearning work in pixel space.
 //! * Variables carry the state-dict names of the PyTorch reference models in
 //!   `scripts/ref/models.py`; weights round-trip through safetensors in both directions.
+//! * A module saved with `torch.jit.script`/`torch.jit.trace` loads as a [`Model`] too
+//!   ([`Model::from_torchscript`], see [`script`]), trainable through the same `VarStore`.
 //! * Weights from other code bases load too ([`Model::load_foreign`], see [`foreign`]): state
 //!   dicts in safetensors or `torch.save` files (read by the restricted, non-executing reader
 //!   of [`pth`]) with other names, prefixes and normalization buffers.
@@ -26,14 +28,17 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod foreign;
 mod io;
 mod layers;
 pub mod model;
 mod nets;
 pub mod pth;
+pub mod script;
 pub mod spec;
 
 pub use foreign::{LoadReport, MapRules, Rename};
 pub use model::{LayerInfo, Model};
+pub use script::ScriptOptions;
 pub use spec::{Arch, ModelSpec, CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_MEAN, FASHION_MNIST_STD};

@@ -3,6 +3,7 @@
 
 use crate::layers::{Builder, Role, Var};
 use crate::nets::{self, Net};
+use crate::script::ScriptNet;
 use crate::spec::{Arch, ModelSpec};
 use rustworthy_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -41,10 +42,16 @@ pub struct Model {
     pub vs: nn::VarStore,
     /// The spec the model was built from. Treat as read-only.
     pub spec: ModelSpec,
-    net: Box<dyn Net>,
+    body: Body,
     vars: Vec<Var>,
     mean: Tensor,
     std: Tensor,
+}
+
+/// What computes the logits: a zoo network (features + head) or a TorchScript module.
+pub(crate) enum Body {
+    Zoo(Box<dyn Net>),
+    Script(ScriptNet),
 }
 
 impl fmt::Debug for Model {
@@ -72,16 +79,49 @@ impl Model {
             let b = Builder::new(&vs, &registry);
             nets::build(&b, &spec)?
         };
-        let vars = registry.into_inner();
-        let (mean, std) = norm_constants(&spec, device)?;
+        Model::from_parts(vs, spec, Body::Zoo(net), registry.into_inner())
+    }
+
+    /// Assembles a model from its variable store, spec (validated), body and variable list.
+    pub(crate) fn from_parts(
+        vs: nn::VarStore,
+        spec: ModelSpec,
+        body: Body,
+        vars: Vec<Var>,
+    ) -> Result<Model> {
+        let (mean, std) = norm_constants(&spec, vs.device())?;
         Ok(Model {
             vs,
             spec,
-            net,
+            body,
             vars,
             mean,
             std,
         })
+    }
+
+    /// The TorchScript module of a model loaded by [`Model::from_torchscript`].
+    pub(crate) fn script_net(&self) -> Option<&ScriptNet> {
+        match &self.body {
+            Body::Script(s) => Some(s),
+            Body::Zoo(_) => None,
+        }
+    }
+
+    /// Every variable, in state-dict order.
+    pub(crate) fn vars(&self) -> &[Var] {
+        &self.vars
+    }
+
+    /// The zoo network, or a panic naming `what` for a TorchScript model.
+    fn zoo_net(&self, what: &str) -> &dyn Net {
+        match &self.body {
+            Body::Zoo(n) => n.as_ref(),
+            Body::Script(_) => panic!(
+                "Model::{what}: a TorchScript model has no feature/head split \
+                 (check Model::has_feature_head first)"
+            ),
+        }
     }
 
     /// The spec the model was built from.
@@ -141,31 +181,51 @@ impl Model {
     }
 
     /// Logits `[B, num_classes]` for images `x` in [0, 1]. `train` selects batch statistics
-    /// in batch norm (and updates the running ones). Panics if `x` does not fit; use
-    /// [`Model::check_input`] or [`Model::try_forward_t`] at boundaries.
+    /// in batch norm (and updates the running ones) and, for a TorchScript model, the module's
+    /// train/eval mode (dropout too). Panics if `x` does not fit; use [`Model::check_input`] or
+    /// [`Model::try_forward_t`] at boundaries.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.logits_from_features(&self.features_t(x, train))
+        match &self.body {
+            Body::Zoo(net) => net.head().forward(&net.features(&self.normalize(x), train)),
+            Body::Script(s) => s
+                .forward(&self.normalize(x), train)
+                .unwrap_or_else(|e| panic!("TorchScript forward failed: {e}")),
+        }
     }
 
-    /// [`Model::forward_t`] after [`Model::check_input`].
+    /// [`Model::forward_t`] after [`Model::check_input`]; failures of a TorchScript module's
+    /// forward (including output that is not `[B, num_classes]`) are errors too.
     pub fn try_forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(x)?;
-        Ok(self.forward_t(x, train))
+        match &self.body {
+            Body::Zoo(_) => Ok(self.forward_t(x, train)),
+            Body::Script(s) => {
+                let out = s.forward(&self.normalize(x), train)?;
+                crate::script::check_logits(&out, x.size()[0], self.spec.num_classes)?;
+                Ok(out)
+            }
+        }
     }
 
-    /// Penultimate features `[B, feature_dim]`: the input of the final linear layer.
+    /// Penultimate features `[B, feature_dim]`: the input of the final linear layer. Panics for
+    /// a TorchScript model (see [`Model::has_feature_head`]).
     pub fn features_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.net.features(&self.normalize(x), train)
+        self.zoo_net("features_t")
+            .features(&self.normalize(x), train)
     }
 
-    /// Applies the final linear layer to features from [`Model::features_t`].
+    /// Applies the final linear layer to features from [`Model::features_t`]. Panics for a
+    /// TorchScript model (see [`Model::has_feature_head`]).
     pub fn logits_from_features(&self, features: &Tensor) -> Tensor {
-        self.net.head().forward(features)
+        self.zoo_net("logits_from_features")
+            .head()
+            .forward(features)
     }
 
-    /// Width of the penultimate features.
+    /// Width of the penultimate features. Panics for a TorchScript model (see
+    /// [`Model::has_feature_head`]).
     pub fn feature_dim(&self) -> i64 {
-        self.net.feature_dim()
+        self.zoo_net("feature_dim").feature_dim()
     }
 
     /// `(x - mean) / std` per channel, as done at the start of every forward pass.

@@ -5,10 +5,12 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
-/// A network architecture of the model zoo.
+/// A network architecture: one of the model zoo, or [`Arch::TorchScript`] for a user's module
+/// loaded with [`crate::Model::from_torchscript`].
 ///
 /// Serialized as its kebab-case name (`"mlp"`, `"lenet"`, `"resnet18"`, `"resnet20"`,
-/// `"preact-resnet18"`, `"vgg16-bn"`); parsing also accepts `"lenet5"`, any case, and `_` for `-`.
+/// `"preact-resnet18"`, `"vgg16-bn"`, `"torchscript"`); parsing also accepts `"lenet5"`, any
+/// case, and `_` for `-`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum Arch {
@@ -24,10 +26,16 @@ pub enum Arch {
     PreactResnet18,
     /// VGG-16 with batch norm and a single linear classifier.
     Vgg16Bn,
+    /// A TorchScript module (`torch.jit.script` / `torch.jit.trace`) loaded from a file with
+    /// [`crate::Model::from_torchscript`]. Not a zoo architecture: [`crate::Model::new`] cannot
+    /// build it from a spec, and it has no feature/head split
+    /// ([`crate::Model::has_feature_head`]).
+    TorchScript,
 }
 
 impl Arch {
-    /// Every architecture, in a fixed order.
+    /// Every zoo architecture (those [`crate::Model::new`] builds), in a fixed order;
+    /// [`Arch::TorchScript`] is not among them.
     pub const ALL: [Arch; 6] = [
         Arch::Mlp,
         Arch::Lenet,
@@ -46,12 +54,20 @@ impl Arch {
             Arch::Resnet20 => "resnet20",
             Arch::PreactResnet18 => "preact-resnet18",
             Arch::Vgg16Bn => "vgg16-bn",
+            Arch::TorchScript => "torchscript",
         }
     }
 
-    /// Whether the network has batch-norm layers (train and eval mode then differ).
+    /// Whether the network has batch-norm layers (train and eval mode then differ). Unknown for
+    /// [`Arch::TorchScript`], which answers `true` (train and eval mode may differ).
     pub fn has_batch_norm(self) -> bool {
         !matches!(self, Arch::Mlp | Arch::Lenet)
+    }
+
+    /// Whether this is an architecture of the zoo, built from a spec by [`crate::Model::new`]
+    /// (everything but [`Arch::TorchScript`]).
+    pub fn is_zoo(self) -> bool {
+        self != Arch::TorchScript
     }
 
     fn valid_names() -> String {
@@ -78,6 +94,7 @@ impl FromStr for Arch {
             "resnet20" | "resnet-20" => Arch::Resnet20,
             "preact-resnet18" | "preactresnet18" | "preact-resnet-18" => Arch::PreactResnet18,
             "vgg16-bn" | "vgg16bn" => Arch::Vgg16Bn,
+            "torchscript" | "torch-script" => Arch::TorchScript,
             _ => {
                 return Err(Error::config(
                     "model.arch",
@@ -272,6 +289,8 @@ impl ModelSpec {
             Arch::Resnet18 | Arch::Resnet20 | Arch::PreactResnet18 => 4,
             // Five ceil-mode pools: 16x16 reaches 1x1 exactly at the last one.
             Arch::Vgg16Bn => 16,
+            // The module's own requirements are unknown here; its first forward pass checks.
+            Arch::TorchScript => 1,
         }
     }
 }
@@ -298,6 +317,11 @@ mod tests {
             "{msg}"
         );
         assert!(serde_json::from_str::<Arch>("\"alexnet\"").is_err());
+        let ts = Arch::TorchScript;
+        assert_eq!("TorchScript".parse::<Arch>().unwrap(), ts);
+        assert_eq!(serde_json::to_string(&ts).unwrap(), "\"torchscript\"");
+        assert!(!Arch::ALL.contains(&ts) && !ts.is_zoo());
+        assert!(Arch::ALL.iter().all(|a| a.is_zoo()));
     }
 
     #[test]

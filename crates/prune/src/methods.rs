@@ -279,9 +279,7 @@ pub struct Dense {
 }
 
 fn copy_model(m: &Model) -> Result<Model> {
-    let mut c = Model::new(m.spec.clone(), m.device())?;
-    c.copy_from(m)?;
-    Ok(c)
+    m.try_clone()
 }
 
 /// Standard training that keeps a copy of the weights after epoch `at`.

@@ -213,8 +213,7 @@ pub fn grasp(model: &Model, data: &Dataset, batch: usize) -> Result<Scores> {
 pub fn synflow_masks(model: &Model, sparsity: f64, scope: Scope, rounds: usize) -> Result<Masks> {
     check_sparsity(sparsity)?;
     let rounds = rounds.max(1);
-    let mut m = Model::new(model.spec.clone(), model.device())?;
-    m.copy_from(model)?;
+    let mut m = model.try_clone()?;
     m.vs.double();
     tch::no_grad(|| {
         for (_, p) in m.parameters() {

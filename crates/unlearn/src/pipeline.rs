@@ -62,9 +62,7 @@ pub fn build_data(
 
 /// A fresh copy of `model` (same spec, device and weights).
 pub fn clone_model(model: &Model) -> Result<Model> {
-    let mut m = Model::new(model.spec.clone(), model.device())?;
-    m.copy_from(model)?;
-    Ok(m)
+    model.try_clone()
 }
 
 fn sync(device: Device) {

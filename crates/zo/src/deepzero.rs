@@ -508,7 +508,15 @@ impl ZoNet {
                 units.push(Unit::Affine(lin("fc", Pre::AvgPool, false)?));
                 names.push(vec!["fc".into()]);
             }
-            a => {
+            Arch::TorchScript => {
+                return Err(Error::config(
+                    "model.arch",
+                    "zeroth-order (DeepZero) training rebuilds the network layer by layer from a \
+                     zoo architecture (lenet, mlp or resnet20); a TorchScript model's layers are \
+                     not visible to it",
+                ))
+            }
+            a @ (Arch::Resnet18 | Arch::PreactResnet18 | Arch::Vgg16Bn) => {
                 return Err(Error::config(
                     "model.arch",
                     format!("zeroth-order training supports lenet, mlp and resnet20, not {a}"),

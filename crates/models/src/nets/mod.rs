@@ -11,7 +11,7 @@ mod vgg16_bn;
 
 use crate::layers::{Builder, Linear};
 use crate::spec::{Arch, ModelSpec};
-use rustworthy_core::Result;
+use rustworthy_core::{Error, Result};
 use tch::Tensor;
 
 /// A network body plus its final linear layer. Inputs are already normalized.
@@ -33,5 +33,12 @@ pub(crate) fn build(b: &Builder, spec: &ModelSpec) -> Result<Box<dyn Net>> {
         Arch::Resnet20 => Box::new(resnet20::ResNet20::new(b, spec)?),
         Arch::PreactResnet18 => Box::new(preact_resnet18::PreActResNet18::new(b, spec)?),
         Arch::Vgg16Bn => Box::new(vgg16_bn::Vgg16Bn::new(b, spec)?),
+        Arch::TorchScript => {
+            return Err(Error::config(
+                "model.arch",
+                "a torchscript model is loaded from its file with Model::from_torchscript; \
+                 it cannot be built from a spec",
+            ))
+        }
     })
 }

@@ -59,6 +59,8 @@ impl Unlearner for Be {
     }
 
     fn unlearn(&self, model: &mut Model, ctx: &UnlearnCtx) -> Result<MethodReport> {
+        // The shadow class extends the final linear layer, on the penultimate features.
+        model.require_feature_head("unlearning method be (boundary expanding)")?;
         let run = &self.cfg.run;
         let forget = &ctx.data.forget;
         let c = model.spec.num_classes;

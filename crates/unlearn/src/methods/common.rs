@@ -327,11 +327,13 @@ pub fn distill_kl(student_logits: &Tensor, teacher_logits: &Tensor, temperature:
 
 /// Names of the final linear layer's weight `[num_classes, feature_dim]` and bias
 /// `[num_classes]`. Every architecture of the zoo registers that layer last, so these are the
-/// last two trainable parameters; anything else is an error.
+/// last two trainable parameters. A TorchScript model has no known feature width: its last two
+/// parameters must be `P.weight` `[num_classes, d]` and `P.bias` `[num_classes]` (a final
+/// `nn.Linear`). Anything else is an error.
 pub fn head_param_names(model: &Model) -> Result<(String, String)> {
     let params = model.parameters();
     let c = model.spec.num_classes;
-    let d = model.feature_dim();
+    let d = model.has_feature_head().then(|| model.feature_dim());
     let n = params.len();
     if n >= 2 {
         let (wn, w) = &params[n - 2];
@@ -339,12 +341,15 @@ pub fn head_param_names(model: &Model) -> Result<(String, String)> {
         let prefix = wn.strip_suffix("weight");
         if prefix.is_some()
             && prefix == bn.strip_suffix("bias")
-            && w.size() == [c, d]
+            && w.dim() == 2
+            && w.size()[0] == c
+            && d.is_none_or(|d| w.size()[1] == d)
             && b.size() == [c]
         {
             return Ok((wn.clone(), bn.clone()));
         }
     }
+    let d = d.map_or("d".to_string(), |d| d.to_string());
     Err(Error::invalid(format!(
         "{} model: cannot find the classifier layer ([{c}, {d}] weight and [{c}] bias) among \
          the last trainable parameters",

@@ -254,6 +254,9 @@ impl Unlearner for Ff {
 
     fn unlearn(&self, model: &mut Model, ctx: &UnlearnCtx) -> Result<MethodReport> {
         let cfg = &self.cfg;
+        // The classifier layer gets its own clamp; find it before the Fisher pass.
+        head_param_names(model)
+            .map_err(|e| Error::invalid(format!("unlearning method ff: {e}")))?;
         let retain = &ctx.data.retain;
         let pick = sample_indices(
             retain.len(),

@@ -65,7 +65,7 @@ impl Unlearner for Retrain {
             .init_seed
             .unwrap_or_else(|| rustworthy_core::seed::derive(ctx.seed, "retrain-init", 0));
         rustworthy_core::seed::seed_torch(init);
-        let fresh = Model::new(model.spec.clone(), model.device())?;
+        let fresh = model.fresh_like()?;
         model.copy_from(&fresh)?;
         let opts = FitOptions {
             progress: ctx.progress,
