@@ -8,7 +8,8 @@
 #
 # Installs: Debian's dataset-fashion-mnist (where apt exists), a project virtualenv .venv with
 # the PyPI wheel torch==2.11.0 (libtorch for the `tch` crate; it runs on CPU and CUDA) plus
-# numpy and safetensors (reference scripts and fixtures), and links ./libtorch to the wheel's
+# numpy and safetensors (reference scripts and fixtures) and torchvision and torchattacks (the
+# TorchScript parity tests), every pip install constrained by constraints.txt, and links ./libtorch to the wheel's
 # torch folder so plain `cargo build`, `cargo test` and `cargo run` work with no variables set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,6 +61,17 @@ if ! .venv/bin/python -c "import numpy, safetensors" 2>/dev/null; then
     say "pip install numpy safetensors"
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt numpy safetensors
 fi
+# The TorchScript parity tests script torchvision's ResNet-18 and attack it with torchattacks.
+if ! .venv/bin/python -c "import torchvision, torchattacks" 2>/dev/null; then
+    say "pip install torchvision torchattacks (constrained to torch $TORCH_VERSION)"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt \
+        torchvision==0.26.0 torchattacks==3.5.1
+fi
+.venv/bin/python - "$TORCH_VERSION" <<'PY'
+import sys, torch
+if torch.__version__.split("+")[0] != sys.argv[1]:
+    sys.exit(f"the venv's torch is {torch.__version__}, not {sys.argv[1]}: reinstall with -c constraints.txt")
+PY
 torch_dir=$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))' 2>/dev/null)
 ln -sfn "$torch_dir" libtorch
 say "libtorch -> $torch_dir"

@@ -87,3 +87,40 @@ pub const PRUNE_METHODS: &[&str] = &[
 ];
 /// Names of the adversarial-training methods, and `none`.
 pub const ADV_METHODS: &[&str] = &["pgd", "fast", "gradalign", "fast-bat", "trades", "none"];
+
+/// What to assume about a model file that does not say it itself (a bare state dict or a
+/// TorchScript module).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ModelHints {
+    /// Architecture of a bare weights file (safetensors or .pt/.pth state dict) without a
+    /// rustworthy sidecar.
+    #[arg(long, value_parser = choice::<rustworthy::models::Arch>(ARCHS))]
+    pub arch: Option<rustworthy::models::Arch>,
+    /// Per-channel mean the model subtracts from [0, 1] inputs (comma-separated; a bare state
+    /// dict: else its normalize buffers; TorchScript: else none).
+    #[arg(long, value_delimiter = ',')]
+    pub mean: Option<Vec<f64>>,
+    /// Per-channel standard deviation (comma-separated; as for --mean).
+    #[arg(long, value_delimiter = ',')]
+    pub std: Option<Vec<f64>>,
+    /// Number of classes the model must have.
+    #[arg(long)]
+    pub num_classes: Option<i64>,
+    /// Rename rule for a state dict's names, `old=new` (a name component or prefix; repeatable).
+    #[arg(long, value_name = "OLD=NEW")]
+    pub map: Vec<String>,
+}
+
+impl ModelHints {
+    /// The library's model source for `path`.
+    pub fn source(&self, path: &std::path::Path) -> rustworthy::model_source::ModelSource {
+        rustworthy::model_source::ModelSource {
+            path: path.to_path_buf(),
+            arch: self.arch,
+            mean: self.mean.clone(),
+            std: self.std.clone(),
+            num_classes: self.num_classes,
+            map: self.map.clone(),
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! `attack` and `robust-eval`.
 
-use crate::args::RunOpts;
+use crate::args::{ModelHints, RunOpts};
 use crate::print::{emit_summary, print_pairs};
 use clap::{Args, ValueEnum};
 use rustworthy::core::Result;
@@ -15,9 +15,12 @@ use std::path::PathBuf;
 /// Model and data options shared by the robustness commands.
 #[derive(Args, Debug)]
 pub struct ModelDataArgs {
-    /// A model file (`model.safetensors` with its `model.json` sidecar).
+    /// The model: a run folder or `model.safetensors` with its sidecar, a TorchScript module
+    /// (`torch.jit.script`/`trace`), or a state dict (safetensors, `.pt`/`.pth`) with --arch.
     #[arg(long)]
     pub model: PathBuf,
+    #[command(flatten)]
+    pub hints: ModelHints,
     /// Dataset (default: the one the model was trained on); its test split is attacked.
     #[arg(long)]
     pub dataset: Option<String>,
@@ -37,7 +40,7 @@ pub struct ModelDataArgs {
 impl ModelDataArgs {
     fn to_lib(&self) -> ModelData {
         ModelData {
-            model: self.model.clone(),
+            model: self.hints.source(&self.model),
             dataset: self.dataset.clone(),
             data_dir: self.data_dir.clone(),
             n: self.n,

@@ -1,6 +1,6 @@
 //! `train`, `eval` and `info`.
 
-use crate::args::{choice, RunOpts, ADV_METHODS, ARCHS};
+use crate::args::{choice, ModelHints, RunOpts, ADV_METHODS, ARCHS};
 use crate::print::{emit_summary, print_pairs};
 use clap::Args;
 use rustworthy::config::{apply_sets, preset, to_toml, RunConfig, TrainOverrides};
@@ -174,18 +174,18 @@ pub fn train(a: TrainArgs) -> Result<()> {
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// A model file (`model.safetensors` with its `model.json` sidecar, or a checkpoint file).
+    /// The model: a run folder or `model.safetensors` with its sidecar, a TorchScript module
+    /// (`torch.jit.script`/`trace`), or a state dict (safetensors, `.pt`/`.pth`) with --arch.
     #[arg(long)]
     pub model: PathBuf,
+    #[command(flatten)]
+    pub hints: ModelHints,
     /// Dataset to evaluate on (default: the one the model was trained on).
     #[arg(long)]
     pub dataset: Option<String>,
     /// Folder holding the dataset files.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// For a weights file without sidecar: the architecture.
-    #[arg(long, value_parser = choice::<Arch>(ARCHS))]
-    pub arch: Option<Arch>,
     /// Evaluation batch size.
     #[arg(long, default_value_t = 1000)]
     pub batch_size: usize,
@@ -198,10 +198,9 @@ pub struct EvalArgs {
 
 pub fn eval(a: EvalArgs) -> Result<()> {
     let req = EvalRequest {
-        model: a.model.clone(),
+        model: a.hints.source(&a.model),
         dataset: a.dataset.clone(),
         data_dir: a.data_dir.clone(),
-        arch: a.arch,
         device: a.run.device(),
         batch_size: a.batch_size,
         out: a.run.out.clone(),

@@ -1,6 +1,6 @@
 //! `unlearn` and `bench unlearn`.
 
-use crate::args::RunOpts;
+use crate::args::{ModelHints, RunOpts};
 use crate::print::emit_summary;
 use clap::Args;
 use rustworthy::bench_unlearn::{
@@ -18,9 +18,22 @@ use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct UnlearnArgs {
-    /// The original model (`model.safetensors` written by `rustworthy train`, with its sidecar).
+    /// The original model: a run folder or `model.safetensors` written by `rustworthy train`
+    /// (its data and split come from its sidecar), or a TorchScript module or state dict
+    /// (with --arch) trained on --dataset.
     #[arg(long)]
     pub model: PathBuf,
+    #[command(flatten)]
+    pub hints: ModelHints,
+    /// For a model without our sidecar: the data it was trained on (a dataset name, or
+    /// `file:TRAIN[,TEST]`, `folder:ROOT`; default fashion-mnist). Its whole training split is
+    /// the model's training set.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// For a model without our sidecar: the training preset whose recipe Retrain follows
+    /// (default fmnist-lenet).
+    #[arg(long)]
+    pub recipe: Option<String>,
     /// Unlearning method.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(MethodConfig::NAMES))]
     pub method: String,
@@ -70,6 +83,9 @@ pub fn unlearn(a: UnlearnArgs) -> Result<()> {
         .map(read_retrain_metrics)
         .transpose()?;
     let mut req = UnlearnRequest::new(a.model.clone(), cfg, a.forget.clone());
+    req.model = a.hints.source(&a.model);
+    req.dataset = a.dataset.clone();
+    req.recipe = a.recipe.clone();
     req.forget_seed = a.forget_seed;
     req.seed = a.run.seed.unwrap_or(0);
     req.lr_search = a.lr_search.then(|| LrSearch {

@@ -1,4 +1,4 @@
-//! `zo-check` and `bench zo`.
+//! `zo-check`, `bench zo` and `bench torchscript`.
 
 use crate::args::{choice, RunOpts, ARCHS};
 use clap::Args;
@@ -68,5 +68,53 @@ pub fn bench_zo(a: BenchZoArgs) -> Result<()> {
         seed: a.run.seed.unwrap_or(0),
     };
     println!("{}", bench_run(&cfg)?);
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct BenchScriptArgs {
+    /// The TorchScript module (the same network as --arch, e.g. from
+    /// scripts/ref/export_torchscript.py).
+    #[arg(long)]
+    pub model: std::path::PathBuf,
+    /// The zoo architecture it is compared with.
+    #[arg(long, value_parser = choice::<Arch>(ARCHS))]
+    pub arch: Arch,
+    /// Images per step.
+    #[arg(long, default_value_t = 128)]
+    pub batch: i64,
+    /// Timed steps per measurement.
+    #[arg(long, default_value_t = 10)]
+    pub iters: usize,
+    /// Measurements per side (alternating); medians are compared.
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    #[command(flatten)]
+    pub run: RunOpts,
+}
+
+/// Prints the comparison as one JSON object and a summary line.
+pub fn bench_script(a: BenchScriptArgs) -> Result<()> {
+    rustworthy::train_run::set_threads(a.run.threads.unwrap_or(0));
+    let cfg = rustworthy::bench_script::ScriptBenchConfig {
+        script: a.model.clone(),
+        arch: a.arch,
+        batch: a.batch,
+        iters: a.iters,
+        repeats: a.repeats,
+        device: a.run.device.unwrap_or(rustworthy::core::DeviceSpec::Cpu),
+    };
+    let o = rustworthy::bench_script::bench_torchscript(&cfg)?;
+    println!("{}", rustworthy::serde_json::to_string(&o)?);
+    println!(
+        "{} forward+backward, batch {}, {} ({} threads): zoo {:.4} s/step, TorchScript {:.4} s/step, overhead {:+.1}%",
+        a.arch,
+        a.batch,
+        o.device,
+        o.threads,
+        o.zoo_step_s,
+        o.script_step_s,
+        100.0 * o.overhead
+    );
     Ok(())
 }

@@ -72,6 +72,9 @@ enum BenchCommand {
     /// stratified sample of the coordinate set; `scripts/bench-zo.sh` runs it beside the PyTorch
     /// reference loop.
     Zo(cmd_zo::BenchZoArgs),
+    /// Training steps of a TorchScript module against the same architecture from the zoo,
+    /// alternating in one run (`scripts/bench-torchscript.sh` exports the modules).
+    Torchscript(cmd_zo::BenchScriptArgs),
 }
 
 /// Messages go to stderr: plain for information, prefixed for warnings and errors.
@@ -117,6 +120,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Unlearn(a)) => cmd_unlearn::bench_unlearn(a),
         Command::Bench(BenchCommand::Prune(a)) => cmd_prune::bench_prune(a),
         Command::Bench(BenchCommand::Zo(a)) => cmd_zo::bench_zo(a),
+        Command::Bench(BenchCommand::Torchscript(a)) => cmd_zo::bench_script(a),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

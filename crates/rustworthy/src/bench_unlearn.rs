@@ -331,7 +331,7 @@ pub fn bench_unlearn(c: &BenchConfig, opts: &BenchOptions) -> Result<BenchOutcom
         order.extend(c.methods.iter().filter(|m| *m != "retrain").cloned());
         let mut retrain_metrics: Option<UnlearnMetrics> = None;
         for name in &order {
-            let cfg = method_from_bench(&c, name)?;
+            let cfg = method_from_bench(c, name)?;
             let search = c.lr_search.enabled && name != "retrain" && cfg.lr().is_some();
             let key = serde_json::json!({
                 "config": &cfg, "scenario": &s.data.scenario.spec, "forget_seed": c.forget_seed,
@@ -480,7 +480,7 @@ pub fn bench_unlearn(c: &BenchConfig, opts: &BenchOptions) -> Result<BenchOutcom
     timings.insert("total".to_string(), t_total.elapsed().as_secs_f64());
     let mut report = RunReport::new(
         "bench-unlearn",
-        serde_json::to_value(&c)?,
+        serde_json::to_value(c)?,
         &device_name(device),
     );
     report.seeds.insert("forget".into(), c.forget_seed);

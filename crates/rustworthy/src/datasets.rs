@@ -99,7 +99,7 @@ pub fn channel_stats(ds: &Dataset) -> Result<(Vec<f64>, Vec<f64>)> {
     let std = x.f_std_dim(&[0i64, 2, 3][..], false, false)?;
     let mean: Vec<f64> = Vec::<f64>::try_from(mean)?;
     let std: Vec<f64> = Vec::<f64>::try_from(std)?;
-    if std.iter().any(|s| !(*s > 1e-6)) {
+    if std.iter().any(|s| s.is_nan() || *s <= 1e-6) {
         return Err(Error::invalid(format!(
             "{}: a channel is constant (std {std:?}); give model.mean and model.std",
             ds.name

@@ -1,12 +1,10 @@
 //! Evaluation of a saved model on a test split, with an optional per-sample logits file.
 
-use crate::trained::data_of;
+use crate::model_source::{open_with_test_data, ModelSource, ModelWithData};
 use rustworthy_core::device::device_name;
 use rustworthy_core::report::RunReport;
-use rustworthy_core::{DeviceSpec, Error, Result};
+use rustworthy_core::{DeviceSpec, Result};
 use rustworthy_data::Dataset;
-use rustworthy_models::{Arch, ModelSpec};
-use rustworthy_train::checkpoint::load_model;
 use rustworthy_train::{evaluate, EvalResult};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -15,14 +13,13 @@ use tch::{Kind, Tensor};
 /// One evaluation.
 #[derive(Clone, Debug)]
 pub struct EvalRequest {
-    /// The model file.
-    pub model: PathBuf,
+    /// The model: a run's model file with its sidecar, a TorchScript module, or a bare state
+    /// dict with what to assume about it.
+    pub model: ModelSource,
     /// Dataset (default: the one the model was trained on).
     pub dataset: Option<String>,
     /// Where the dataset is read from.
     pub data_dir: Option<PathBuf>,
-    /// For a weights file without sidecar: the architecture.
-    pub arch: Option<Arch>,
     /// Device.
     pub device: DeviceSpec,
     /// Batch size.
@@ -37,10 +34,9 @@ impl EvalRequest {
     /// Evaluates `model` on its training dataset's test split, batches of 1000.
     pub fn new(model: impl Into<PathBuf>) -> Self {
         EvalRequest {
-            model: model.into(),
+            model: ModelSource::new(model),
             dataset: None,
             data_dir: None,
-            arch: None,
             device: DeviceSpec::default(),
             batch_size: 1000,
             out: None,
@@ -67,23 +63,19 @@ pub struct EvalOutcome {
 pub fn eval(req: &EvalRequest) -> Result<EvalOutcome> {
     let t_total = Instant::now();
     let device = req.device.resolve()?;
-    let spec_override = req.arch.map(|arch| match req.dataset.as_deref() {
-        Some("cifar10") | Some("cifar100") => ModelSpec::cifar10(arch),
-        _ => ModelSpec::fashion_mnist(arch),
-    });
-    let (model, meta) = load_model(&req.model, spec_override, device)?;
-    let (dataset, data_dir) = data_of(
-        meta.as_ref(),
+    let ModelWithData {
+        opened,
+        test,
+        dataset,
+    } = open_with_test_data(
+        &req.model,
         req.dataset.as_deref(),
         req.data_dir.as_deref(),
-    );
-    let test = crate::datasets::load_test(&dataset, data_dir.as_deref(), meta.as_ref())?;
-    model.check_input(&test.images.narrow(0, 0, 1))?;
-    if test.num_classes as i64 != model.spec.num_classes {
-        return Err(Error::invalid(format!(
-            "model has {} outputs but {dataset} has {} classes",
-            model.spec.num_classes, test.num_classes
-        )));
+        device,
+    )?;
+    let (model, meta) = (opened.model, opened.meta);
+    for n in &opened.notes {
+        tracing::info!("{n}");
     }
     let test = test.to_device(device);
     let t0 = Instant::now();
@@ -91,6 +83,7 @@ pub fn eval(req: &EvalRequest) -> Result<EvalOutcome> {
     let eval_s = t0.elapsed().as_secs_f64();
     let out = req.out.clone().unwrap_or_else(|| {
         req.model
+            .path
             .parent()
             .unwrap_or_else(|| Path::new("."))
             .join("eval")
@@ -98,7 +91,7 @@ pub fn eval(req: &EvalRequest) -> Result<EvalOutcome> {
     let mut report = RunReport::new(
         "eval",
         serde_json::json!({"model": req.model, "dataset": dataset, "batch_size": req.batch_size,
-            "save_logits": req.save_logits}),
+            "save_logits": req.save_logits, "model_kind": opened.kind, "model_notes": opened.notes}),
         &device_name(device),
     );
     if let Some(m) = &meta {

@@ -54,11 +54,13 @@ pub use rustworthy_train as train;
 pub use rustworthy_unlearn as unlearn;
 pub use rustworthy_zo as zo;
 
+pub mod bench_script;
 pub mod bench_unlearn;
 pub mod config;
 pub mod datasets;
 pub mod eval_run;
 pub mod info;
+pub mod model_source;
 pub mod prune_run;
 pub mod robust_run;
 pub mod table;

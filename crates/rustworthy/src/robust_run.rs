@@ -1,8 +1,8 @@
 //! Attack and robust-evaluation runs on a saved model: the model and its test data loaded
 //! and checked, an attack built from plain settings, the run folder written.
 
+use crate::model_source::{open_with_test_data, ModelSource, ModelWithData};
 use crate::train_run::set_threads;
-use crate::trained::data_of;
 use rustworthy_core::device::device_name;
 use rustworthy_core::fsutil::{atomic_write, write_json_atomic};
 use rustworthy_core::plot::Chart;
@@ -14,7 +14,6 @@ use rustworthy_robust::{
     attack_dataset, robust_eval, Apgd, ApgdTargeted, Attack, AttackLoss, AttackRun, CarliniWagner,
     Norm, Pgd, RobustReport, RunOptions, Square, SuiteConfig, TargetSpec, ThreatModel,
 };
-use rustworthy_train::checkpoint::load_model;
 use rustworthy_zo::{ZoAttack, ZoAttackKind};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -23,8 +22,9 @@ use std::time::Instant;
 /// Which model and which test samples a robustness run uses.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ModelData {
-    /// A model file (`model.safetensors` with its `model.json` sidecar).
-    pub model: PathBuf,
+    /// The model: a run's model file with its sidecar, a TorchScript module, or a bare state
+    /// dict with what to assume about it.
+    pub model: ModelSource,
     /// Dataset (default: the one the model was trained on); its test split is used.
     pub dataset: Option<String>,
     /// Where the dataset is read from.
@@ -47,7 +47,7 @@ impl ModelData {
     /// The first 1000 test samples in batches of 500, seed 0, on the default device.
     pub fn new(model: impl Into<PathBuf>) -> Self {
         ModelData {
-            model: model.into(),
+            model: ModelSource::new(model),
             dataset: None,
             data_dir: None,
             n: 1000,
@@ -79,15 +79,20 @@ pub struct Loaded {
 pub fn load(md: &ModelData, default_out: &str) -> Result<Loaded> {
     set_threads(md.threads);
     let device = md.device.resolve()?;
-    let (model, meta) = load_model(&md.model, None, device)?;
-    let (dataset, data_dir) = data_of(meta.as_ref(), md.dataset.as_deref(), md.data_dir.as_deref());
-    let test = crate::datasets::load_test(&dataset, data_dir.as_deref(), meta.as_ref())?;
-    if test.num_classes as i64 != model.spec.num_classes {
-        return Err(Error::invalid(format!(
-            "model has {} outputs but {dataset} has {} classes",
-            model.spec.num_classes, test.num_classes
-        )));
+    let ModelWithData {
+        opened,
+        test,
+        dataset,
+    } = open_with_test_data(
+        &md.model,
+        md.dataset.as_deref(),
+        md.data_dir.as_deref(),
+        device,
+    )?;
+    for n in &opened.notes {
+        tracing::info!("{n}");
     }
+    let model = opened.model;
     let n = if md.n == 0 {
         test.len()
     } else {
@@ -97,6 +102,7 @@ pub fn load(md: &ModelData, default_out: &str) -> Result<Loaded> {
     model.check_input(&data.images.narrow(0, 0, 1))?;
     let out = md.out.clone().unwrap_or_else(|| {
         md.model
+            .path
             .parent()
             .unwrap_or_else(|| Path::new("."))
             .join(default_out)

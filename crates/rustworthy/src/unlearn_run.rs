@@ -3,6 +3,7 @@
 //! run folder written with the unlearned model and its report.
 
 use crate::config::RunConfig;
+use crate::model_source::{has_sidecar, model_file, open_model, ModelSource};
 use crate::table::render;
 use crate::train_run::set_threads;
 use crate::trained::TrainedRun;
@@ -18,11 +19,12 @@ use rustworthy_train::checkpoint::{save_model, CheckpointMeta};
 use rustworthy_train::mask::Masks;
 use rustworthy_train::{fit_with, MaskedStep, TrainConfig};
 use rustworthy_unlearn::metrics::{avg_gap, UnlearnMetrics};
+use rustworthy_unlearn::pipeline::build_data;
 use rustworthy_unlearn::pipeline::{
     clone_model, evaluate, lr_search, run_method, MethodResult, Selection,
 };
 use rustworthy_unlearn::svm::SvcConfig;
-use rustworthy_unlearn::{ForgetSpec, MethodConfig, UnlearnCtx, UnlearnData};
+use rustworthy_unlearn::{ForgetSpec, MethodConfig, Scenario, UnlearnCtx, UnlearnData};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -60,6 +62,103 @@ impl UnlearnSetup {
             run_config: run.config,
             data,
         })
+    }
+}
+
+impl UnlearnSetup {
+    /// A model without a training run of ours (a TorchScript module, a foreign state dict, or
+    /// any `Model`) and the data it was trained on: every sample of `train` counts as its
+    /// training set, and `run_config` supplies the recipe (Retrain, and the methods that reuse
+    /// the original recipe) and names the data.
+    pub fn from_parts(
+        original: Model,
+        train: &Dataset,
+        test: &Dataset,
+        run_config: RunConfig,
+        forget: &ForgetSpec,
+        forget_seed: u64,
+        device: tch::Device,
+    ) -> Result<UnlearnSetup> {
+        let (c, h, w) = train.image_shape();
+        original.check_input(&tch::Tensor::zeros(
+            [1, c as i64, h as i64, w as i64],
+            (tch::Kind::Float, original.device()),
+        ))?;
+        if train.num_classes as i64 != original.spec.num_classes {
+            return Err(Error::invalid(format!(
+                "the model has {} outputs but the training data has {} classes",
+                original.spec.num_classes, train.num_classes
+            )));
+        }
+        let all: Vec<usize> = (0..train.len()).collect();
+        let scenario = Scenario::resolve(
+            forget,
+            &all,
+            &train.labels_vec(),
+            train.num_classes,
+            forget_seed,
+        )?;
+        let data = build_data(train, test, scenario, device)?;
+        Ok(UnlearnSetup {
+            original,
+            train_config: run_config.train.clone(),
+            run_config,
+            data,
+            train: train.to_device(device),
+        })
+    }
+
+    /// The setup of a request: a trained run of ours (through its sidecar), or a model
+    /// without one, with `req.dataset` (default Fashion-MNIST) as its training and test data
+    /// and the training preset `req.recipe` (default `fmnist-lenet`) as its recipe.
+    pub fn for_request(req: &UnlearnRequest, device: tch::Device) -> Result<UnlearnSetup> {
+        let path = model_file(&req.model.path);
+        let plain =
+            req.model.arch.is_none() && req.model.mean.is_none() && req.model.map.is_empty();
+        if has_sidecar(&path) && plain {
+            if req.dataset.is_some() || req.recipe.is_some() {
+                return Err(Error::config(
+                    "dataset",
+                    "a model with its training sidecar is unlearned on the data and recipe it was trained with; leave out --dataset and --recipe",
+                ));
+            }
+            return UnlearnSetup::open(
+                &path,
+                &req.forget,
+                req.forget_seed,
+                req.data_dir.as_deref(),
+                device,
+            );
+        }
+        let dataset = req
+            .dataset
+            .clone()
+            .unwrap_or_else(|| "fashion-mnist".into());
+        let mut rc = crate::config::preset(req.recipe.as_deref().unwrap_or("fmnist-lenet"))?;
+        rc.data.dataset = dataset.clone();
+        rc.data.data_dir = req.data_dir.clone();
+        rc.data.val_fraction = 0.0;
+        let (train, test) = crate::datasets::load_pair(
+            &dataset,
+            req.data_dir.as_deref(),
+            None,
+            rc.data.split_seed,
+        )?;
+        let (c, h, w) = train.image_shape();
+        let opened = open_model(&req.model, (c as i64, (h as i64, w as i64)), device)?;
+        for n in &opened.notes {
+            tracing::info!("{n}");
+        }
+        rc.model.arch = opened.model.spec.arch;
+        UnlearnSetup::from_parts(
+            opened.model,
+            &train,
+            &test,
+            rc,
+            &req.forget,
+            req.forget_seed,
+            device,
+        )
     }
 }
 
@@ -208,8 +307,15 @@ pub struct LrSearch {
 /// One unlearning run on a trained model.
 #[derive(Clone, Debug)]
 pub struct UnlearnRequest {
-    /// The original model (`model.safetensors` of a training run, or its folder).
-    pub model: PathBuf,
+    /// The original model: a training run's `model.safetensors` (or its folder), or a model
+    /// without our sidecar (TorchScript, a state dict with its architecture).
+    pub model: ModelSource,
+    /// For a model without our sidecar: the dataset it was trained on (named, `file:` or
+    /// `folder:`; default Fashion-MNIST); all of its training split is the training set.
+    pub dataset: Option<String>,
+    /// For a model without our sidecar: the training preset whose recipe Retrain and the
+    /// methods that reuse the original recipe follow (default `fmnist-lenet`).
+    pub recipe: Option<String>,
     /// The method and its settings.
     pub method: MethodConfig,
     /// What to forget.
@@ -242,7 +348,9 @@ impl UnlearnRequest {
     pub fn new(model: impl Into<PathBuf>, method: MethodConfig, forget: ForgetSpec) -> Self {
         let out = PathBuf::from(format!("runs/unlearn-{}", method.name()));
         UnlearnRequest {
-            model: model.into(),
+            model: ModelSource::new(model),
+            dataset: None,
+            recipe: None,
             method,
             forget,
             forget_seed: 1,
@@ -286,13 +394,7 @@ pub fn unlearn(req: &UnlearnRequest) -> Result<UnlearnOutcome> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
 
     let t0 = Instant::now();
-    let mut s = UnlearnSetup::open(
-        &req.model,
-        &req.forget,
-        req.forget_seed,
-        req.data_dir.as_deref(),
-        device,
-    )?;
+    let mut s = UnlearnSetup::for_request(req, device)?;
     s.data.scenario.save(&out.join("scenario.json"))?;
     let load_s = t0.elapsed().as_secs_f64();
     let svc = SvcConfig::default();
@@ -369,7 +471,7 @@ pub fn unlearn(req: &UnlearnRequest) -> Result<UnlearnOutcome> {
             optimizer_steps: 0,
             seeds: seeds.clone(),
             metrics: serde_json::json!({"unlearning": {
-                "from": req.model, "method": &result.config, "forget": req.forget.to_string(),
+                "from": req.model.path, "method": &result.config, "forget": req.forget.to_string(),
                 "metrics": &result.metrics,
             }}),
             history: Vec::new(),
@@ -384,7 +486,8 @@ pub fn unlearn(req: &UnlearnRequest) -> Result<UnlearnOutcome> {
     let mut report = RunReport::new(
         "unlearn",
         serde_json::json!({
-            "model": req.model, "method": &result.config, "forget": req.forget,
+            "model": req.model, "dataset": req.dataset, "recipe": req.recipe,
+            "method": &result.config, "forget": req.forget,
             "forget_seed": req.forget_seed, "seed": req.seed, "lr_search": req.lr_search.is_some(),
             "lr_grid": lr_grid, "select": select, "svm": svc,
             "original_training": &s.run_config,
@@ -414,6 +517,11 @@ pub fn unlearn(req: &UnlearnRequest) -> Result<UnlearnOutcome> {
         "model.safetensors".into(),
         "model.json".into(),
     ];
+    if model.is_torchscript() {
+        // The module itself, with the unlearned weights, for PyTorch (`torch.jit.load`).
+        model.save_torchscript(out.join("model.pt"))?;
+        report.artifacts.push("model.pt".into());
+    }
     report.finished_utc = Some(utc_now());
     report.write(&out.join("report.json"))?;
     Ok(UnlearnOutcome {
