@@ -1,6 +1,6 @@
 //! `prune` and `bench prune`.
 
-use crate::args::{choice, RunOpts, PRUNE_METHODS};
+use crate::args::{choice, ModelHints, RunOpts, PRUNE_METHODS};
 use crate::print::print_pairs;
 use clap::{Args, ValueEnum};
 use rustworthy::core::Result;
@@ -60,6 +60,16 @@ pub struct PruneCommonArgs {
     /// OMP and HYDRA: fine-tuning epochs.
     #[arg(long)]
     pub finetune_epochs: Option<usize>,
+    /// Prune this trained model instead of training a dense one from the preset: a run folder
+    /// or `model.safetensors` of ours (its data and recipe come with it), a TorchScript
+    /// module, or a state dict with --arch (trained on the preset's data or --dataset).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub hints: ModelHints,
+    /// With --model (not a run of ours): the data it was trained on.
+    #[arg(long)]
+    pub dataset: Option<String>,
     #[command(flatten)]
     pub run: RunOpts,
 }
@@ -87,6 +97,8 @@ impl PruneCommonArgs {
             device: self.run.device,
             threads: self.run.threads.unwrap_or(0),
             out: self.run.out.clone(),
+            model: self.model.as_deref().map(|m| self.hints.source(m)),
+            dataset: self.dataset.clone(),
         }
     }
 }

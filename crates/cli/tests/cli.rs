@@ -443,6 +443,28 @@ fn trains_evaluates_and_unlearns_on_a_users_tensor_file() {
             + u["metrics"]["retain_size"].as_u64().unwrap(),
         81
     );
+    // Pruning the run itself: its data, split and recipe come from its sidecar.
+    let o = run(&[
+        "prune",
+        "--model",
+        out.to_str().unwrap(),
+        "--method",
+        "omp",
+        "--sparsity",
+        "0.8",
+        "--finetune-epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--progress",
+        "quiet",
+        "--out",
+        tmp.path().join("omp").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p = json(&tmp.path().join("omp/report.json"));
+    assert_eq!(p["metrics"]["dense_test_accuracy"], m["test_accuracy"]);
+    assert!((p["metrics"]["result"]["sparsity"].as_f64().unwrap() - 0.8).abs() < 0.01);
     // A label out of range in the user's file is named.
     let bad = tmp.path().join("bad.safetensors");
     let y = ds.labels.copy();
@@ -462,4 +484,81 @@ fn trains_evaluates_and_unlearns_on_a_users_tensor_file() {
     ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("bad.safetensors"), "{}", stderr(&o));
+}
+
+/// `prune --model`: a trained run of ours (data and recipe from its sidecar) and a TorchScript
+/// module on the user's data are pruned without training a dense model first.
+#[test]
+fn prunes_given_models() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The committed TorchScript fixture: a small CNN for 1x12x12 images and 4 classes.
+    let ds = rustworthy::data::synthetic::synthetic(4, 30, 1, 12, 0.3, 3);
+    let file = tmp.path().join("d.safetensors");
+    rustworthy::tch::Tensor::write_safetensors(&[("x", &ds.images), ("y", &ds.labels)], &file)
+        .unwrap();
+    let data = format!("file:{}", file.display());
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/torchscript/small-cnn.pt");
+    let out = tmp.path().join("ts");
+    let o = run(&[
+        "prune",
+        "--model",
+        fixture.to_str().unwrap(),
+        "--dataset",
+        &data,
+        "--method",
+        "omp",
+        "--sparsity",
+        "0.5",
+        "--finetune-epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--progress",
+        "quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = json(&out.join("report.json"));
+    let row = &r["metrics"]["result"];
+    assert!(
+        (row["sparsity"].as_f64().unwrap() - 0.5).abs() < 0.01,
+        "{row}"
+    );
+    assert!(
+        row["zero_fraction"].as_f64().unwrap() >= 0.5 - 1e-9,
+        "{row}"
+    );
+    assert!(out.join("model.pt").is_file() && out.join("masks.safetensors").is_file());
+    // Its pruned module is TorchScript again and evaluates on the same data.
+    let o = run(&[
+        "eval",
+        "--model",
+        out.join("model.pt").to_str().unwrap(),
+        "--dataset",
+        &data,
+        "--device",
+        "cpu",
+        "--out",
+        tmp.path().join("ev").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A state dict without its architecture is refused with a hint.
+    let o = run(&[
+        "prune",
+        "--model",
+        out.join("model.safetensors").to_str().unwrap(),
+        "--dataset",
+        &data,
+        "--method",
+        "omp",
+        "--sparsity",
+        "0.5",
+        "--device",
+        "cpu",
+        "--out",
+        tmp.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
 }

@@ -113,7 +113,8 @@ pub fn open_model(
         return Err(Error::checkpoint(&path, "no such file"));
     }
     let explicit = src.arch.is_some() || src.mean.is_some() || !src.map.is_empty();
-    if has_sidecar(&path) && !explicit {
+    let script = is_torchscript(&path)?;
+    if has_sidecar(&path) && !explicit && !script {
         let (model, meta) = load_model(&path, None, device)?;
         check_classes(src, &model, &path)?;
         return Ok(OpenedModel {
@@ -123,7 +124,7 @@ pub fn open_model(
             notes: Vec::new(),
         });
     }
-    if is_torchscript(&path)? {
+    if script {
         if src.arch.is_some() || !src.map.is_empty() {
             return Err(Error::config(
                 "arch",
@@ -133,18 +134,32 @@ pub fn open_model(
                 ),
             ));
         }
-        let mut opts = ScriptOptions::new(input.0, input.1);
-        opts.mean = src.mean.clone();
-        opts.std = src.std.clone();
-        opts.num_classes = src.num_classes;
+        // A module written by rustworthy (pruned, unlearned) has a sidecar with its spec.
+        let meta = match has_sidecar(&path) {
+            true => Some(rustworthy_train::checkpoint::read_meta(&sidecar_of(&path))?)
+                .filter(|m| m.model_spec.arch == Arch::TorchScript),
+            false => None,
+        };
+        let mut opts = match &meta {
+            Some(m) => ScriptOptions::from_spec(&m.model_spec),
+            None => ScriptOptions::new(input.0, input.1),
+        };
+        if src.mean.is_some() {
+            opts.mean = src.mean.clone();
+            opts.std = src.std.clone();
+        }
+        opts.num_classes = src.num_classes.or(opts.num_classes);
         let model = Model::from_torchscript(&path, opts, device)?;
         let note = format!(
             "TorchScript module, {} classes, input {}x{}x{}",
-            model.spec.num_classes, input.0, input.1 .0, input.1 .1
+            model.spec.num_classes,
+            model.spec.in_channels,
+            model.spec.input_size.0,
+            model.spec.input_size.1
         );
         return Ok(OpenedModel {
             model,
-            meta: None,
+            meta,
             kind: ModelKind::TorchScript,
             notes: vec![note],
         });

@@ -2,7 +2,9 @@
 //! its model, masks and report, and the benchmark of every method at several sparsities.
 
 use crate::config::{preset, RunConfig};
+use crate::model_source::{has_sidecar, open_model, ModelSource};
 use crate::train_run::{load_splits, set_threads};
+use crate::trained::TrainedRun;
 use rustworthy_core::device::device_name;
 use rustworthy_core::fsutil::write_json_atomic;
 use rustworthy_core::plot::Chart;
@@ -56,6 +58,12 @@ pub struct PruneCommon {
     pub threads: usize,
     /// Output folder.
     pub out: Option<PathBuf>,
+    /// Prune this trained model instead of training a dense one from the preset.
+    #[serde(default)]
+    pub model: Option<ModelSource>,
+    /// With `model` (not a run of ours): the data it was trained on (default: the preset's).
+    #[serde(default)]
+    pub dataset: Option<String>,
 }
 
 impl Default for PruneCommon {
@@ -78,6 +86,8 @@ impl Default for PruneCommon {
             device: None,
             threads: 0,
             out: None,
+            model: None,
+            dataset: None,
         }
     }
 }
@@ -126,9 +136,12 @@ pub struct Prepared {
     pub dense_test_accuracy: f64,
 }
 
-/// Trains the dense model of `c`.
+/// Trains the dense model of `c`, or takes the given one (`c.model`).
 pub fn prepare(c: &PruneCommon) -> Result<Prepared> {
     set_threads(c.threads);
+    if let Some(src) = &c.model {
+        return prepare_given(c, src);
+    }
     let mut rc = preset(&c.preset)?;
     if let Some(e) = c.epochs {
         rc.train.epochs = e;
@@ -195,6 +208,66 @@ pub fn prepare(c: &PruneCommon) -> Result<Prepared> {
     })
 }
 
+/// The dense model is a trained model the user gives: a run of ours (its data, split and recipe
+/// come from its sidecar), or a TorchScript module or state dict trained on the preset's data
+/// (`c.dataset` overrides it). Methods that start from an initialization (IMP, SNIP, GraSP,
+/// SynFlow, random) use a fresh initialization of the same network.
+fn prepare_given(c: &PruneCommon, src: &ModelSource) -> Result<Prepared> {
+    if c.rewind_epoch != 0 {
+        return Err(Error::config(
+            "rewind_epoch",
+            "a given model has no training trajectory to rewind to; leave it at 0",
+        ));
+    }
+    let device = c.device.unwrap_or_default().resolve()?;
+    let plain = src.arch.is_none() && src.mean.is_none() && src.map.is_empty();
+    let file = crate::model_source::model_file(&src.path);
+    let ours = has_sidecar(&file) && !crate::model_source::is_torchscript(&file)?;
+    let (mut rc, splits, model) = if ours && plain {
+        let run = TrainedRun::open(&src.path, c.data_dir.as_deref(), device)?;
+        (run.config, run.splits, run.model)
+    } else {
+        let mut rc = preset(&c.preset)?;
+        if let Some(d) = &c.dataset {
+            rc.data.dataset = d.clone();
+        }
+        if let Some(d) = &c.data_dir {
+            rc.data.data_dir = Some(d.clone());
+        }
+        let splits = load_splits(&rc)?;
+        let (ch, h, w) = splits.train.image_shape();
+        let opened = open_model(src, (ch as i64, (h as i64, w as i64)), device)?;
+        rc.model.arch = opened.model.spec.arch;
+        (rc, splits, opened.model)
+    };
+    if let Some(e) = c.epochs {
+        rc.train.epochs = e;
+    }
+    rc.run.device = c.device.unwrap_or(rc.run.device);
+    let train = splits.train.to_device(device);
+    let test = splits.test.to_device(device);
+    rustworthy_core::seed::seed_torch(rc.model.init_seed);
+    let init = model.fresh_like()?;
+    let dense = Dense {
+        rewind: init.try_clone()?,
+        init,
+        trained: model,
+        rewind_epoch: 0,
+        seconds: 0.0,
+    };
+    let dense_test_accuracy =
+        rustworthy_train::evaluate(&dense.trained, &test, rc.train.eval_batch_size)?.accuracy;
+    tracing::info!("given model: test accuracy {dense_test_accuracy:.2}%");
+    Ok(Prepared {
+        rc,
+        dense,
+        train,
+        test,
+        device,
+        dense_test_accuracy,
+    })
+}
+
 /// One pruning result, for tables and reports.
 #[derive(Clone, Debug, Serialize)]
 pub struct PruneRow {
@@ -241,6 +314,9 @@ pub fn run_one(p: &Prepared, cfg: &PruneConfig, out: Option<&Path>) -> Result<Pr
     if let Some(dir) = out {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         save_masks(&dir.join("masks.safetensors"), &o.masks)?;
+        if o.model.is_torchscript() {
+            o.model.save_torchscript(dir.join("model.pt"))?;
+        }
         let mut seeds = BTreeMap::new();
         seeds.insert("init".to_string(), p.rc.model.init_seed);
         seeds.insert("train".to_string(), p.rc.train.seed);

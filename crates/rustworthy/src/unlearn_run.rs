@@ -115,7 +115,7 @@ impl UnlearnSetup {
         let path = model_file(&req.model.path);
         let plain =
             req.model.arch.is_none() && req.model.mean.is_none() && req.model.map.is_empty();
-        if has_sidecar(&path) && plain {
+        if has_sidecar(&path) && plain && !crate::model_source::is_torchscript(&path)? {
             if req.dataset.is_some() || req.recipe.is_some() {
                 return Err(Error::config(
                     "dataset",
