@@ -46,7 +46,7 @@ enum Command {
     /// worst case per sample, an accuracy-vs-eps curve and gradient-masking checks.
     RobustEval(cmd_robust::RobustEvalArgs),
     /// Prune a model to a sparsity.
-    Prune(cmd_prune::PruneArgs),
+    Prune(Box<cmd_prune::PruneArgs>),
     /// Zeroth-order estimators, optimizers and min-max on problems with known answers: estimator
     /// variance against closed forms, convergence to known optima, and an exact duality gap.
     ZoCheck(cmd_zo::ZoCheckArgs),
@@ -67,7 +67,7 @@ enum BenchCommand {
     Unlearn(cmd_unlearn::BenchUnlearnArgs),
     /// Every pruning method at several sparsities from one dense model: accuracy, time and
     /// per-layer sparsity, with an accuracy-vs-sparsity plot.
-    Prune(cmd_prune::BenchPruneArgs),
+    Prune(Box<cmd_prune::BenchPruneArgs>),
     /// CGE throughput of zeroth-order training (queries per second and seconds per step) on a
     /// stratified sample of the coordinate set; `scripts/bench-zo.sh` runs it beside the PyTorch
     /// reference loop.
@@ -115,10 +115,10 @@ fn main() -> ExitCode {
         Command::Unlearn(a) => cmd_unlearn::unlearn(a),
         Command::Attack(a) => cmd_robust::attack(a),
         Command::RobustEval(a) => cmd_robust::robust_eval(a),
-        Command::Prune(a) => cmd_prune::prune(a),
+        Command::Prune(a) => cmd_prune::prune(*a),
         Command::ZoCheck(a) => cmd_zo::zo_check(a),
         Command::Bench(BenchCommand::Unlearn(a)) => cmd_unlearn::bench_unlearn(a),
-        Command::Bench(BenchCommand::Prune(a)) => cmd_prune::bench_prune(a),
+        Command::Bench(BenchCommand::Prune(a)) => cmd_prune::bench_prune(*a),
         Command::Bench(BenchCommand::Zo(a)) => cmd_zo::bench_zo(a),
         Command::Bench(BenchCommand::Torchscript(a)) => cmd_zo::bench_script(a),
         Command::Completions { shell } => {
