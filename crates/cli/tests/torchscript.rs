@@ -192,3 +192,86 @@ fn scripted_pytorch_models_are_attacked_unlearned_and_evaluated() {
     ]);
     assert!(!o.status.success());
 }
+
+/// A ResNet-18 checkpoint written by PyTorch in the Unlearn-Saliency layout (1-channel input,
+/// `normalize.mean/std` buffers, a `{'state_dict', 'epoch', 'optimizer', ...}` dict) is
+/// evaluated with `--arch resnet18` alone and gives PyTorch's eval-mode logits; a `.pth` whose
+/// pickle calls `os.system` is refused and nothing runs.
+#[test]
+fn pytorch_checkpoints_load_unchanged_and_malicious_ones_are_refused() {
+    let Some(py) = python() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let marker = dir.join("pwned");
+    let o = Command::new(&py)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/ref/export_foreign.py"))
+        .args(["--out", dir.to_str().unwrap(), "--parts", "saliency"])
+        .args(["--malicious", marker.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The exported inputs as a dataset file (labels are irrelevant to the logits).
+    let io =
+        rustworthy::tch::Tensor::read_safetensors(dir.join("saliency.io.safetensors")).unwrap();
+    let get = |k: &str| io.iter().find(|(n, _)| n == k).unwrap().1.shallow_clone();
+    let (x, want) = (get("input"), get("logits"));
+    // Repeated ten times, so that every one of the 10 classes has a (dummy) label.
+    let n = x.size()[0];
+    let x10 = x.repeat([10, 1, 1, 1]);
+    let y = rustworthy::tch::Tensor::arange(
+        10 * n,
+        (rustworthy::tch::Kind::Int64, rustworthy::tch::Device::Cpu),
+    )
+    .remainder(10);
+    let data_file = dir.join("inputs.safetensors");
+    rustworthy::tch::Tensor::write_safetensors(&[("x", &x10), ("y", &y)], &data_file).unwrap();
+    let data = format!("file:{},{}", data_file.display(), data_file.display());
+    let logits = dir.join("logits.safetensors");
+    let o = run(&[
+        "eval",
+        "--model",
+        dir.join("saliency_ckpt.pth.tar").to_str().unwrap(),
+        "--arch",
+        "resnet18",
+        "--dataset",
+        &data,
+        "--save-logits",
+        logits.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--out",
+        dir.join("eval").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = rustworthy::tch::Tensor::read_safetensors(&logits).unwrap();
+    let got = got
+        .iter()
+        .find(|(k, _)| k == "logits")
+        .unwrap()
+        .1
+        .narrow(0, 0, n);
+    let diff = (&got - &want).abs().max().double_value(&[]);
+    assert!(diff <= 1e-4, "logits differ from PyTorch's by {diff}");
+    // A pickle that names os.system is refused by name; the command it carries never runs.
+    for evil in ["evil_os.pth", "evil_eval.pth", "evil_os_legacy.pth"] {
+        let o = run(&[
+            "eval",
+            "--model",
+            dir.join(evil).to_str().unwrap(),
+            "--arch",
+            "resnet18",
+            "--dataset",
+            &data,
+            "--device",
+            "cpu",
+            "--out",
+            dir.join("eval-evil").to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{evil}");
+        let e = stderr(&o);
+        assert!(e.contains("refused global"), "{evil}: {e}");
+        assert!(!marker.exists(), "{evil} ran its payload");
+    }
+}
