@@ -44,6 +44,7 @@ pub enum PruneMethod {
 }
 
 impl PruneMethod {
+    /// Every method, in the order tables list them.
     pub const ALL: &'static [PruneMethod] = &[
         PruneMethod::Omp,
         PruneMethod::Imp,
@@ -54,6 +55,7 @@ impl PruneMethod {
         PruneMethod::Hydra,
         PruneMethod::Bip,
     ];
+    /// The method's name as the CLI and configs spell it, e.g. `synflow`.
     pub fn name(self) -> &'static str {
         match self {
             PruneMethod::Omp => "omp",
@@ -113,14 +115,17 @@ impl std::str::FromStr for PruneMethod {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PruneConfig {
+    /// The pruning method.
     pub method: PruneMethod,
     /// Fraction of the prunable weights (conv and linear weights) removed, in [0, 1).
     pub sparsity: f64,
+    /// Whether the sparsity applies globally or to every layer alike (default global).
     #[serde(default)]
     pub scope: Scope,
     /// OMP and HYDRA: fine-tuning epochs after pruning (cosine from `finetune_lr`).
     #[serde(default = "d_ft_epochs")]
     pub finetune_epochs: usize,
+    /// OMP and HYDRA: initial learning rate of the fine-tuning (default 0.01).
     #[serde(default = "d_ft_lr")]
     pub finetune_lr: f64,
     /// IMP: share of the remaining weights removed per round.
@@ -152,6 +157,7 @@ pub struct PruneConfig {
     /// prunable layer but the classifier; `sparsity` is then the share of channels removed.
     #[serde(default)]
     pub structured: bool,
+    /// Seed of the method's own randomness (random scores, scoring batch order, libtorch's generator while scoring).
     #[serde(default)]
     pub seed: u64,
 }
@@ -185,6 +191,7 @@ fn d_rounds() -> usize {
 }
 
 impl PruneConfig {
+    /// The configuration of `method` at `sparsity` with every other field at its default.
     pub fn new(method: PruneMethod, sparsity: f64) -> PruneConfig {
         PruneConfig {
             method,
@@ -205,6 +212,7 @@ impl PruneConfig {
         }
     }
 
+    /// Checks every field against the training recipe (e.g. `rewind_epoch` below its epochs); errors name the field.
     pub fn validate(&self, recipe: &TrainConfig) -> Result<()> {
         check_sparsity(self.sparsity)?;
         validate::positive_int("finetune_epochs", self.finetune_epochs)?;
@@ -241,8 +249,11 @@ impl PruneConfig {
 /// One point of a pruning trajectory (IMP rounds; one point for the one-shot methods).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RoundRecord {
+    /// The round number, counted from 1.
     pub round: usize,
+    /// Sparsity of the round's masks over the prunable weights, in [0, 1].
     pub sparsity: f64,
+    /// Test accuracy of the round's model, in percent.
     pub test_accuracy: f64,
     /// Wall-clock seconds of the method up to and including this round.
     pub seconds: f64,
@@ -250,14 +261,19 @@ pub struct RoundRecord {
 
 /// What a pruning run returns.
 pub struct PruneOutcome {
+    /// The final masks (1 = kept, 0 = pruned) by parameter name.
     pub masks: Masks,
+    /// The pruned and trained model.
     pub model: Model,
+    /// Test accuracy of the pruned model, in percent.
     pub test_accuracy: f64,
     /// Sparsity of the masks over the prunable weights.
     pub sparsity: f64,
     /// Fraction of prunable weights that are exactly zero in the returned model.
     pub zero_fraction: f64,
+    /// Per-layer mask statistics.
     pub layers: Vec<LayerSparsity>,
+    /// The trajectory: one record per IMP round, a single one for the other methods.
     pub rounds: Vec<RoundRecord>,
     /// Wall-clock seconds of the method (not counting the shared dense training).
     pub seconds: f64,
@@ -265,21 +281,24 @@ pub struct PruneOutcome {
 
 /// The data of a pruning run (all on the model's device).
 pub struct PruneData<'a> {
+    /// The training set (scoring, fine-tuning and retraining).
     pub train: &'a Dataset,
+    /// The test set the accuracies are measured on.
     pub test: &'a Dataset,
 }
 
 /// A dense model and its trained counterpart, plus the weights at `rewind_epoch` for IMP.
 pub struct Dense {
+    /// The initialization the dense run started from.
     pub init: Model,
+    /// The dense model after the full training recipe.
     pub trained: Model,
+    /// The weights after `rewind_epoch` epochs (the initialization when it is 0).
     pub rewind: Model,
+    /// The epoch whose weights `rewind` holds.
     pub rewind_epoch: usize,
+    /// Wall-clock seconds of the dense training.
     pub seconds: f64,
-}
-
-fn copy_model(m: &Model) -> Result<Model> {
-    m.try_clone()
 }
 
 /// Standard training that keeps a copy of the weights after epoch `at`.
@@ -294,7 +313,7 @@ impl TrainHook for Snapshot {
     }
     fn end_epoch(&mut self, model: &mut Model, epoch: usize) -> Result<EpochVerdict> {
         if epoch + 1 == self.at {
-            self.weights = Some(copy_model(model)?);
+            self.weights = Some(model.try_clone()?);
         }
         Ok(EpochVerdict::default())
     }
@@ -315,7 +334,7 @@ pub fn train_dense(
     rewind_epoch: usize,
 ) -> Result<Dense> {
     let t0 = Instant::now();
-    let mut trained = copy_model(init)?;
+    let mut trained = init.try_clone()?;
     let mut hook = Snapshot {
         at: rewind_epoch,
         weights: None,
@@ -323,10 +342,10 @@ pub fn train_dense(
     fit_with(&mut trained, data.train, None, recipe, &quiet(), &mut hook)?;
     let rewind = match hook.weights {
         Some(w) => w,
-        None => copy_model(init)?,
+        None => init.try_clone()?,
     };
     Ok(Dense {
-        init: copy_model(init)?,
+        init: init.try_clone()?,
         trained,
         rewind,
         rewind_epoch,
@@ -337,7 +356,7 @@ pub fn train_dense(
 /// The IMP restart point of a round: the dense weights saved at the rewind epoch, with the
 /// pruned entries zeroed.
 pub fn rewound(dense: &Dense, masks: &Masks) -> Result<Model> {
-    let m = copy_model(&dense.rewind)?;
+    let m = dense.rewind.try_clone()?;
     apply_masks(&m, masks)?;
     Ok(m)
 }
@@ -386,7 +405,7 @@ pub fn prune(
     let mut rounds = Vec::new();
     let (model, masks) = match cfg.method {
         PruneMethod::Omp => {
-            let mut m = copy_model(&dense.trained)?;
+            let mut m = dense.trained.try_clone()?;
             let masks = if cfg.structured {
                 let like: BTreeMap<String, Tensor> =
                     scores::channel_layers(&m).into_iter().collect();
@@ -412,7 +431,7 @@ pub fn prune(
                     ),
                 ));
             }
-            let mut current = copy_model(&dense.trained)?;
+            let mut current = dense.trained.try_clone()?;
             let mut masks: Option<Masks> = None;
             let mut density = 1.0f64;
             let mut round = 0usize;
@@ -439,7 +458,7 @@ pub fn prune(
             (current, masks.unwrap_or_default())
         }
         PruneMethod::Snip | PruneMethod::Grasp | PruneMethod::Synflow | PruneMethod::Random => {
-            let mut m = copy_model(&dense.init)?;
+            let mut m = dense.init.try_clone()?;
             seed_torch(derive(cfg.seed, "prune-score", 0));
             let masks = match cfg.method {
                 PruneMethod::Snip => masks_from_scores(
@@ -463,7 +482,7 @@ pub fn prune(
             (m, masks)
         }
         PruneMethod::Hydra | PruneMethod::Bip => {
-            let mut m = copy_model(&dense.trained)?;
+            let mut m = dense.trained.try_clone()?;
             let masks = score_loop(cfg, &m, data, recipe)?;
             if cfg.method == PruneMethod::Hydra {
                 train_masked(

@@ -20,9 +20,7 @@ use rustworthy_train::mask::Masks;
 use rustworthy_train::{fit_with, MaskedStep, TrainConfig};
 use rustworthy_unlearn::metrics::{avg_gap, UnlearnMetrics};
 use rustworthy_unlearn::pipeline::build_data;
-use rustworthy_unlearn::pipeline::{
-    clone_model, evaluate, lr_search, run_method, MethodResult, Selection,
-};
+use rustworthy_unlearn::pipeline::{evaluate, lr_search, run_method, MethodResult, Selection};
 use rustworthy_unlearn::svm::SvcConfig;
 use rustworthy_unlearn::{ForgetSpec, MethodConfig, Scenario, UnlearnCtx, UnlearnData};
 use serde::{Deserialize, Serialize};
@@ -241,7 +239,7 @@ pub const PRUNE_FINETUNE_EPOCHS: usize = 3;
 /// Returns the pruned model (the new original), its masks and the seconds spent.
 pub fn prune_original(s: &UnlearnSetup, p: PruneSpec, seed: u64) -> Result<(Model, Masks, f64)> {
     let t0 = Instant::now();
-    let mut model = clone_model(&s.original)?;
+    let mut model = s.original.try_clone()?;
     rustworthy_core::seed::seed_torch(rustworthy_core::seed::derive(seed, "prune", 0));
     let masks = one_shot_masks(p.method, &model, &s.train, p.sparsity, Scope::Global, seed)?;
     let mut recipe = s.train_config.clone();

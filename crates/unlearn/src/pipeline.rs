@@ -60,11 +60,6 @@ pub fn build_data(
     })
 }
 
-/// A fresh copy of `model` (same spec, device and weights).
-pub fn clone_model(model: &Model) -> Result<Model> {
-    model.try_clone()
-}
-
 fn sync(device: Device) {
     if let Device::Cuda(i) = device {
         tch::Cuda::synchronize(i as i64);
@@ -79,7 +74,7 @@ pub fn run_method(
     ctx: &UnlearnCtx,
 ) -> Result<(Model, MethodReport, f64)> {
     let method = cfg.build()?;
-    let mut model = clone_model(original)?;
+    let mut model = original.try_clone()?;
     sync(model.device());
     let t0 = Instant::now();
     let rep = method.unlearn(&mut model, ctx)?;
@@ -141,11 +136,15 @@ pub fn evaluate(
 /// One evaluated method run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MethodResult {
+    /// The method's name.
     pub method: String,
+    /// The configuration that ran (at the selected learning rate after a search).
     pub config: MethodConfig,
+    /// The unlearned model's metrics.
     pub metrics: UnlearnMetrics,
     /// Avg. Gap to Retrain (None for Retrain itself or when Retrain was not run).
     pub gap: Option<f64>,
+    /// What the method reported about its own run.
     pub report: MethodReport,
     /// The learning-rate grid, when the lr was searched.
     pub lr_grid: Vec<GridPoint>,
@@ -154,11 +153,15 @@ pub struct MethodResult {
 /// One point of a learning-rate search.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GridPoint {
+    /// The learning rate tried (the scale `alpha` for FF and IU).
     pub lr: f64,
+    /// The run's metrics (`None` if it failed).
     pub metrics: Option<UnlearnMetrics>,
+    /// Avg. Gap to Retrain of the run, when Retrain's metrics are known.
     pub gap: Option<f64>,
     /// Why the run failed (e.g. diverged), if it did.
     pub error: Option<String>,
+    /// Whether the search picked this point.
     pub selected: bool,
 }
 
@@ -170,7 +173,10 @@ pub enum Selection {
     Gap,
     /// Largest UA among runs whose TA is at least `reference TA - max_ta_drop` (the reference
     /// being Retrain when available, else the original model).
-    UaWithTaFloor { max_ta_drop: f64 },
+    UaWithTaFloor {
+        /// The largest accepted TA drop, in percentage points (>= 0).
+        max_ta_drop: f64,
+    },
 }
 
 impl std::str::FromStr for Selection {

@@ -11,7 +11,7 @@ use rustworthy_train::schedule::{LrSchedule, ScheduleConfig};
 use rustworthy_train::trainer::FitOptions;
 use rustworthy_train::{evaluate, fit, OptimConfig, TrainConfig};
 use rustworthy_unlearn::methods::common::head_param_names;
-use rustworthy_unlearn::pipeline::{clone_model, run_method};
+use rustworthy_unlearn::pipeline::run_method;
 use rustworthy_unlearn::{ForgetSpec, MethodConfig, Scenario, UnlearnCtx, UnlearnData};
 use std::path::Path;
 use tch::Device;
@@ -95,7 +95,7 @@ fn script_models_unlearn_except_with_feature_methods() {
         }
         let mcfg = MethodConfig::with_overrides(name, &overrides)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let before = clone_model(&model).unwrap();
+        let before = model.try_clone().unwrap();
         match run_method(&model, &mcfg, &ctx) {
             Ok((m, _, _)) => {
                 assert!(m.is_torchscript(), "{name}");
@@ -116,7 +116,7 @@ fn script_models_unlearn_except_with_feature_methods() {
                 assert_eq!(*name, "be", "{name} failed on a TorchScript model: {msg}");
                 assert!(msg.contains("be") && msg.contains("TorchScript"), "{msg}");
                 // Refused before any work: the method's own copy is untouched too.
-                let mut copy = clone_model(&model).unwrap();
+                let mut copy = model.try_clone().unwrap();
                 let method = mcfg.build().unwrap();
                 assert!(method.unlearn(&mut copy, &ctx).is_err());
                 for ((n, a), (_, b)) in copy.state_dict().iter().zip(before.state_dict()) {
