@@ -392,7 +392,7 @@ pub fn bench_unlearn(c: &BenchConfig, opts: &BenchOptions) -> Result<BenchOutcom
                             }
                             // A diverged method is a result too: record it and go on.
                             Err(e @ Error::Numerical(_)) if name != "retrain" => {
-                                tracing::info!("{row}: FAILED: {e}");
+                                tracing::warn!("{row}: FAILED: {e}");
                                 failures.push((row.clone(), e.to_string()));
                                 continue;
                             }
