@@ -7,6 +7,8 @@
 //! * the binary must find libtorch at run time without `LD_LIBRARY_PATH`; we add a RUNPATH (not an
 //!   RPATH, so that `LD_LIBRARY_PATH` still wins, e.g. on a GPU machine with its own torch).
 
+#![warn(missing_docs)]
+
 use std::path::PathBuf;
 
 /// Emits the link arguments. Call from `build.rs` of a crate with binaries or tests.

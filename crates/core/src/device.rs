@@ -12,7 +12,9 @@ pub enum DeviceSpec {
     /// CUDA device 0 when available, else CPU.
     #[default]
     Auto,
+    /// The CPU.
     Cpu,
+    /// The CUDA device with this index (`cuda` alone means `cuda:0`).
     Cuda(usize),
 }
 

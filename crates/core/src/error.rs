@@ -5,38 +5,62 @@ use std::path::PathBuf;
 /// Result alias used across rustworthy.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Every failure a rustworthy library call can report; each variant names what it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An I/O failure on a named file.
     #[error("{path}: {source}")]
     Io {
+        /// The file that could not be read or written.
         path: PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
     /// A data file exists but its content is corrupt, truncated or inconsistent.
     #[error("{path}: {msg}")]
-    Corrupt { path: PathBuf, msg: String },
+    Corrupt {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong with its content.
+        msg: String,
+    },
     /// A dataset could not be found; `hint` says how to get it.
     #[error("dataset {name} not found ({searched}); {hint}")]
     DatasetNotFound {
+        /// The dataset's name, e.g. `fashion-mnist`.
         name: String,
+        /// The folders searched and why each did not qualify.
         searched: String,
+        /// How to install or point to the dataset.
         hint: String,
     },
     /// A configuration field holds an invalid value.
     #[error("invalid config field `{field}`: {msg}")]
-    Config { field: String, msg: String },
+    Config {
+        /// The dotted name of the field, e.g. `train.optim.lr`.
+        field: String,
+        /// Why the value is rejected.
+        msg: String,
+    },
     /// A tensor has the wrong shape for an operation.
     #[error("shape mismatch in {op}: expected {expected}, got {got:?}")]
     Shape {
+        /// The operation that rejected the tensor.
         op: String,
+        /// The expected shape, in words or as a dimension list.
         expected: String,
+        /// The shape actually passed.
         got: Vec<i64>,
     },
     /// A checkpoint does not fit the model it is loaded into, or is unreadable.
     #[error("checkpoint {path}: {msg}")]
-    Checkpoint { path: PathBuf, msg: String },
+    Checkpoint {
+        /// The checkpoint file or folder.
+        path: PathBuf,
+        /// What does not fit or could not be read.
+        msg: String,
+    },
     /// The requested device cannot be used.
     #[error("device: {0}")]
     Device(String),
@@ -48,7 +72,14 @@ pub enum Error {
     Invalid(String),
     /// A query budget would be exceeded by the next evaluation.
     #[error("query budget exhausted: {used} of {budget} queries used, {needed} more needed")]
-    BudgetExhausted { budget: u64, used: u64, needed: u64 },
+    BudgetExhausted {
+        /// The total number of queries allowed.
+        budget: u64,
+        /// Queries spent so far.
+        used: u64,
+        /// Queries the refused evaluation would have spent.
+        needed: u64,
+    },
     /// An error raised by libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
@@ -58,30 +89,35 @@ pub enum Error {
 }
 
 impl Error {
+    /// An [`Error::Io`] on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
             source,
         }
     }
+    /// An [`Error::Corrupt`] for the file `path`.
     pub fn corrupt(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::Corrupt {
             path: path.into(),
             msg: msg.into(),
         }
     }
+    /// An [`Error::Config`] rejecting the field `field`.
     pub fn config(field: impl Into<String>, msg: impl Into<String>) -> Self {
         Error::Config {
             field: field.into(),
             msg: msg.into(),
         }
     }
+    /// An [`Error::Checkpoint`] for the checkpoint at `path`.
     pub fn checkpoint(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::Checkpoint {
             path: path.into(),
             msg: msg.into(),
         }
     }
+    /// An [`Error::Invalid`] with the given message.
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::Invalid(msg.into())
     }

@@ -1,5 +1,7 @@
 //! rustworthy core: the pieces every pillar shares.
 
+#![warn(missing_docs)]
+
 pub mod device;
 pub mod error;
 pub mod fsutil;

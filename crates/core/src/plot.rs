@@ -23,12 +23,15 @@ pub const PALETTE: [Rgb; 10] = [
 
 /// A raster image.
 pub struct Canvas {
+    /// Width in pixels.
     pub width: usize,
+    /// Height in pixels.
     pub height: usize,
     px: Vec<Rgb>,
 }
 
 impl Canvas {
+    /// A white canvas of `width` x `height` pixels.
     pub fn new(width: usize, height: usize) -> Self {
         Canvas {
             width,
@@ -37,16 +40,19 @@ impl Canvas {
         }
     }
 
+    /// Colours the pixel at (x, y); coordinates outside the canvas are ignored.
     pub fn set(&mut self, x: i64, y: i64, c: Rgb) {
         if x >= 0 && y >= 0 && (x as usize) < self.width && (y as usize) < self.height {
             self.px[y as usize * self.width + x as usize] = c;
         }
     }
 
+    /// The colour of the pixel at (x, y), which must lie on the canvas.
     pub fn get(&self, x: usize, y: usize) -> Rgb {
         self.px[y * self.width + x]
     }
 
+    /// Draws a one-pixel line from (x0, y0) to (x1, y1) (Bresenham), clipped to the canvas.
     pub fn line(&mut self, x0: i64, y0: i64, x1: i64, y1: i64, c: Rgb) {
         let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
         let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
@@ -68,6 +74,7 @@ impl Canvas {
         }
     }
 
+    /// Fills a disc of radius `r` pixels centred at (cx, cy).
     pub fn disc(&mut self, cx: i64, cy: i64, r: i64, c: Rgb) {
         for y in -r..=r {
             for x in -r..=r {
@@ -156,18 +163,26 @@ fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
 /// One labelled point of a scatter plot.
 #[derive(Clone, Debug)]
 pub struct Point {
+    /// Horizontal position, in data units.
     pub x: f64,
+    /// Vertical position, in data units.
     pub y: f64,
+    /// Text drawn to the right of the marker.
     pub label: String,
 }
 
 /// A chart: labelled points (scatter) and/or polylines.
 #[derive(Clone, Debug, Default)]
 pub struct Chart {
+    /// Title drawn above the plot area.
     pub title: String,
+    /// Label under the x axis.
     pub x_label: String,
+    /// Label along the y axis.
     pub y_label: String,
+    /// Logarithmic (base 10) x axis; every x must then be positive.
     pub log_x: bool,
+    /// Labelled scatter points, coloured in turn from [`PALETTE`].
     pub points: Vec<Point>,
     /// Named polylines (drawn with markers).
     pub lines: Vec<(String, Vec<(f64, f64)>)>,

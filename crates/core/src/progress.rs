@@ -5,6 +5,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 
+/// How long loops report their progress (`--progress bar|quiet|json`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProgressMode {
@@ -40,6 +41,7 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Starts reporting phase `phase` of `total` steps in the given mode.
     pub fn new(mode: ProgressMode, phase: &str, total: u64) -> Self {
         let bar = match mode {
             ProgressMode::Bar => {

@@ -11,15 +11,22 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Versions of everything that can change a result.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Versions {
+    /// This crate's version.
     pub rustworthy: String,
+    /// The `tch` bindings' version.
     pub tch: String,
+    /// The libtorch version linked at build time (`unknown` if it could not be read).
     pub libtorch: String,
+    /// Whether a CUDA device was usable.
     pub cuda_available: bool,
+    /// Whether cuDNN was usable.
     pub cudnn_available: bool,
+    /// libtorch's intra-op thread count.
     pub torch_threads: i32,
 }
 
 impl Versions {
+    /// The versions of this build and of the running libtorch.
     pub fn current() -> Self {
         Versions {
             rustworthy: env!("CARGO_PKG_VERSION").to_string(),
@@ -35,13 +42,18 @@ impl Versions {
 /// The machine a run happened on.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Host {
+    /// Contents of `/etc/hostname` (empty if unreadable).
     pub hostname: String,
+    /// Operating system, e.g. `linux`.
     pub os: String,
+    /// CPU architecture, e.g. `x86_64`.
     pub arch: String,
+    /// Number of CPUs available to the process.
     pub cpus: usize,
 }
 
 impl Host {
+    /// The machine this process runs on.
     pub fn current() -> Self {
         Host {
             hostname: std::fs::read_to_string("/etc/hostname")
@@ -63,13 +75,17 @@ pub struct RunReport {
     pub command: String,
     /// The exact command line.
     pub argv: Vec<String>,
+    /// Start time, as `YYYY-MM-DDTHH:MM:SSZ`.
     pub started_utc: String,
+    /// End time in the same format; `None` while the run is in progress.
     pub finished_utc: Option<String>,
     /// The fully resolved configuration (after presets, TOML and flags).
     pub config: serde_json::Value,
     /// Every seed the run used, by name.
     pub seeds: BTreeMap<String, u64>,
+    /// Versions of the code and of libtorch.
     pub versions: Versions,
+    /// The machine the run happened on.
     pub host: Host,
     /// The resolved device, e.g. `cpu` or `cuda:0`.
     pub device: String,
@@ -86,6 +102,8 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// A report for `command` started now, with the process's argv, the resolved `config`, the
+    /// current versions and host, and the device name `device`.
     pub fn new(command: &str, config: serde_json::Value, device: &str) -> Self {
         RunReport {
             command: command.to_string(),

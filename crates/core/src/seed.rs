@@ -25,12 +25,15 @@ pub fn derive(seed: u64, stream: &str, index: u64) -> u64 {
 pub struct SeedRng(ChaCha8Rng);
 
 impl SeedRng {
+    /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
         SeedRng(ChaCha8Rng::seed_from_u64(seed))
     }
+    /// The generator of the named stream `stream` at `index` under `seed` (see [`derive()`]).
     pub fn stream(seed: u64, stream: &str, index: u64) -> Self {
         Self::new(derive(seed, stream, index))
     }
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0.next_u64()
     }

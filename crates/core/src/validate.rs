@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 
+/// Returns `v` if it is finite, else a config error on `field`.
 pub fn finite(field: &str, v: f64) -> Result<f64> {
     if v.is_finite() {
         Ok(v)
@@ -13,6 +14,7 @@ pub fn finite(field: &str, v: f64) -> Result<f64> {
     }
 }
 
+/// Returns `v` if it is finite and `> 0`, else a config error on `field`.
 pub fn positive(field: &str, v: f64) -> Result<f64> {
     finite(field, v)?;
     if v > 0.0 {
@@ -22,6 +24,7 @@ pub fn positive(field: &str, v: f64) -> Result<f64> {
     }
 }
 
+/// Returns `v` if it is finite and `>= 0`, else a config error on `field`.
 pub fn non_negative(field: &str, v: f64) -> Result<f64> {
     finite(field, v)?;
     if v >= 0.0 {
@@ -57,6 +60,7 @@ pub fn in_half_open(field: &str, v: f64, lo: f64, hi: f64) -> Result<f64> {
     }
 }
 
+/// Returns `v` if it is at least 1, else a config error on `field`.
 pub fn positive_int(field: &str, v: usize) -> Result<usize> {
     if v > 0 {
         Ok(v)

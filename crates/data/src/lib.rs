@@ -7,6 +7,8 @@
 //!
 //! [`SeedRng`]: rustworthy_core::SeedRng
 
+#![warn(missing_docs)]
+
 pub mod augment;
 pub mod cifar;
 pub mod dataset;

@@ -2,6 +2,8 @@
 //! that every optimizer and training loop respects; OMP, IMP with weight rewinding, SNIP, GraSP,
 //! SynFlow, random pruning, HYDRA and BiP.
 
+#![warn(missing_docs)]
+
 pub mod methods;
 pub mod scores;
 

@@ -14,13 +14,17 @@ use std::path::{Path, PathBuf};
 /// The sidecar of a checkpoint.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CheckpointMeta {
+    /// Sidecar format version; must equal [`FORMAT`] to load.
     pub format: u32,
+    /// Architecture and input geometry of the saved model.
     pub model_spec: ModelSpec,
     /// The training configuration that produced this state.
     pub config: serde_json::Value,
     /// Completed epochs.
     pub epoch: usize,
+    /// Optimizer steps taken so far (restores Adam's bias correction).
     pub optimizer_steps: u64,
+    /// Every seed of the run, by name.
     pub seeds: BTreeMap<String, u64>,
     /// Metrics of the last completed epoch.
     pub metrics: serde_json::Value,
@@ -32,7 +36,9 @@ pub struct CheckpointMeta {
     pub optim_file: Option<String>,
 }
 
+/// The checkpoint format version this build writes and reads.
 pub const FORMAT: u32 = 1;
+/// File name of the sidecar inside a checkpoint folder.
 pub const SIDECAR: &str = "checkpoint.json";
 
 /// A checkpoint folder of a training run.
@@ -41,10 +47,12 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// The checkpoint folder `dir` (nothing is read or created yet).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Checkpoint { dir: dir.into() }
     }
 
+    /// The checkpoint folder.
     pub fn dir(&self) -> &Path {
         &self.dir
     }

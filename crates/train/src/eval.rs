@@ -10,8 +10,11 @@ use tch::{Kind, Tensor};
 /// Evaluation of a classifier on one dataset. Accuracies are in percent.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct EvalResult {
+    /// Number of samples evaluated.
     pub n: usize,
+    /// Mean cross-entropy over the samples.
     pub loss: f64,
+    /// Top-1 accuracy, in percent.
     pub accuracy: f64,
     /// Accuracy per class (None for classes absent from the data).
     pub per_class_accuracy: Vec<Option<f64>>,

@@ -1,6 +1,8 @@
 //! rustworthy training: optimizers (with optional masks), learning-rate schedules, the training
 //! loop with seeded, resumable epochs, checkpoints and evaluation.
 
+#![warn(missing_docs)]
+
 pub mod checkpoint;
 pub mod eval;
 pub mod mask;

@@ -83,8 +83,11 @@ pub fn with_dense_rest(masks: &Masks, params: &[(String, Tensor)]) -> Masks {
 /// Per-layer mask statistics.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct LayerSparsity {
+    /// Parameter name, e.g. `conv1.weight`.
     pub name: String,
+    /// Number of entries in the mask.
     pub total: i64,
+    /// Number of unpruned (non-zero) entries.
     pub kept: i64,
     /// Fraction of entries pruned, in [0, 1].
     pub sparsity: f64,

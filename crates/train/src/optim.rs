@@ -16,33 +16,49 @@ use tch::{Kind, Tensor};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "lowercase", deny_unknown_fields)]
 pub enum OptimConfig {
+    /// Stochastic gradient descent with momentum (PyTorch's `SGD`).
     Sgd {
+        /// Momentum factor in [0, 1) (default 0.9).
         #[serde(default = "default_momentum")]
         momentum: f64,
+        /// Dampening of the momentum in [0, 1] (default 0).
         #[serde(default)]
         dampening: f64,
+        /// Nesterov momentum (needs momentum > 0 and dampening = 0).
         #[serde(default)]
         nesterov: bool,
+        /// L2 penalty added to the gradient (default 0 in a config file; 5e-4 in
+        /// `OptimConfig::default()`).
         #[serde(default)]
         weight_decay: f64,
     },
+    /// Adam with L2 weight decay added to the gradient (PyTorch's `Adam`).
     Adam {
+        /// Decay of the first-moment estimate in [0, 1) (default 0.9).
         #[serde(default = "default_beta1")]
         beta1: f64,
+        /// Decay of the second-moment estimate in [0, 1) (default 0.999).
         #[serde(default = "default_beta2")]
         beta2: f64,
+        /// Term added to the denominator for stability, > 0 (default 1e-8).
         #[serde(default = "default_eps")]
         eps: f64,
+        /// L2 penalty added to the gradient (default 0).
         #[serde(default)]
         weight_decay: f64,
     },
+    /// Adam with decoupled weight decay (PyTorch's `AdamW`).
     Adamw {
+        /// Decay of the first-moment estimate in [0, 1) (default 0.9).
         #[serde(default = "default_beta1")]
         beta1: f64,
+        /// Decay of the second-moment estimate in [0, 1) (default 0.999).
         #[serde(default = "default_beta2")]
         beta2: f64,
+        /// Term added to the denominator for stability, > 0 (default 1e-8).
         #[serde(default = "default_eps")]
         eps: f64,
+        /// Decoupled weight decay, applied to the weights directly (default 0.01).
         #[serde(default = "default_adamw_wd")]
         weight_decay: f64,
     },
@@ -156,6 +172,7 @@ impl Optimizer {
         })
     }
 
+    /// The hyperparameters this optimizer was built with.
     pub fn config(&self) -> &OptimConfig {
         &self.cfg
     }

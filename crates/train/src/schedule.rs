@@ -12,25 +12,35 @@ pub enum LrSchedule {
     /// Constant `lr`.
     Constant,
     /// `lr * gamma^k` after the k-th milestone (in epochs), as PyTorch's MultiStepLR.
-    Multistep { milestones: Vec<f64>, gamma: f64 },
+    Multistep {
+        /// Epochs at which the rate drops, strictly increasing and > 0.
+        milestones: Vec<f64>,
+        /// Factor applied at each milestone, > 0.
+        gamma: f64,
+    },
     /// Cosine annealing from `lr` to `min_lr` over the run (per step).
     Cosine {
+        /// Learning rate at the end of the run (default 0, at most `lr`).
         #[serde(default)]
         min_lr: f64,
     },
     /// Triangular cyclic schedule (the fast adversarial training one): linear 0 -> `lr` over the
     /// first `peak_frac` of the run, then linear back to 0.
     Cyclic {
+        /// Fraction of the run at which the peak `lr` is reached, in [0, 1] (default 0.5).
         #[serde(default = "half")]
         peak_frac: f64,
     },
     /// One-cycle: cosine warm-up from `lr/div` to `lr` over `peak_frac` of the run, then cosine
     /// annealing to `lr/final_div`.
     OneCycle {
+        /// Fraction of the run spent warming up, in [0, 1] (default 0.3).
         #[serde(default = "default_one_cycle_peak")]
         peak_frac: f64,
+        /// The initial learning rate is `lr/div`, >= 1 (default 25).
         #[serde(default = "default_div")]
         div: f64,
+        /// The final learning rate is `lr/final_div`, >= 1 (default 1e4).
         #[serde(default = "default_final_div")]
         final_div: f64,
     },
@@ -53,7 +63,9 @@ fn default_final_div() -> f64 {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleConfig {
+    /// Base (peak) learning rate, > 0.
     pub lr: f64,
+    /// The shape of the schedule (default constant).
     #[serde(default = "default_schedule")]
     pub schedule: LrSchedule,
     /// Linear warm-up from 0 over this many epochs (multiplies the schedule).
@@ -66,6 +78,8 @@ fn default_schedule() -> LrSchedule {
 }
 
 impl ScheduleConfig {
+    /// Checks the learning rate, warm-up and schedule parameters for a run of `epochs` epochs;
+    /// errors name the field.
     pub fn validate(&self, epochs: usize) -> Result<()> {
         validate::positive("lr", self.lr)?;
         validate::non_negative("warmup_epochs", self.warmup_epochs)?;

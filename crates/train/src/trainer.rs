@@ -23,12 +23,18 @@ use tch::{Kind, Tensor};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
+    /// Number of epochs, >= 1.
     pub epochs: usize,
+    /// Training batch size, >= 1.
     pub batch_size: usize,
+    /// Batch size for validation (default 1000).
     #[serde(default = "default_eval_batch")]
     pub eval_batch_size: usize,
+    /// Optimizer and its hyperparameters.
     pub optim: OptimConfig,
+    /// Learning rate and its schedule.
     pub lr: ScheduleConfig,
+    /// On-device augmentation of training batches (default none).
     #[serde(default)]
     pub augment: Augment,
     /// Drop the last incomplete batch of each epoch.
@@ -43,6 +49,7 @@ fn default_eval_batch() -> usize {
 }
 
 impl TrainConfig {
+    /// Checks every field; errors name the field.
     pub fn validate(&self) -> Result<()> {
         validate::positive_int("epochs", self.epochs)?;
         validate::positive_int("batch_size", self.batch_size)?;
@@ -59,6 +66,7 @@ impl TrainConfig {
 /// Options of one `fit` call that do not change the result.
 #[derive(Clone, Debug, Default)]
 pub struct FitOptions {
+    /// How epochs report their progress.
     pub progress: ProgressMode,
     /// Where to write per-epoch checkpoints (none if `None`).
     pub checkpoint_dir: Option<PathBuf>,
@@ -71,12 +79,19 @@ pub struct FitOptions {
 /// One row of the training history.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct EpochRecord {
+    /// The epoch number, counted from 1.
     pub epoch: usize,
+    /// Learning rate at the epoch's last step.
     pub lr: f64,
+    /// Mean training loss over the epoch's samples.
     pub train_loss: f64,
+    /// Training accuracy over the epoch, in percent.
     pub train_accuracy: f64,
+    /// Validation loss after the epoch, if there is a validation set.
     pub val_loss: Option<f64>,
+    /// Validation accuracy after the epoch in percent, if there is a validation set.
     pub val_accuracy: Option<f64>,
+    /// Wall-clock seconds of the epoch, validation included.
     pub seconds: f64,
     /// Extra per-epoch measurements of a [`TrainHook`] (e.g. robust validation accuracy).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -144,12 +159,15 @@ impl TrainHook for StandardStep {
 /// What `fit` returns.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FitOutcome {
+    /// Every completed epoch, including those loaded from a checkpoint.
     pub history: Vec<EpochRecord>,
     /// Completed epochs loaded from a checkpoint, if the run resumed.
     pub resumed_from: Option<usize>,
     /// Whether all configured epochs are done (false after `stop_after`).
     pub completed: bool,
+    /// Wall-clock seconds of the epochs run by this call.
     pub train_seconds: f64,
+    /// Validation of the last epoch run by this call, if any.
     pub last_val: Option<EvalResult>,
     /// Why the hook stopped training early, if it did.
     pub stopped: Option<String>,
