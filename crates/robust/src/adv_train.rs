@@ -78,17 +78,24 @@ impl Default for Monitor {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdvTrainConfig {
+    /// The adversarial training method.
     pub method: AdvMethod,
     /// l_inf radius in pixel units.
     pub eps: f64,
+    /// Attack steps (lower-level steps for Fast-BAT); see [`AdvTrainConfig::steps()`] for the
+    /// default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<usize>,
+    /// Attack step size; see [`AdvTrainConfig::step_size()`] for the per-method default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_size: Option<f64>,
+    /// GradAlign's penalty weight or Fast-BAT's lambda; see [`AdvTrainConfig::lambda()`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lambda: Option<f64>,
+    /// TRADES' weight of the KL term; see [`AdvTrainConfig::beta()`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub beta: Option<f64>,
+    /// The per-epoch robustness monitor.
     #[serde(default)]
     pub monitor: Monitor,
 }
@@ -98,6 +105,7 @@ pub struct AdvTrainConfig {
 pub const FAST_BAT_STEP: f64 = 5000.0 / 255.0;
 
 impl AdvTrainConfig {
+    /// The configuration of `method` at radius `eps` with every optional field at its default.
     pub fn new(method: AdvMethod, eps: f64) -> AdvTrainConfig {
         AdvTrainConfig {
             method,
@@ -143,6 +151,8 @@ impl AdvTrainConfig {
         self.beta.unwrap_or(6.0)
     }
 
+    /// The l_inf threat model of radius `eps` over `[0, 1]`; an invalid `eps` is reported as
+    /// `adv.eps`.
     pub fn threat(&self) -> Result<ThreatModel> {
         ThreatModel::linf(self.eps).map_err(|e| match e {
             Error::Config { msg, .. } => Error::config("adv.eps", msg),
@@ -150,6 +160,7 @@ impl AdvTrainConfig {
         })
     }
 
+    /// Checks every field and rejects fields the method does not use; errors name the field.
     pub fn validate(&self) -> Result<()> {
         self.threat()?;
         let m = self.method;
@@ -260,6 +271,7 @@ pub fn differentiable_input_grad(model: &Model, x: &Tensor, y: &Tensor, train: b
 
 /// The adversarial training hook.
 pub struct AdvTrainer {
+    /// The configuration the hook trains with.
     pub cfg: AdvTrainConfig,
     threat: ThreatModel,
     monitor_data: Option<Dataset>,

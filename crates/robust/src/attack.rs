@@ -253,6 +253,8 @@ pub struct ScoreOracle<'a> {
 }
 
 impl<'a> ScoreOracle<'a> {
+    /// An oracle over `model` for a batch of `batch` samples, with no query spent yet and at most
+    /// `budget` queries per sample (`None`: unlimited).
     pub fn new(model: &'a Model, batch: i64, budget: Option<i64>) -> Self {
         ScoreOracle {
             model,

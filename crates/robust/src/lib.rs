@@ -3,6 +3,8 @@
 //! interface with query accounting, adversarial training (PGD-AT, Fast-AT, GradAlign, Fast-BAT,
 //! TRADES) with catastrophic-overfitting detection, and a robust evaluation suite.
 
+#![warn(missing_docs)]
+
 pub mod adv_train;
 pub mod attack;
 pub mod attacks;

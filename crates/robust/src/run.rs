@@ -14,51 +14,69 @@ use tch::{Kind, Tensor};
 /// Aggregate result of one attack on a dataset. Accuracies and rates are in percent.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct AttackSummary {
+    /// The attack's name, e.g. `pgd-50x10` or `fgsm`.
     pub attack: String,
+    /// The attack's threat model (`None` for an unbounded minimum-norm attack).
     pub threat: Option<crate::ThreatModel>,
+    /// How targets were chosen; `None` for an untargeted run.
     pub targeted: Option<TargetSpec>,
+    /// Number of samples in the dataset.
     pub n: usize,
+    /// Accuracy on the clean samples, in percent.
     pub clean_accuracy: f64,
     /// Samples classified correctly (untargeted) or not pushed to their target (targeted) after
     /// the attack, over all `n` samples.
     pub robust_accuracy: f64,
     /// Successes over the samples attacked (the clean-correct ones).
     pub success_rate: f64,
+    /// Number of clean-correct samples attacked.
     pub attacked: usize,
+    /// Number of verified successes among the clean-correct samples.
     pub successes: usize,
     /// Median queries over successful samples (None without successes).
     pub median_queries_success: Option<f64>,
     /// Mean queries per attacked sample.
     pub mean_queries: f64,
+    /// Queries spent over all samples.
     pub total_queries: i64,
     /// Median l_inf and l_2 norms of successful perturbations.
     pub median_linf_success: Option<f64>,
+    /// Median l_2 norm of the successful perturbations (None without successes).
     pub median_l2_success: Option<f64>,
     /// Successes an attack claimed that the model did not confirm on the returned images (not
     /// counted; anything but 0 is a bug).
     pub unverified_successes: i64,
     /// Largest violation of the threat model over all outputs (0 up to rounding).
     pub max_violation: f64,
+    /// Wall-clock seconds of the whole run.
     pub seconds: f64,
+    /// Throughput: samples of the dataset per second.
     pub examples_per_second: f64,
 }
 
 /// Per-sample outcome, in dataset order.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct PerSample {
+    /// Whether the model classifies the clean sample correctly.
     pub clean_correct: Vec<bool>,
     /// Attacked and fooled.
     pub success: Vec<bool>,
+    /// Queries spent on the sample (0 if it was not attacked).
     pub queries: Vec<i64>,
+    /// l_inf norm of the sample's final perturbation.
     pub linf: Vec<f64>,
+    /// l_2 norm of the sample's final perturbation.
     pub l2: Vec<f64>,
 }
 
 /// Options of [`attack_dataset`].
 #[derive(Clone, Debug)]
 pub struct RunOptions {
+    /// Samples per attacked batch (default 500).
     pub batch_size: usize,
+    /// Seed of the run; each batch draws from its own stream (default 0).
     pub seed: u64,
+    /// Run the attack targeted, with targets chosen this way (default untargeted).
     pub target: Option<TargetSpec>,
     /// Keep the adversarial images (on the host) in the result.
     pub keep_images: bool,
@@ -81,8 +99,12 @@ impl Default for RunOptions {
 
 /// Result of [`attack_dataset`].
 pub struct AttackRun {
+    /// The aggregate statistics.
     pub summary: AttackSummary,
+    /// Per-sample outcomes, in dataset order.
     pub per_sample: PerSample,
+    /// The adversarial images on the host, in dataset order (only with
+    /// [`RunOptions::keep_images`]).
     pub x_adv: Option<Tensor>,
 }
 

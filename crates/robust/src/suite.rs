@@ -17,18 +17,27 @@ use std::time::Instant;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SuiteConfig {
+    /// The suite's name (`quick`, `standard`, or a custom one).
     pub name: String,
+    /// The threat model every attack of the suite uses.
     pub threat: ThreatModel,
+    /// PGD steps (step size eps/4).
     pub pgd_steps: usize,
+    /// PGD random restarts.
     pub pgd_restarts: usize,
+    /// Iterations of APGD-CE and of APGD-T per target.
     pub apgd_steps: usize,
+    /// Target classes of APGD-T (0 leaves it out; it also needs at least 4 classes).
     pub apgd_targets: usize,
     /// Square queries per sample (0 leaves the Square attack out, e.g. for l2).
     pub square_queries: usize,
     /// Radii of the accuracy-vs-eps curve (PGD with `curve_steps` steps at each).
     pub curve: Vec<f64>,
+    /// PGD steps at each radius of the curve.
     pub curve_steps: usize,
+    /// Samples per attacked batch (500 in the presets).
     pub batch_size: usize,
+    /// Seed of the attacks' random starts and searches.
     pub seed: u64,
 }
 
@@ -70,6 +79,8 @@ impl SuiteConfig {
         })
     }
 
+    /// Checks the threat model, the attack budgets and every radius of the curve; errors name the
+    /// field.
     pub fn validate(&self) -> Result<()> {
         self.threat.validate()?;
         validate::positive_int("pgd_steps", self.pgd_steps)?;
@@ -94,19 +105,26 @@ impl SuiteConfig {
 /// One step of the ensemble, AutoAttack-style: run on the samples still robust.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct EnsembleStep {
+    /// The attack's name.
     pub attack: String,
+    /// Samples still robust before this attack, all of which it attacked.
     pub attacked: usize,
+    /// Samples this attack fooled.
     pub newly_fooled: usize,
     /// Robust accuracy (%) after this attack.
     pub robust_accuracy: f64,
+    /// Wall-clock seconds of this attack.
     pub seconds: f64,
 }
 
 /// One sample's outcome.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SampleOutcome {
+    /// Position of the sample in the dataset.
     pub index: usize,
+    /// The sample's true class.
     pub label: i64,
+    /// Whether the model classifies the clean sample correctly.
     pub clean_correct: bool,
     /// Attacks that fooled it.
     pub fooled_by: Vec<String>,
@@ -115,11 +133,17 @@ pub struct SampleOutcome {
 /// Result of [`robust_eval`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RobustReport {
+    /// The suite that was run.
     pub suite: SuiteConfig,
+    /// Number of samples evaluated.
     pub n: usize,
+    /// Clean accuracy, in percent.
     pub clean_accuracy: f64,
+    /// FGSM on every sample.
     pub fgsm: AttackSummary,
+    /// PGD with restarts on every sample.
     pub pgd: AttackSummary,
+    /// The ensemble's attacks in order (APGD-CE, APGD-T, Square), each on the samples still robust.
     pub ensemble: Vec<EnsembleStep>,
     /// Robust accuracy under the ensemble alone.
     pub ensemble_accuracy: f64,
@@ -129,7 +153,9 @@ pub struct RobustReport {
     pub curve: Vec<(f64, f64)>,
     /// Signs of gradient masking or of a weak evaluation.
     pub flags: Vec<String>,
+    /// Every sample's outcome, in dataset order.
     pub samples: Vec<SampleOutcome>,
+    /// Wall-clock seconds of the whole evaluation, the curve included.
     pub seconds: f64,
 }
 

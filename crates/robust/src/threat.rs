@@ -12,7 +12,9 @@ use tch::{Kind, Tensor};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Norm {
+    /// The l_inf norm: every pixel moves by at most `eps`.
     Linf,
+    /// The l_2 norm of the whole per-sample perturbation is at most `eps`.
     L2,
 }
 
@@ -50,10 +52,14 @@ fn default_hi() -> f64 {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThreatModel {
+    /// The norm of the ball.
     pub norm: Norm,
+    /// Radius of the ball in pixel units, > 0 (for l_inf at most `hi - lo`).
     pub eps: f64,
+    /// Lower bound of the pixel box (default 0).
     #[serde(default = "default_lo")]
     pub lo: f64,
+    /// Upper bound of the pixel box, above `lo` (default 1).
     #[serde(default = "default_hi")]
     pub hi: f64,
 }
@@ -62,6 +68,7 @@ pub struct ThreatModel {
 pub const TOL: f64 = 1e-5;
 
 impl ThreatModel {
+    /// A checked threat model of radius `eps` in `norm` over the pixel box `[0, 1]`.
     pub fn new(norm: Norm, eps: f64) -> Result<ThreatModel> {
         let t = ThreatModel {
             norm,
@@ -72,13 +79,17 @@ impl ThreatModel {
         t.validate()?;
         Ok(t)
     }
+    /// A checked l_inf threat model of radius `eps` over `[0, 1]`.
     pub fn linf(eps: f64) -> Result<ThreatModel> {
         ThreatModel::new(Norm::Linf, eps)
     }
+    /// A checked l_2 threat model of radius `eps` over `[0, 1]`.
     pub fn l2(eps: f64) -> Result<ThreatModel> {
         ThreatModel::new(Norm::L2, eps)
     }
 
+    /// Checks that `eps` is positive, the box bounds are finite and ordered, and an l_inf `eps` is
+    /// not wider than the box.
     pub fn validate(&self) -> Result<()> {
         validate::positive("eps", self.eps)?;
         validate::finite("bounds.lo", self.lo)?;
@@ -226,6 +237,7 @@ pub struct Projector {
 }
 
 impl Projector {
+    /// Projects `x_adv` onto the ball around the clean batch intersected with the pixel box.
     pub fn project(&self, x_adv: &Tensor) -> Tensor {
         match &self.bounds {
             Some((lo, hi)) => x_adv.clamp_tensor(Some(lo), Some(hi)),

@@ -15,12 +15,21 @@ use std::str::FromStr;
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ForgetSpec {
     /// Every training sample of these classes; the test set then excludes them too.
-    Class { classes: Vec<usize> },
+    Class {
+        /// The class numbers to forget.
+        classes: Vec<usize>,
+    },
     /// A uniformly random share of the training set, without replacement.
-    Random { fraction: f64 },
+    Random {
+        /// The share of the training set to forget, in (0, 1).
+        fraction: f64,
+    },
     /// An explicit list of training-file indices, read from a file (one per line, or a JSON
     /// array, or a saved scenario).
-    Indices { file: PathBuf },
+    Indices {
+        /// The file holding the indices.
+        file: PathBuf,
+    },
 }
 
 impl FromStr for ForgetSpec {
@@ -84,12 +93,15 @@ impl std::fmt::Display for ForgetSpec {
 /// A resolved scenario: disjoint forget and retain index lists (sorted, training-file indices).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Scenario {
+    /// What the user asked to forget.
     pub spec: ForgetSpec,
     /// Seed of the random choice (random scenarios).
     pub seed: u64,
     /// Classes removed entirely (class-wise scenarios): the test set excludes them.
     pub forget_classes: Vec<usize>,
+    /// Training-file indices to forget, sorted.
     pub forget: Vec<usize>,
+    /// The remaining training indices, sorted.
     pub retain: Vec<usize>,
 }
 

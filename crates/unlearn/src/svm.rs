@@ -57,6 +57,7 @@ pub enum Gamma {
 pub struct SvcConfig {
     /// Box constraint C (> 0), the same for both classes.
     pub c: f64,
+    /// The RBF kernel width (default auto).
     pub gamma: Gamma,
     /// Stopping tolerance on the maximal KKT violation (> 0).
     pub tol: f64,
@@ -271,6 +272,7 @@ impl Svc {
     pub fn gamma(&self) -> f64 {
         self.gamma
     }
+    /// Number of input features the model was fitted on.
     pub fn n_features(&self) -> usize {
         self.n_features
     }

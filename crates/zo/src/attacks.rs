@@ -26,18 +26,35 @@ use tch::{Kind, Tensor};
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ZoAttackKind {
     /// Coordinate-wise symmetric differences with step `h` on `coords` coordinates.
-    Zoo { coords: usize, h: f64 },
+    Zoo {
+        /// Coordinates estimated per image and iteration (128 published).
+        coords: usize,
+        /// Difference step in pixel units, > 0.
+        h: f64,
+    },
     /// Forward-difference RGE with `q` Gaussian directions and radius `mu`.
-    SignSgd { q: usize, mu: f64 },
+    SignSgd {
+        /// Random directions per estimate.
+        q: usize,
+        /// Smoothing radius in pixel units, > 0.
+        mu: f64,
+    },
     /// `q` antithetic Gaussian samples (`q` even) with radius `sigma`.
-    Nes { q: usize, sigma: f64 },
+    Nes {
+        /// Samples per estimate (even, >= 2).
+        q: usize,
+        /// Smoothing radius in pixel units, > 0.
+        sigma: f64,
+    },
 }
 
 /// A zeroth-order black-box attack.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ZoAttack {
+    /// The estimator and its parameters.
     pub kind: ZoAttackKind,
+    /// The perturbation set.
     pub threat: ThreatModel,
     /// Query budget per sample.
     pub queries: usize,
@@ -66,6 +83,7 @@ impl ZoAttack {
             momentum: 0.0,
         }
     }
+    /// ZO-signSGD with 20 directions, radius 5e-3 and step `eps / 20`.
     pub fn sign_sgd(threat: ThreatModel, queries: usize) -> ZoAttack {
         ZoAttack {
             kind: ZoAttackKind::SignSgd { q: 20, mu: 5e-3 },
@@ -75,6 +93,7 @@ impl ZoAttack {
             momentum: 0.0,
         }
     }
+    /// NES with 50 antithetic samples, radius 1e-3 and step `eps / 20`.
     pub fn nes(threat: ThreatModel, queries: usize) -> ZoAttack {
         ZoAttack {
             kind: ZoAttackKind::Nes { q: 50, sigma: 1e-3 },
@@ -85,6 +104,7 @@ impl ZoAttack {
         }
     }
 
+    /// Checks every field, and that the budget pays for at least one iteration.
     pub fn validate(&self) -> Result<()> {
         self.threat.validate()?;
         validate::positive("lr", self.lr)?;

@@ -103,6 +103,7 @@ enum Cache {
 pub struct Slot {
     /// State-dict name.
     pub name: String,
+    /// Number of coordinates of the tensor.
     pub numel: i64,
     unit: usize,
     /// 0: the unit's affine layer (or a block's first convolution), 1: a block's second.
@@ -115,6 +116,7 @@ pub struct Slot {
 /// parameter tensors (updates by the optimizer are seen at once).
 pub struct ZoNet {
     units: Vec<Unit>,
+    /// Every parameter tensor of the chain, in order.
     pub slots: Vec<Slot>,
     /// Stack perturbed copies of batch-norm networks on the host too (off by default: one copy
     /// per chunk with the fused kernel is faster there; tests turn it on to check the stacked
@@ -962,6 +964,8 @@ fn default_grasp_batch() -> usize {
 }
 
 impl ZoTrainConfig {
+    /// DeepZero's settings at `sparsity` (mu 5e-3, resampling every 5 epochs, ZO-GraSP with 64
+    /// directions on 256 samples).
     pub fn new(sparsity: f64) -> Self {
         ZoTrainConfig {
             sparsity,
@@ -971,6 +975,7 @@ impl ZoTrainConfig {
             grasp_batch: default_grasp_batch(),
         }
     }
+    /// Checks every field; errors name the field (`zo.sparsity`, ...).
     pub fn validate(&self) -> Result<()> {
         validate::in_half_open("zo.sparsity", self.sparsity, 0.0, 1.0)?;
         validate::finite("zo.mu", self.mu)?;
@@ -1092,6 +1097,7 @@ pub fn zo_grasp_densities(
 /// A training hook that replaces backpropagation by DeepZero's sparse CGE: per step, the
 /// estimates are written into the parameters' gradients and the configured optimizer steps.
 pub struct DeepZeroStep {
+    /// The settings the hook trains with.
     pub cfg: ZoTrainConfig,
     net: Option<ZoNet>,
     densities: BTreeMap<String, f64>,
@@ -1127,6 +1133,8 @@ impl DeepZeroStep {
         })
     }
 
+    /// The density (share of coordinates estimated) of every weight tensor by name, from ZO-GraSP;
+    /// empty before training begins.
     pub fn densities(&self) -> &BTreeMap<String, f64> {
         &self.densities
     }

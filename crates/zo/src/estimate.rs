@@ -33,7 +33,9 @@ pub enum Dist {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Diff {
+    /// `(f(x + mu u) - f(x)) / mu`: one query per direction plus one for `f(x)`.
     Forward,
+    /// `(f(x + mu u) - f(x - mu u)) / (2 mu)`: two queries per direction.
     Central,
 }
 
@@ -214,15 +216,18 @@ fn check_mu(mu: f64) -> Result<()> {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rge {
+    /// The distribution of the directions.
     pub dist: Dist,
     /// Directions per estimate.
     pub q: usize,
     /// Smoothing radius.
     pub mu: f64,
+    /// Forward or central differences.
     pub diff: Diff,
 }
 
 impl Rge {
+    /// Checks that `mu` is finite and positive and `q >= 1`.
     pub fn validate(&self) -> Result<()> {
         check_mu(self.mu)?;
         if self.q == 0 {
@@ -305,10 +310,13 @@ impl Rge {
 /// An RGE estimate stored as its seed and one scalar per direction.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Replay {
+    /// The seed the directions are regenerated from.
     pub seed: u64,
+    /// The distribution of the directions.
     pub dist: Dist,
     /// The scaled difference of each direction: the estimate is `sum_i coefs[i] u_i`.
     pub coefs: Vec<f64>,
+    /// `f(x)` when the estimator evaluated it (forward differences).
     pub fx: Option<f64>,
 }
 
@@ -333,13 +341,16 @@ impl Replay {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cge {
+    /// Difference step, > 0.
     pub mu: f64,
+    /// Forward or central differences.
     pub diff: Diff,
     /// The coordinates to estimate (all when `None`); the others come back as 0.
     pub coords: Option<Vec<i64>>,
 }
 
 impl Cge {
+    /// Checks `mu` and that the coordinate set is non-empty and inside `0..d`.
     pub fn validate(&self, d: i64) -> Result<()> {
         check_mu(self.mu)?;
         if let Some(c) = &self.coords {
@@ -365,6 +376,8 @@ impl Cge {
         self.diff.queries(self.count(d))
     }
 
+    /// Estimates the chosen coordinates of the gradient at `x` (the others are 0), in chunks of
+    /// [`DEFAULT_CHUNK`] points.
     pub fn estimate<O: Objective>(
         &self,
         oracle: &mut Oracle<O>,
@@ -408,23 +421,28 @@ impl Cge {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Estimator {
+    /// Random directions.
     Rge(Rge),
+    /// Coordinate-wise differences.
     Cge(Cge),
 }
 
 impl Estimator {
+    /// Checks the estimator for a problem of dimension `d`.
     pub fn validate(&self, d: i64) -> Result<()> {
         match self {
             Estimator::Rge(r) => r.validate(),
             Estimator::Cge(c) => c.validate(d),
         }
     }
+    /// Queries per estimate in dimension `d`.
     pub fn queries(&self, d: i64) -> u64 {
         match self {
             Estimator::Rge(r) => r.queries(),
             Estimator::Cge(c) => c.queries(d),
         }
     }
+    /// Estimates the gradient at `x`; `seed` selects RGE's directions (CGE ignores it).
     pub fn estimate<O: Objective>(
         &self,
         oracle: &mut Oracle<O>,

@@ -4,6 +4,8 @@
 //! ZO-Min-Max, score-based black-box attacks (ZOO, ZO-signSGD, NES) on the attack interface of
 //! `rustworthy-robust`, and DeepZero-style training of networks from forward passes only.
 
+#![warn(missing_docs)]
+
 pub mod attacks;
 pub mod deepzero;
 pub mod estimate;

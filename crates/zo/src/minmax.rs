@@ -45,31 +45,47 @@ impl<M: MinMaxObjective> Objective for Side<'_, M> {
     }
 }
 
+/// Settings of [`min_max`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MinMaxConfig {
+    /// Estimator of the gradient in `x` (descent).
     pub est_x: Rge,
+    /// Estimator of the gradient in `y` (ascent).
     pub est_y: Rge,
+    /// Step size of the descent on `x`, > 0.
     pub lr_x: f64,
+    /// Step size of the ascent on `y`, > 0.
     pub lr_y: f64,
     /// Schedule of both step sizes (the decay lets the iterates settle despite estimator noise).
     #[serde(default)]
     pub decay: Decay,
+    /// Outer (descent) steps, >= 1.
     pub steps: usize,
     /// Ascent steps on `y` per descent step on `x`.
     pub inner_steps: usize,
+    /// The feasible set of `x`, projected onto after every step.
     pub cons_x: Constraint,
+    /// The feasible set of `y`, projected onto after every step.
     pub cons_y: Constraint,
+    /// Total query budget; the run stops before an outer step it cannot pay for.
     pub budget: Option<u64>,
+    /// Seed of the estimators' directions.
     pub seed: u64,
 }
 
+/// The outcome of [`min_max`].
 #[derive(Debug)]
 pub struct MinMaxTrace {
+    /// The final `x`.
     pub x: Tensor,
+    /// The final `y`.
     pub y: Tensor,
+    /// Outer steps completed.
     pub steps: usize,
+    /// Function evaluations spent.
     pub queries: u64,
+    /// Why the run stopped before `steps` steps (the budget), if it did.
     pub stopped: Option<String>,
 }
 
@@ -165,6 +181,7 @@ pub fn min_max<M: MinMaxObjective>(
 pub struct RobustRegression {
     /// Per group: features `[m_k, p]` and targets `[m_k]` (float64).
     pub groups: Vec<(Tensor, Tensor)>,
+    /// Strength of the pull of the group weights `w` towards uniform, > 0.
     pub lambda: f64,
 }
 

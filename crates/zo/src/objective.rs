@@ -25,6 +25,7 @@ pub trait Objective {
 /// one point (on the full objective or on a minibatch); `sample_evals` also counts the component
 /// functions evaluated.
 pub struct Oracle<O> {
+    /// The wrapped objective (evaluating it directly bypasses the accounting).
     pub objective: O,
     queries: u64,
     sample_evals: u64,
@@ -32,6 +33,8 @@ pub struct Oracle<O> {
 }
 
 impl<O: Objective> Oracle<O> {
+    /// Wraps `objective` with no query spent yet and at most `budget` queries (`None`: unlimited);
+    /// a zero budget or a dimension below 1 is an error.
     pub fn new(objective: O, budget: Option<u64>) -> Result<Self> {
         if budget == Some(0) {
             return Err(Error::config("budget", "a query budget must be positive"));
@@ -50,6 +53,7 @@ impl<O: Objective> Oracle<O> {
         })
     }
 
+    /// The dimension `d` of the objective's domain.
     pub fn dim(&self) -> i64 {
         self.objective.dim()
     }
@@ -61,6 +65,7 @@ impl<O: Objective> Oracle<O> {
     pub fn sample_evals(&self) -> u64 {
         self.sample_evals
     }
+    /// The query budget (`None`: unlimited).
     pub fn budget(&self) -> Option<u64> {
         self.budget
     }
@@ -145,7 +150,9 @@ impl<O: Objective> Oracle<O> {
 
 /// An objective from a closure over a batch of points (no finite-sum structure).
 pub struct FnObjective<F> {
+    /// The dimension `d` of the domain.
     pub dim: i64,
+    /// Maps a batch of points `[n, d]` to their values `[n]`.
     pub f: F,
 }
 
@@ -161,7 +168,9 @@ impl<F: FnMut(&Tensor) -> Tensor> Objective for FnObjective<F> {
 /// `f(x) = 1/2 (x - c)^T A (x - c)` with `A` symmetric: the test function whose gradient, Hessian
 /// and estimator moments are known in closed form.
 pub struct Quadratic {
+    /// The symmetric matrix `A`, `[d, d]`.
     pub a: Tensor,
+    /// The minimizer `c`, `[d]`.
     pub c: Tensor,
 }
 
@@ -182,6 +191,7 @@ impl Quadratic {
         }
     }
 
+    /// The exact gradient `A (x - c)` at `x` (`[d]`).
     pub fn gradient(&self, x: &Tensor) -> Tensor {
         self.a.mv(&(x - &self.c))
     }
@@ -200,8 +210,11 @@ impl Objective for Quadratic {
 /// Mean logistic loss `1/n sum log(1 + exp(-y_i w^T a_i)) + l2/2 |w|^2` over rows `a_i` of
 /// `features` and labels `y_i` in {-1, +1}: the finite-sum test problem of the ZO literature.
 pub struct Logistic {
+    /// The samples `a_i` as rows, `[n, d]`.
     pub features: Tensor,
+    /// The labels `y_i` in {-1, +1}, `[n]`.
     pub labels: Tensor,
+    /// Coefficient of the l2 penalty.
     pub l2: f64,
 }
 

@@ -15,19 +15,32 @@ use tch::{Kind, Tensor};
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Constraint {
+    /// No constraint (the default).
     #[default]
     Free,
     /// Every coordinate in `[lo, hi]`.
-    Box { lo: f64, hi: f64 },
+    Box {
+        /// Lower bound of every coordinate.
+        lo: f64,
+        /// Upper bound of every coordinate, >= `lo`.
+        hi: f64,
+    },
     /// `|x - c|_2 <= radius`.
-    L2Ball { radius: f64 },
+    L2Ball {
+        /// Radius of the ball, >= 0.
+        radius: f64,
+    },
     /// `|x - c|_inf <= radius`.
-    LinfBall { radius: f64 },
+    LinfBall {
+        /// Radius of the ball, >= 0.
+        radius: f64,
+    },
     /// The probability simplex `{x >= 0, sum x = 1}`.
     Simplex,
 }
 
 impl Constraint {
+    /// Checks that box bounds are finite and ordered and ball radii finite and non-negative.
     pub fn validate(&self) -> Result<()> {
         match *self {
             Constraint::Box { lo, hi } => {
@@ -102,12 +115,23 @@ pub enum Update {
     /// `x <- x - lr sign(g)` (ZO-signSGD).
     Sign,
     /// Heavy ball: `m <- beta m + g`, `x <- x - lr m`.
-    Momentum { beta: f64 },
+    Momentum {
+        /// Momentum factor in [0, 1).
+        beta: f64,
+    },
     /// ZO-AdaMM: Adam moments with `v_hat = max(v_hat, v)` (no bias correction).
-    Adam { beta1: f64, beta2: f64, eps: f64 },
+    Adam {
+        /// Decay of the first moment in [0, 1).
+        beta1: f64,
+        /// Decay of the second moment in [0, 1).
+        beta2: f64,
+        /// Term added to the denominator, > 0.
+        eps: f64,
+    },
 }
 
 impl Update {
+    /// ZO-AdaMM with beta1 0.9, beta2 0.999 and eps 1e-8.
     pub fn adam() -> Update {
         Update::Adam {
             beta1: 0.9,
@@ -135,6 +159,7 @@ impl Update {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Decay {
+    /// The same `lr` at every step (the default).
     #[default]
     Constant,
     /// `lr / sqrt(t + 1)`.
@@ -145,12 +170,18 @@ pub enum Decay {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ZoConfig {
+    /// The gradient estimator.
     pub estimator: Estimator,
+    /// How an estimate becomes a step.
     pub update: Update,
+    /// Step size, > 0.
     pub lr: f64,
+    /// Schedule of the step size (default constant).
     #[serde(default)]
     pub decay: Decay,
+    /// Optimization steps, >= 1.
     pub steps: usize,
+    /// The feasible set the iterates are projected onto (default none).
     #[serde(default)]
     pub constraint: Constraint,
     /// Accept a step only if the (minibatch) loss drops; costs one query per step, plus one
@@ -168,6 +199,7 @@ pub struct ZoConfig {
     /// (0: only the values the estimator computes anyway, and the final point).
     #[serde(default)]
     pub eval_every: usize,
+    /// Seed of the directions and minibatches.
     pub seed: u64,
 }
 
@@ -190,6 +222,8 @@ impl ZoConfig {
         }
     }
 
+    /// Checks the run for an objective of dimension `d` with `samples` component functions; errors
+    /// name the field.
     pub fn validate(&self, d: i64, samples: usize) -> Result<()> {
         self.estimator.validate(d)?;
         self.update.validate()?;
@@ -214,8 +248,11 @@ impl ZoConfig {
 /// One logged value of the full objective.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TracePoint {
+    /// Steps taken when the value was logged.
     pub step: usize,
+    /// Queries spent when the value was logged.
     pub queries: u64,
+    /// The full objective's value.
     pub f: f64,
 }
 
@@ -226,9 +263,13 @@ pub struct Trace {
     pub x: Tensor,
     /// The point with the lowest logged full-objective value, and that value.
     pub x_best: Tensor,
+    /// The lowest logged full-objective value (NaN if none was logged).
     pub f_best: f64,
+    /// Steps taken.
     pub steps: usize,
+    /// Queries spent, logging included.
     pub queries: u64,
+    /// Every logged value, in order.
     pub history: Vec<TracePoint>,
     /// Steps the conservative rule rejected.
     pub rejected: usize,

@@ -15,11 +15,15 @@ use tch::{Kind, Tensor};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Apgd {
+    /// The perturbation set.
     pub threat: ThreatModel,
     /// Iterations per restart (100 in AutoAttack).
     pub steps: usize,
+    /// Runs from independent random starts (default 1); each later run attacks only the samples not
+    /// yet fooled.
     #[serde(default = "one")]
     pub restarts: usize,
+    /// The loss maximized (CE or DLR in AutoAttack).
     pub loss: AttackLoss,
     /// Fraction of loss increases below which the step size is halved (0.75).
     #[serde(default = "rho")]
@@ -83,6 +87,8 @@ impl State {
 }
 
 impl Apgd {
+    /// APGD with `steps` iterations on `loss`, one restart and the published defaults (rho and
+    /// momentum 0.75, early stopping).
     pub fn new(threat: ThreatModel, steps: usize, loss: AttackLoss) -> Apgd {
         Apgd {
             threat,
@@ -95,6 +101,7 @@ impl Apgd {
         }
     }
 
+    /// Checks the threat model, steps, restarts, `rho` and `momentum`; errors name the field.
     pub fn validate(&self) -> Result<()> {
         self.threat.validate()?;
         validate::positive_int("steps", self.steps)?;
@@ -287,11 +294,14 @@ impl Attack for Apgd {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApgdTargeted {
+    /// The underlying APGD run (its loss is the targeted DLR).
     pub apgd: Apgd,
+    /// How many of the most likely other classes are targeted in turn.
     pub targets: usize,
 }
 
 impl ApgdTargeted {
+    /// APGD-T with `steps` iterations per target against the top `targets` other classes.
     pub fn new(threat: ThreatModel, steps: usize, targets: usize) -> ApgdTargeted {
         ApgdTargeted {
             apgd: Apgd::new(threat, steps, AttackLoss::Dlr),

@@ -10,6 +10,7 @@ use rustworthy_models::Model;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+/// The Carlini & Wagner l_2 attack (untargeted, or towards a target class).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CarliniWagner {
@@ -19,7 +20,9 @@ pub struct CarliniWagner {
     pub kappa: f64,
     /// Adam steps per binary-search step.
     pub steps: usize,
+    /// Binary-search steps over the trade-off constant `c` (default 5).
     pub binary_search_steps: usize,
+    /// Adam learning rate on the tanh-space variable (default 0.01).
     pub lr: f64,
     /// Successes with a larger l2 norm do not count (None: any norm).
     #[serde(default)]
@@ -40,6 +43,7 @@ impl Default for CarliniWagner {
 }
 
 impl CarliniWagner {
+    /// Checks every field; errors name the field.
     pub fn validate(&self) -> Result<()> {
         validate::positive("c_init", self.c_init)?;
         validate::non_negative("kappa", self.kappa)?;

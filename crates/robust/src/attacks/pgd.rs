@@ -14,7 +14,9 @@ use tch::{Kind, Tensor};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pgd {
+    /// The perturbation set.
     pub threat: ThreatModel,
+    /// Gradient steps per restart.
     pub steps: usize,
     /// Step size; `None` means `eps / 4`.
     #[serde(default)]
@@ -25,6 +27,7 @@ pub struct Pgd {
     /// Start from a uniformly random point of the ball (otherwise from the clean image).
     #[serde(default = "yes")]
     pub random_start: bool,
+    /// The loss maximized (default cross-entropy).
     #[serde(default)]
     pub loss: AttackLoss,
     /// Stop iterating on a sample as soon as it is fooled (keeps the fooling point). Without
@@ -41,6 +44,8 @@ fn yes() -> bool {
 }
 
 impl Pgd {
+    /// PGD with `steps` steps of size `eps / 4` from a random start, one restart, cross-entropy
+    /// loss and early stopping.
     pub fn new(threat: ThreatModel, steps: usize) -> Pgd {
         Pgd {
             threat,
@@ -66,10 +71,13 @@ impl Pgd {
         }
     }
 
+    /// The step size in pixel units: `step_size`, or `eps / 4` when unset.
     pub fn alpha(&self) -> f64 {
         self.step_size.unwrap_or(self.threat.eps / 4.0)
     }
 
+    /// Checks the threat model, steps, restarts and step size, and rejects restarts without a
+    /// random start.
     pub fn validate(&self) -> Result<()> {
         self.threat.validate()?;
         validate::positive_int("steps", self.steps)?;

@@ -10,9 +10,11 @@ use rustworthy_models::Model;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+/// The l_inf Square attack: score-based random search within a query budget.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Square {
+    /// The perturbation set (l_inf only).
     pub threat: ThreatModel,
     /// Query budget per sample (5000 in AutoAttack).
     pub queries: usize,
@@ -45,6 +47,7 @@ pub fn p_schedule(p_init: f64, it: usize, n: usize) -> f64 {
 }
 
 impl Square {
+    /// The Square attack with `queries` queries per sample and `p_init` 0.8.
     pub fn new(threat: ThreatModel, queries: usize) -> Square {
         Square {
             threat,
@@ -53,6 +56,7 @@ impl Square {
         }
     }
 
+    /// Checks the threat model (l_inf), the query budget and `p_init` in (0, 1].
     pub fn validate(&self) -> Result<()> {
         self.threat.validate()?;
         if self.threat.norm != Norm::Linf {

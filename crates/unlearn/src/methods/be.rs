@@ -18,9 +18,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tch::{Kind, Tensor};
 
+/// Configuration of BE (boundary expanding).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BeConfig {
+    /// The fine-tuning recipe on the forget set (reference: 10 epochs at lr 1e-5).
     #[serde(flatten)]
     pub run: RunConfig,
 }
@@ -34,6 +36,7 @@ impl Default for BeConfig {
 }
 
 impl BeConfig {
+    /// Validates the configuration and returns the runnable method.
     pub fn build(self) -> Result<Be> {
         self.run.validate("be.")?;
         Ok(Be { cfg: self })

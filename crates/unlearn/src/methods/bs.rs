@@ -19,9 +19,11 @@ use rustworthy_models::Model;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
 
+/// Configuration of BS (boundary shrinking).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BsConfig {
+    /// The fine-tuning recipe on the forget set (reference: 10 epochs at lr 1e-5).
     #[serde(flatten)]
     pub run: RunConfig,
     /// FGSM step in pixel space (inputs in [0, 1]).
@@ -50,6 +52,7 @@ impl Default for BsConfig {
 }
 
 impl BsConfig {
+    /// Validates the configuration and returns the runnable method.
     pub fn build(self) -> Result<Bs> {
         self.run.validate("bs.")?;
         validate::in_range("bs.bound", self.bound, 0.0, 1.0)?;
@@ -65,8 +68,11 @@ pub struct Bs {
 /// Labels found by the attack, with how many samples the attack itself moved off their true
 /// label and how many were moved by the `force_wrong` fallback.
 pub struct NearestLabels {
+    /// The new label of every sample, in dataset order (int64).
     pub labels: Tensor,
+    /// Samples whose label the FGSM step itself changed.
     pub attack_flipped: usize,
+    /// Samples labelled by the `force_wrong` fallback (the most likely other class).
     pub fallback: usize,
 }
 

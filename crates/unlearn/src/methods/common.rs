@@ -17,12 +17,17 @@ use tch::Tensor;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
+    /// Passes over the method's data, >= 1.
     pub epochs: usize,
+    /// Peak learning rate, > 0.
     pub lr: f64,
+    /// Batch size (default 256).
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// SGD momentum in [0, 1) (default 0.9).
     #[serde(default = "default_momentum")]
     pub momentum: f64,
+    /// L2 weight decay, >= 0 (default 5e-4).
     #[serde(default = "default_wd")]
     pub weight_decay: f64,
     /// Cosine-decay the learning rate to 0 over the run (else constant).
@@ -41,6 +46,8 @@ fn default_wd() -> f64 {
 }
 
 impl RunConfig {
+    /// The recipe with `epochs` epochs at `lr` and the defaults for everything else (batch 256,
+    /// momentum 0.9, weight decay 5e-4, constant rate).
     pub fn new(epochs: usize, lr: f64) -> Self {
         RunConfig {
             epochs,
@@ -284,6 +291,8 @@ pub struct CycledBatches<'a> {
 }
 
 impl<'a> CycledBatches<'a> {
+    /// Batches of `batch_size` samples of `ds`, shuffled per pass from the named stream `stream` of
+    /// `seed`; fails on an empty dataset.
     pub fn new(ds: &'a Dataset, batch_size: usize, seed: u64, stream: &str) -> Result<Self> {
         if ds.is_empty() {
             return Err(Error::invalid(format!(

@@ -35,6 +35,7 @@ pub const BOOST: f64 = 10.0;
 /// Variance (before [`BOOST`]) of the reset classifier rows of forgotten classes.
 pub const FORGOTTEN_ROW_VAR: f64 = 1e-4;
 
+/// Configuration of FF (Fisher forgetting).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FfConfig {
@@ -89,6 +90,7 @@ impl Default for FfConfig {
 }
 
 impl FfConfig {
+    /// Checks every field; errors name the field (`ff.alpha`, ...).
     pub fn validate(&self) -> Result<()> {
         validate::positive("ff.alpha", self.alpha)?;
         validate::positive_int("ff.batch_size", self.batch_size)?;
@@ -100,6 +102,7 @@ impl FfConfig {
         Ok(())
     }
 
+    /// Validates the configuration and returns the runnable method.
     pub fn build(self) -> Result<Ff> {
         self.validate()?;
         Ok(Ff { cfg: self })
@@ -173,8 +176,11 @@ pub fn fisher_diagonal(
 
 /// Mean and variance of the resampled value of one parameter.
 pub struct NoisePlan {
+    /// The parameter's name.
     pub name: String,
+    /// Mean of the resampled value, shaped like the parameter.
     pub mean: Tensor,
+    /// Variance of the resampled value, shaped like the parameter.
     pub var: Tensor,
 }
 

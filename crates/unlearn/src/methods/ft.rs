@@ -7,9 +7,11 @@ use rustworthy_core::Result;
 use rustworthy_models::Model;
 use serde::{Deserialize, Serialize};
 
+/// Configuration of FT (fine-tuning on the retain set).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FtConfig {
+    /// The optimisation recipe (reference: 10 epochs at lr 0.01).
     #[serde(flatten)]
     pub run: RunConfig,
 }
@@ -23,6 +25,7 @@ impl Default for FtConfig {
 }
 
 impl FtConfig {
+    /// Validates the configuration and returns the runnable method.
     pub fn build(self) -> Result<Ft> {
         self.run.validate("ft.")?;
         Ok(Ft { cfg: self })

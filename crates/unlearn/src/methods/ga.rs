@@ -8,9 +8,11 @@ use rustworthy_core::Result;
 use rustworthy_models::Model;
 use serde::{Deserialize, Serialize};
 
+/// Configuration of GA (gradient ascent on the forget set).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GaConfig {
+    /// The optimisation recipe (reference: 5 epochs at lr 1e-4).
     #[serde(flatten)]
     pub run: RunConfig,
 }
@@ -24,6 +26,7 @@ impl Default for GaConfig {
 }
 
 impl GaConfig {
+    /// Validates the configuration and returns the runnable method.
     pub fn build(self) -> Result<Ga> {
         self.run.validate("ga.")?;
         Ok(Ga { cfg: self })

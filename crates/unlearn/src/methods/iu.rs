@@ -28,6 +28,7 @@ use rustworthy_models::Model;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
 
+/// Configuration of IU (influence unlearning).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IuConfig {
@@ -84,6 +85,7 @@ impl Default for IuConfig {
 }
 
 impl IuConfig {
+    /// Checks every field; errors name the field (`iu.alpha`, ...).
     pub fn validate(&self) -> Result<()> {
         validate::positive("iu.alpha", self.alpha)?;
         validate::positive_int("iu.samples", self.samples)?;
@@ -94,6 +96,7 @@ impl IuConfig {
         Ok(())
     }
 
+    /// Validates the configuration and returns the runnable method.
     pub fn build(self) -> Result<Iu> {
         self.validate()?;
         Ok(Iu { cfg: self })
@@ -116,6 +119,7 @@ pub struct WoodFisherStats {
     pub grad_evals: usize,
     /// Smallest and largest denominator `N + g_k^T F_{k-1}^-1 g_k` of the recursion.
     pub min_denominator: f64,
+    /// Largest denominator of the recursion.
     pub max_denominator: f64,
 }
 

@@ -13,9 +13,11 @@ use rustworthy_models::Model;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+/// Configuration of l1-sparse (retain fine-tuning with a decaying l1 penalty).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct L1SparseConfig {
+    /// The optimisation recipe on the retain set (reference: 10 epochs at lr 0.01).
     #[serde(flatten)]
     pub run: RunConfig,
     /// Penalty coefficient of the first epoch.
@@ -41,6 +43,7 @@ impl Default for L1SparseConfig {
 }
 
 impl L1SparseConfig {
+    /// Validates the configuration and returns the runnable method.
     pub fn build(self) -> Result<L1Sparse> {
         self.run.validate("l1-sparse.")?;
         validate::non_negative("l1-sparse.alpha", self.alpha)?;

@@ -34,14 +34,17 @@ pub struct UnlearnData {
     pub retain: Dataset,
     /// The test set (class-wise scenarios: without the forgotten classes).
     pub test: Dataset,
+    /// The resolved scenario the datasets were built from.
     pub scenario: Scenario,
 }
 
 /// Everything besides data that a method run needs.
 pub struct UnlearnCtx<'a> {
+    /// The forget, retain and test sets.
     pub data: &'a UnlearnData,
     /// Seed of the method's randomness (batch order, random labels, noise).
     pub seed: u64,
+    /// How the method reports its progress.
     pub progress: ProgressMode,
     /// The recipe that trained the original model (Retrain reuses it).
     pub original: &'a TrainConfig,
@@ -72,18 +75,31 @@ pub trait Unlearner {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "kebab-case")]
 pub enum MethodConfig {
+    /// Retrain from scratch on the retain set.
     Retrain(retrain::RetrainConfig),
+    /// FT: fine-tune on the retain set.
     Ft(ft::FtConfig),
+    /// GA: gradient ascent on the forget set.
     Ga(ga::GaConfig),
+    /// RL: fine-tune with random labels on the forget set.
     Rl(rl::RlConfig),
+    /// SalUn: RL restricted to the most salient weights.
     Salun(salun::SalunConfig),
+    /// l1-sparse: fine-tune on the retain set with a decaying l1 penalty.
     L1Sparse(l1_sparse::L1SparseConfig),
+    /// NegGrad+: descend the retain loss and ascend the forget loss together.
     #[serde(rename = "neggrad-plus")]
     NegGradPlus(neggrad_plus::NegGradPlusConfig),
+    /// SCRUB: distil away from the original model on the forget set and towards it on the retain
+    /// set.
     Scrub(scrub::ScrubConfig),
+    /// FF: Fisher forgetting (Fisher-scaled Gaussian noise on the weights).
     Ff(ff::FfConfig),
+    /// IU: one influence-function step with a WoodFisher inverse Hessian.
     Iu(iu::IuConfig),
+    /// BE: boundary expanding through a temporary shadow class.
     Be(be::BeConfig),
+    /// BS: boundary shrinking towards each sample's nearest wrong class.
     Bs(bs::BsConfig),
 }
 
@@ -128,6 +144,7 @@ impl MethodConfig {
         })
     }
 
+    /// The method's name as the CLI spells it (one of [`MethodConfig::NAMES`]).
     pub fn name(&self) -> &'static str {
         match self {
             MethodConfig::Retrain(_) => "retrain",

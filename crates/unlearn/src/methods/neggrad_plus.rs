@@ -16,16 +16,21 @@ use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use tch::{Kind, Tensor};
 
+/// Configuration of NegGrad+; every field has a default.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NegGradPlusConfig {
+    /// Passes over the retain set (default 10).
     pub epochs: usize,
+    /// Learning rate (default 0.01).
     pub lr: f64,
     /// Retain batch size.
     pub batch_size: usize,
     /// Forget batch size.
     pub forget_batch_size: usize,
+    /// SGD momentum (default 0).
     pub momentum: f64,
+    /// SGD weight decay (default 0).
     pub weight_decay: f64,
     /// Cosine-decay the learning rate to 0 over the run (else constant).
     pub cosine: bool,
@@ -69,6 +74,7 @@ impl NegGradPlusConfig {
         }
     }
 
+    /// Validates the configuration and returns the runnable method.
     pub fn build(self) -> Result<NegGradPlus> {
         self.run().validate("neggrad-plus.")?;
         validate::positive_int("neggrad-plus.forget_batch_size", self.forget_batch_size)?;

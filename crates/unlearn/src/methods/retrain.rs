@@ -8,6 +8,7 @@ use rustworthy_train::trainer::FitOptions;
 use rustworthy_train::{fit, fit_with, MaskedStep, TrainConfig};
 use serde::{Deserialize, Serialize};
 
+/// Configuration of Retrain; unset fields follow the original model's recipe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RetrainConfig {
@@ -23,6 +24,7 @@ pub struct RetrainConfig {
 }
 
 impl RetrainConfig {
+    /// Validates the configuration and returns the runnable method.
     pub fn build(self) -> Result<Retrain> {
         if let Some(e) = self.epochs {
             validate::positive_int("retrain.epochs", e)?;

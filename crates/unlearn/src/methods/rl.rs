@@ -17,9 +17,11 @@ use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use tch::Tensor;
 
+/// Configuration of RL (random labels on the forget set, true labels on the retain set).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RlConfig {
+    /// The optimisation recipe (reference: 10 epochs at lr 0.013).
     #[serde(flatten)]
     pub run: RunConfig,
     /// Draw each forget sample's label among the classes other than its true one (else uniformly
@@ -57,6 +59,7 @@ impl RlConfig {
         self.run.validate(prefix)
     }
 
+    /// Validates the configuration and returns the runnable method.
     pub fn build(self) -> Result<Rl> {
         self.validate("rl.")?;
         Ok(Rl { cfg: self })

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tch::{Kind, Tensor};
 
+/// Configuration of SalUn: the saliency mask and the RL recipe it restricts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SalunConfig {
@@ -33,10 +34,13 @@ pub struct SalunConfig {
     /// would defeat the rejection of unknown keys).
     #[serde(flatten)]
     pub run: RunConfig,
+    /// See [`RlConfig::exclude_true_label`].
     #[serde(default)]
     pub exclude_true_label: bool,
+    /// See [`RlConfig::relabel_each_epoch`].
     #[serde(default = "default_relabel")]
     pub relabel_each_epoch: bool,
+    /// See [`RlConfig::forget_first`].
     #[serde(default)]
     pub forget_first: bool,
 }
@@ -90,6 +94,7 @@ impl SalunConfig {
         }
     }
 
+    /// Validates the configuration and returns the runnable method.
     pub fn build(self) -> Result<Salun> {
         check_ratio("salun.mask_ratio", self.mask_ratio)?;
         if let Some(b) = self.saliency_batch_size {

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use tch::Tensor;
 
+/// Configuration of SCRUB (teacher-student distillation away from the forget set).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScrubConfig {
@@ -75,6 +76,7 @@ impl Default for ScrubConfig {
 }
 
 impl ScrubConfig {
+    /// Validates the configuration and returns the runnable method.
     pub fn build(self) -> Result<Scrub> {
         self.run.validate("scrub.")?;
         validate::positive_int("scrub.forget_batch_size", self.forget_batch_size)?;
