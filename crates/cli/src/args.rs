@@ -59,6 +59,7 @@ impl RunOpts {
     }
 }
 
+/// Parses `--device` (`auto`, `cpu`, `cuda`, `cuda:N`), with the library's error as the message.
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
     s.parse::<DeviceSpec>().map_err(|e| e.to_string())
 }

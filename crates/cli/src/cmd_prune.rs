@@ -65,16 +65,19 @@ pub struct PruneCommonArgs {
     /// module, or a state dict with --arch (trained on the preset's data or --dataset).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// How to read a model file without our sidecar.
     #[command(flatten)]
     pub hints: ModelHints,
     /// With --model (not a run of ours): the data it was trained on.
     #[arg(long)]
     pub dataset: Option<String>,
+    /// Device, threads, seed, output folder and progress.
     #[command(flatten)]
     pub run: RunOpts,
 }
 
 impl PruneCommonArgs {
+    /// The library's form of these options (seed 0 and all threads unless given).
     fn to_lib(&self) -> PruneCommon {
         PruneCommon {
             preset: self.preset.clone(),
@@ -103,6 +106,7 @@ impl PruneCommonArgs {
     }
 }
 
+/// Flags of `rustworthy prune`.
 #[derive(Args, Debug)]
 pub struct PruneArgs {
     /// The pruning method.
@@ -111,10 +115,12 @@ pub struct PruneArgs {
     /// Fraction of the prunable weights removed, in [0, 1).
     #[arg(long)]
     pub sparsity: f64,
+    /// The options `prune` shares with `bench prune`.
     #[command(flatten)]
     pub common: PruneCommonArgs,
 }
 
+/// Runs `prune` and prints the method's accuracy, sparsity, timings and per-layer sparsity.
 pub fn prune(a: PruneArgs) -> Result<()> {
     let o = prune_run(a.method, a.sparsity, &a.common.to_lib())?;
     let row = &o.row;
@@ -140,6 +146,7 @@ pub fn prune(a: PruneArgs) -> Result<()> {
     Ok(())
 }
 
+/// Flags of `rustworthy bench prune`.
 #[derive(Args, Debug)]
 pub struct BenchPruneArgs {
     /// Methods to compare (default: all).
@@ -148,10 +155,12 @@ pub struct BenchPruneArgs {
     /// Sparsities of the comparison.
     #[arg(long, value_delimiter = ',', default_value = "0.5,0.8,0.9,0.95")]
     pub sparsities: Vec<f64>,
+    /// The options `bench prune` shares with `prune`.
     #[command(flatten)]
     pub common: PruneCommonArgs,
 }
 
+/// Runs `bench prune` and prints its Markdown table.
 pub fn bench_prune(a: BenchPruneArgs) -> Result<()> {
     let o = bench_run(&a.methods, &a.sparsities, &a.common.to_lib())?;
     println!("{}", o.markdown);

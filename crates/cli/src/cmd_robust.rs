@@ -19,6 +19,7 @@ pub struct ModelDataArgs {
     /// (`torch.jit.script`/`trace`), or a state dict (safetensors, `.pt`/`.pth`) with --arch.
     #[arg(long)]
     pub model: PathBuf,
+    /// How to read a model file without our sidecar.
     #[command(flatten)]
     pub hints: ModelHints,
     /// Dataset (default: the one the model was trained on); its test split is attacked.
@@ -33,11 +34,13 @@ pub struct ModelDataArgs {
     /// Batch size.
     #[arg(long, default_value_t = 500)]
     pub batch_size: usize,
+    /// Device, threads, seed, output folder and progress.
     #[command(flatten)]
     pub run: RunOpts,
 }
 
 impl ModelDataArgs {
+    /// The library's form of these options (seed 0 and all threads unless given).
     fn to_lib(&self) -> ModelData {
         ModelData {
             model: self.hints.source(&self.model),
@@ -123,8 +126,10 @@ pub enum LossArg {
     Margin,
 }
 
+/// Flags of `rustworthy attack`.
 #[derive(Args, Debug)]
 pub struct AttackArgs {
+    /// The model, the data and the run options.
     #[command(flatten)]
     pub md: ModelDataArgs,
     /// The attack.
@@ -193,6 +198,7 @@ pub struct AttackArgs {
 }
 
 impl AttackArgs {
+    /// The attack and its settings as the library takes them.
     fn spec(&self) -> AttackSpec {
         let mut s = AttackSpec::new(self.attack.into(), self.eps);
         s.norm = self.norm.into();
@@ -217,11 +223,13 @@ impl AttackArgs {
     }
 }
 
+/// `v` with `digits` decimals, or `-` when absent.
 fn fmt_opt(v: Option<f64>, digits: usize) -> String {
     v.map(|x| format!("{x:.digits$}"))
         .unwrap_or_else(|| "-".into())
 }
 
+/// Runs `attack` and prints the summary (or a JSON line with `--progress json`).
 pub fn attack(a: AttackArgs) -> Result<()> {
     let req = AttackRequest {
         md: a.md.to_lib(),
@@ -285,8 +293,10 @@ pub enum SuiteArg {
     Standard,
 }
 
+/// Flags of `rustworthy robust-eval`.
 #[derive(Args, Debug)]
 pub struct RobustEvalArgs {
+    /// The model, the data and the run options.
     #[command(flatten)]
     pub md: ModelDataArgs,
     /// Radius in pixel units.
@@ -303,6 +313,8 @@ pub struct RobustEvalArgs {
     pub curve: Option<Vec<f64>>,
 }
 
+/// Runs `robust-eval` and prints the accuracy per attack, the accuracy-vs-eps curve and any sign of
+/// gradient masking.
 pub fn robust_eval(a: RobustEvalArgs) -> Result<()> {
     let threat = ThreatModel::new(a.norm.into(), a.eps)?;
     let name = match a.suite {

@@ -11,6 +11,7 @@ use rustworthy::table::render;
 use rustworthy::train_run::{train as train_run, TrainOptions};
 use std::path::PathBuf;
 
+/// Flags of `rustworthy train`.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// A named preset (see `rustworthy info --presets`; default fmnist-lenet).
@@ -94,6 +95,7 @@ pub struct TrainArgs {
     /// Zeroth-order training: redraw the coordinate set every this many epochs.
     #[arg(long)]
     pub resample_every: Option<usize>,
+    /// Device, threads, seed, output folder and progress.
     #[command(flatten)]
     pub run: RunOpts,
 }
@@ -105,6 +107,7 @@ fn PossibleValuesParserStr(names: &'static [&'static str]) -> clap::builder::Pos
 }
 
 impl TrainArgs {
+    /// The flags that override fields of the resolved config.
     fn overrides(&self) -> TrainOverrides {
         TrainOverrides {
             epochs: self.epochs,
@@ -146,6 +149,7 @@ impl TrainArgs {
     }
 }
 
+/// Runs `train` (or prints the resolved config) and prints the final metrics.
 pub fn train(a: TrainArgs) -> Result<()> {
     let c = a.resolve()?;
     if a.print_config {
@@ -172,12 +176,14 @@ pub fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// Flags of `rustworthy eval`.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     /// The model: a run folder or `model.safetensors` with its sidecar, a TorchScript module
     /// (`torch.jit.script`/`trace`), or a state dict (safetensors, `.pt`/`.pth`) with --arch.
     #[arg(long)]
     pub model: PathBuf,
+    /// How to read a model file without our sidecar.
     #[command(flatten)]
     pub hints: ModelHints,
     /// Dataset to evaluate on (default: the one the model was trained on).
@@ -192,10 +198,12 @@ pub struct EvalArgs {
     /// Write every sample's logits, prediction and label to this safetensors file.
     #[arg(long)]
     pub save_logits: Option<PathBuf>,
+    /// Device, threads, seed, output folder and progress.
     #[command(flatten)]
     pub run: RunOpts,
 }
 
+/// Runs `eval` and prints the test accuracy, loss and per-class accuracy.
 pub fn eval(a: EvalArgs) -> Result<()> {
     let req = EvalRequest {
         model: a.hints.source(&a.model),
@@ -233,6 +241,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// Flags of `rustworthy info`.
 #[derive(Args, Debug)]
 pub struct InfoArgs {
     /// Summarise this dataset (train and test splits).
@@ -252,6 +261,7 @@ pub struct InfoArgs {
     pub json: bool,
 }
 
+/// Runs `info`: presets, datasets and architectures as tables or JSON.
 pub fn info(a: InfoArgs) -> Result<()> {
     let nothing = a.dataset.is_none() && a.arch.is_none();
     let info = rustworthy::info::collect(&rustworthy::info::InfoRequest {

@@ -16,6 +16,7 @@ use rustworthy::unlearn_run::{
 };
 use std::path::PathBuf;
 
+/// Flags of `rustworthy unlearn`.
 #[derive(Args, Debug)]
 pub struct UnlearnArgs {
     /// The original model: a run folder or `model.safetensors` written by `rustworthy train`
@@ -23,6 +24,7 @@ pub struct UnlearnArgs {
     /// (with --arch) trained on --dataset.
     #[arg(long)]
     pub model: PathBuf,
+    /// How to read a model file without our sidecar.
     #[command(flatten)]
     pub hints: ModelHints,
     /// For a model without our sidecar: the data it was trained on (a dataset name, or
@@ -71,10 +73,13 @@ pub struct UnlearnArgs {
     /// Folder holding the dataset files.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Device, threads, seed, output folder and progress.
     #[command(flatten)]
     pub run: RunOpts,
 }
 
+/// Runs `unlearn` and prints the metrics of the original and the unlearned model (and of a given
+/// Retrain, with the gap).
 pub fn unlearn(a: UnlearnArgs) -> Result<()> {
     let cfg = method_config(&a.method, a.method_config.as_deref(), a.lr, a.epochs)?;
     let retrain = a
@@ -124,6 +129,7 @@ pub fn unlearn(a: UnlearnArgs) -> Result<()> {
     Ok(())
 }
 
+/// Flags of `rustworthy bench unlearn`.
 #[derive(Args, Debug)]
 pub struct BenchUnlearnArgs {
     /// A benchmark preset (see `rustworthy info --presets`; default fmnist-lenet-random10).
@@ -157,11 +163,13 @@ pub struct BenchUnlearnArgs {
     /// Add rows for the methods on the pruned original (`METHOD:SPARSITY`, e.g. omp:0.95).
     #[arg(long)]
     pub prune: Option<PruneSpec>,
+    /// Device, threads, seed, output folder and progress.
     #[command(flatten)]
     pub run: RunOpts,
 }
 
 impl BenchUnlearnArgs {
+    /// The benchmark config: the file or preset, then `--set`, then the flags.
     fn resolve(&self) -> Result<BenchConfig> {
         let base = match (&self.config, &self.preset) {
             (Some(p), _) => BenchConfig::from_file(p)?,
@@ -197,6 +205,7 @@ impl BenchUnlearnArgs {
     }
 }
 
+/// Runs `bench unlearn` (or prints the resolved config) and prints the results table.
 pub fn bench_unlearn(a: BenchUnlearnArgs) -> Result<()> {
     let c = a.resolve()?;
     if a.print_config {

@@ -8,6 +8,7 @@ use rustworthy::zo_run::{
     bench_zo as bench_run, zo_check as check_run, BenchZoConfig, ZoCheckConfig,
 };
 
+/// Flags of `rustworthy zo-check`.
 #[derive(Args, Debug)]
 pub struct ZoCheckArgs {
     /// Independent estimates per row of the estimator table.
@@ -16,10 +17,12 @@ pub struct ZoCheckArgs {
     /// Dimension of the test problems.
     #[arg(long, default_value_t = 20)]
     pub dim: i64,
+    /// Run options, of which the checks use the seed and the output folder.
     #[command(flatten)]
     pub run: RunOpts,
 }
 
+/// Runs `zo-check` and prints its tables.
 pub fn zo_check(a: ZoCheckArgs) -> Result<()> {
     let d = ZoCheckConfig::default();
     let cfg = ZoCheckConfig {
@@ -34,6 +37,7 @@ pub fn zo_check(a: ZoCheckArgs) -> Result<()> {
     Ok(())
 }
 
+/// Flags of `rustworthy bench zo`.
 #[derive(Args, Debug)]
 pub struct BenchZoArgs {
     /// Architecture (lenet, resnet20, mlp).
@@ -51,6 +55,7 @@ pub struct BenchZoArgs {
     /// Finite-difference radius.
     #[arg(long, default_value_t = 5e-3)]
     pub mu: f64,
+    /// Run options, of which the benchmark uses the device (default CPU), threads and seed.
     #[command(flatten)]
     pub run: RunOpts,
 }
@@ -71,6 +76,7 @@ pub fn bench_zo(a: BenchZoArgs) -> Result<()> {
     Ok(())
 }
 
+/// Flags of `rustworthy bench torchscript`.
 #[derive(Args, Debug)]
 pub struct BenchScriptArgs {
     /// The TorchScript module (the same network as --arch, e.g. from
@@ -89,6 +95,7 @@ pub struct BenchScriptArgs {
     /// Measurements per side (alternating); medians are compared.
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
+    /// Run options, of which the benchmark uses the device (default CPU) and threads.
     #[command(flatten)]
     pub run: RunOpts,
 }

@@ -1,6 +1,8 @@
 //! `rustworthy`: trustworthy and scalable machine learning from the command line. Each command
 //! parses its flags, calls the `rustworthy` library and prints.
 
+#![warn(missing_docs)]
+
 mod args;
 mod cmd_prune;
 mod cmd_robust;
@@ -19,6 +21,7 @@ use std::process::ExitCode;
     version,
     about = "Trustworthy and scalable machine learning on libtorch"
 )]
+/// The command line: global verbosity flags and one command.
 struct Cli {
     /// More messages (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -26,10 +29,12 @@ struct Cli {
     /// Only warnings and errors.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
+    /// The command to run.
     #[command(subcommand)]
     command: Command,
 }
 
+/// The commands.
 #[derive(Subcommand)]
 enum Command {
     /// Train a model from a preset or a TOML config.
@@ -60,6 +65,7 @@ enum Command {
     },
 }
 
+/// The benchmarks under `rustworthy bench`.
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Train (or reuse) the original model, run Retrain and every unlearning method, and write a
