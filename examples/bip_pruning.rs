@@ -1,5 +1,5 @@
 //! BiP (bi-level pruning) of LeNet-5 on Fashion-MNIST to 90% sparsity, against the dense model.
-//! `-- --small` uses 2000 training images and one epoch per stage.
+//! `-- --small` uses 6000 training images, 3 epochs of training and 2 of BiP.
 use rustworthy::prelude::*;
 
 fn main() -> Result<()> {
@@ -9,9 +9,9 @@ fn main() -> Result<()> {
         ..PruneCommon::default()
     };
     if std::env::args().any(|a| a == "--small") {
-        common.train_subset = Some(2000);
-        common.epochs = Some(1);
-        common.score_epochs = Some(1);
+        common.train_subset = Some(6000);
+        common.epochs = Some(3);
+        common.score_epochs = Some(2);
     }
     let done = prune_run(PruneMethod::Bip, 0.9, &common)?;
     let r = &done.row;

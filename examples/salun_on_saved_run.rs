@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release -p rustworthy --example salun_on_saved_run -- runs/fmnist-lenet`
 //! unlearns from a run folder written by `rustworthy train`; `-- --small` first trains a
-//! 1-epoch LeNet-5 on 3000 Fashion-MNIST images.
+//! 3-epoch LeNet-5 on 6000 Fashion-MNIST images.
 use rustworthy::prelude::*;
 
 fn main() -> Result<()> {
