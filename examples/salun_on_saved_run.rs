@@ -14,7 +14,7 @@ fn main() -> Result<()> {
         let mut c = preset("fmnist-lenet")?;
         c = apply_sets(
             &c,
-            &["train.epochs=1".into(), "data.train_subset=3000".into()],
+            &["train.epochs=3".into(), "data.train_subset=6000".into()],
         )?;
         c.run.out = "runs/example-small-lenet".into();
         train(&c, &TrainOptions::default())?;
