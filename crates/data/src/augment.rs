@@ -202,6 +202,7 @@ mod tests {
 
     #[test]
     fn shape_range_and_determinism() {
+        let _torch = rustworthy_testkit::torch_lock();
         let x = Tensor::rand([8, 3, 6, 6], (Kind::Float, Device::Cpu));
         let a = Augment::cifar();
         let y1 = a.apply(&x, &mut SeedRng::new(3));
@@ -282,6 +283,7 @@ mod tests {
 
     #[test]
     fn cuda_matches_cpu_when_available() {
+        let _torch = rustworthy_testkit::torch_lock();
         if !tch::Cuda::is_available() {
             eprintln!("skipping: no CUDA device");
             return;

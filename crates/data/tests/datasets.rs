@@ -4,6 +4,7 @@
 use rustworthy_data::locate::DEBIAN_FASHION_MNIST;
 use rustworthy_data::registry::{load_located, locate_with, Located};
 use rustworthy_data::{dataset_summary, load_dataset, per_class_split, write_synthetic_idx};
+use rustworthy_testkit::fashion_mnist_present;
 use std::path::Path;
 
 #[test]
@@ -55,18 +56,10 @@ fn corrupt_file_in_located_folder_names_it() {
 
 #[test]
 fn real_fashion_mnist_when_installed() {
-    let dir = Path::new(DEBIAN_FASHION_MNIST);
-    let required = std::env::var("RUSTWORTHY_REQUIRE_DATA").is_ok_and(|v| v == "1");
-    if !dir.join("train-labels-idx1-ubyte.gz").is_file() {
-        assert!(
-            !required,
-            "RUSTWORTHY_REQUIRE_DATA=1 but {DEBIAN_FASHION_MNIST} is missing; apt-get install dataset-fashion-mnist"
-        );
-        eprintln!(
-            "skipping: {DEBIAN_FASHION_MNIST} not present (apt-get install dataset-fashion-mnist)"
-        );
+    if !fashion_mnist_present() {
         return;
     }
+    let dir = Path::new(DEBIAN_FASHION_MNIST);
     let (train, test) = load_dataset("fashion-mnist", Some(dir)).unwrap();
     assert_eq!(train.len(), 60_000);
     assert_eq!(test.len(), 10_000);

@@ -9,6 +9,7 @@ use rustworthy_data::{
     load_image_folder, load_source, load_source_with_notes, load_tensor_file, write_synthetic_idx,
     DataSource, Dataset, SourceOptions,
 };
+use rustworthy_testkit::{python_or_skip, python_required};
 use safetensors::tensor::TensorView;
 use std::collections::HashMap;
 use std::io::Write;
@@ -1136,19 +1137,6 @@ fn named_source_loads_from_a_folder() {
 // ---------------------------------------------------------------------------------------------
 // Files written by numpy itself
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn python() -> Option<PathBuf> {
-    let p = workspace_root().join(".venv/bin/python");
-    p.exists().then_some(p)
-}
-
-fn python_required() -> bool {
-    std::env::var("RUSTWORTHY_REQUIRE_PYTHON").is_ok_and(|v| v == "1")
-}
-
 const NUMPY_SCRIPT: &str = r#"
 import sys
 import numpy as np
@@ -1166,12 +1154,7 @@ np.savez_compressed(out + "/gray.npz", x=g, y=np.array([0, 1, 1], dtype=np.uint8
 
 #[test]
 fn npz_written_by_numpy() {
-    let Some(py) = python() else {
-        assert!(
-            !python_required(),
-            "RUSTWORTHY_REQUIRE_PYTHON=1 but .venv/bin/python is missing"
-        );
-        eprintln!("skipping: no .venv/bin/python (scripts/setup.sh creates it)");
+    let Some(py) = python_or_skip("npz_written_by_numpy") else {
         return;
     };
     let d = tempfile::tempdir().unwrap();

@@ -4,6 +4,7 @@ mod common;
 
 use rustworthy_core::Error;
 use rustworthy_models::{Arch, Model, ModelSpec};
+use rustworthy_testkit::torch_lock;
 use tch::{Device, Kind, Tensor};
 
 fn specs(arch: Arch) -> [ModelSpec; 2] {
@@ -12,6 +13,7 @@ fn specs(arch: Arch) -> [ModelSpec; 2] {
 
 #[test]
 fn forward_shapes_on_both_geometries() {
+    let _torch = torch_lock();
     for arch in Arch::ALL {
         for spec in specs(arch) {
             let model = Model::new(spec.clone().with_num_classes(7), Device::Cpu).unwrap();
@@ -42,6 +44,7 @@ fn forward_shapes_on_both_geometries() {
 
 #[test]
 fn parameter_counts_match_the_known_numbers() {
+    let _torch = torch_lock();
     // Exact counts of the PyTorch reference models (10 classes).
     let expected = [
         (Arch::Mlp, 269_322, 855_050),
@@ -87,6 +90,7 @@ fn parameter_counts_match_the_known_numbers() {
 
 #[test]
 fn state_dict_names_follow_pytorch() {
+    let _torch = torch_lock();
     let names = |spec: ModelSpec| -> Vec<String> {
         let m = Model::new(spec, Device::Cpu).unwrap();
         m.state_dict().into_iter().map(|(n, _)| n).collect()
@@ -160,6 +164,7 @@ fn state_dict_names_follow_pytorch() {
 
 #[test]
 fn parameters_buffers_and_summary_agree() {
+    let _torch = torch_lock();
     let model = Model::new(ModelSpec::cifar10(Arch::Resnet20), Device::Cpu).unwrap();
     let params = model.parameters();
     let buffers = model.buffers();
@@ -192,6 +197,7 @@ fn parameters_buffers_and_summary_agree() {
 
 #[test]
 fn batch_norm_tracks_batches_only_in_train_mode() {
+    let _torch = torch_lock();
     let model = Model::new(ModelSpec::fashion_mnist(Arch::Resnet20), Device::Cpu).unwrap();
     let x = common::random_input(&model.spec, 3);
     let count = |m: &Model| {
@@ -215,6 +221,7 @@ fn batch_norm_tracks_batches_only_in_train_mode() {
 
 #[test]
 fn normalization_is_inside_the_model() {
+    let _torch = torch_lock();
     let model = Model::new(ModelSpec::cifar10(Arch::Mlp), Device::Cpu).unwrap();
     let mean = Tensor::from_slice(&[0.4914f32, 0.4822, 0.4465]).view([1, 3, 1, 1]);
     let x = mean.expand([1, 3, 32, 32], false).contiguous();
@@ -229,6 +236,7 @@ fn normalization_is_inside_the_model() {
 
 #[test]
 fn wrong_inputs_give_clear_errors() {
+    let _torch = torch_lock();
     let model = Model::new(ModelSpec::cifar10(Arch::Resnet20), Device::Cpu).unwrap();
     let opts = (Kind::Float, Device::Cpu);
     for shape in [
@@ -274,6 +282,7 @@ fn invalid_specs_are_rejected_by_new() {
 
 #[test]
 fn models_move_between_threads() {
+    let _torch = torch_lock();
     fn assert_send<T: Send>() {}
     assert_send::<Model>();
     let model = Model::new(ModelSpec::fashion_mnist(Arch::Lenet), Device::Cpu).unwrap();
@@ -291,6 +300,7 @@ fn models_move_between_threads() {
 
 #[test]
 fn gradients_reach_input_and_parameters() {
+    let _torch = torch_lock();
     let model = Model::new(ModelSpec::cifar10(Arch::PreactResnet18), Device::Cpu).unwrap();
     let x = common::random_input(&model.spec, 2).set_requires_grad(true);
     let loss = model

@@ -11,6 +11,7 @@ use rustworthy_core::Error;
 use rustworthy_models::foreign::{self, infer_spec, WeightsFormat};
 use rustworthy_models::pth::{self, PickleValue};
 use rustworthy_models::{Arch, MapRules, Model, ModelSpec, Rename};
+use rustworthy_testkit::torch_lock;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -454,6 +455,7 @@ fn call_global(module: &str, name: &str, arg: &str) -> Obj {
 
 #[test]
 fn refuses_code_globals_by_name_and_runs_nothing() {
+    let _torch = torch_lock();
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("marker");
     let touch = format!("touch {}", marker.display());
@@ -701,6 +703,7 @@ fn eval_logits(m: &Model, x: &Tensor) -> Tensor {
 
 #[test]
 fn prefixes_renames_and_normalization_map_onto_our_names() {
+    let _torch = torch_lock();
     let dir = tempfile::tempdir().unwrap();
     let spec = ModelSpec::fashion_mnist(Arch::Resnet20);
     let src = seeded_model(spec.clone());
@@ -817,6 +820,7 @@ fn prefixes_renames_and_normalization_map_onto_our_names() {
 
 #[test]
 fn normalization_shape_and_strict_checks_stay() {
+    let _torch = torch_lock();
     let dir = tempfile::tempdir().unwrap();
     let spec = ModelSpec::fashion_mnist(Arch::Lenet);
     let src = seeded_model(spec.clone());
@@ -878,6 +882,7 @@ fn normalization_shape_and_strict_checks_stay() {
 
 #[test]
 fn specs_are_inferred_from_bare_files() {
+    let _torch = torch_lock();
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         (ModelSpec::fashion_mnist(Arch::Mlp), 10),
@@ -920,19 +925,6 @@ fn specs_are_inferred_from_bare_files() {
 // PyTorch-written files
 // ---------------------------------------------------------------------------------------------
 
-fn python_or_skip(test: &str) -> Option<PathBuf> {
-    match common::python() {
-        Some(p) => Some(p),
-        None if common::python_required() => {
-            panic!("{test}: RUSTWORTHY_REQUIRE_PYTHON=1 but .venv/bin/python is missing")
-        }
-        None => {
-            eprintln!("{test}: skipped, .venv/bin/python not found (run scripts/setup.sh)");
-            None
-        }
-    }
-}
-
 fn export(python: &Path, out: &Path, args: &[&str]) {
     let mut all = vec![
         "scripts/ref/export_foreign.py",
@@ -955,7 +947,10 @@ fn export(python: &Path, out: &Path, args: &[&str]) {
 
 #[test]
 fn pytorch_unlearn_saliency_resnet18_loads_and_matches() {
-    let Some(python) = python_or_skip("pytorch_unlearn_saliency_resnet18_loads_and_matches") else {
+    let _torch = torch_lock();
+    let Some(python) =
+        common::python_or_skip("pytorch_unlearn_saliency_resnet18_loads_and_matches")
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -1047,7 +1042,9 @@ fn pytorch_unlearn_saliency_resnet18_loads_and_matches() {
 
 #[test]
 fn pytorch_cifar_layout_loads_with_builtin_or_user_rules() {
-    let Some(python) = python_or_skip("pytorch_cifar_layout_loads_with_builtin_or_user_rules")
+    let _torch = torch_lock();
+    let Some(python) =
+        common::python_or_skip("pytorch_cifar_layout_loads_with_builtin_or_user_rules")
     else {
         return;
     };
@@ -1104,7 +1101,8 @@ fn pytorch_cifar_layout_loads_with_builtin_or_user_rules() {
 
 #[test]
 fn pytorch_dtypes_views_and_shared_storages_read_exactly() {
-    let Some(python) = python_or_skip("pytorch_dtypes_views_and_shared_storages_read_exactly")
+    let Some(python) =
+        common::python_or_skip("pytorch_dtypes_views_and_shared_storages_read_exactly")
     else {
         return;
     };
@@ -1141,7 +1139,9 @@ fn pytorch_dtypes_views_and_shared_storages_read_exactly() {
 
 #[test]
 fn pytorch_malicious_pickles_are_refused_and_nothing_runs() {
-    let Some(python) = python_or_skip("pytorch_malicious_pickles_are_refused_and_nothing_runs")
+    let _torch = torch_lock();
+    let Some(python) =
+        common::python_or_skip("pytorch_malicious_pickles_are_refused_and_nothing_runs")
     else {
         return;
     };

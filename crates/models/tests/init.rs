@@ -2,12 +2,9 @@
 //! MLP/LeNet/VGG, torchvision's scheme for the ResNets, and libtorch's global RNG seeds it.
 
 use rustworthy_models::{Arch, Model, ModelSpec};
+use rustworthy_testkit::torch_lock;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
-
-/// Tests here draw from libtorch's global generator; serialize them so seeding is meaningful.
-static RNG: Mutex<()> = Mutex::new(());
 
 fn params(model: &Model) -> HashMap<String, Tensor> {
     model.parameters().into_iter().collect()
@@ -47,7 +44,7 @@ fn assert_uniform(name: &str, t: &Tensor, bound: f64) {
 
 #[test]
 fn default_init_of_mlp_lenet_vgg() {
-    let _g = RNG.lock().unwrap();
+    let _torch = torch_lock();
     let mlp = Model::new(ModelSpec::fashion_mnist(Arch::Mlp), Device::Cpu).unwrap();
     let p = params(&mlp);
     assert_uniform("fc1.weight", &p["fc1.weight"], 1.0 / 784f64.sqrt());
@@ -101,7 +98,7 @@ fn assert_batch_norm_defaults(model: &Model) {
 
 #[test]
 fn torchvision_init_of_resnets() {
-    let _g = RNG.lock().unwrap();
+    let _torch = torch_lock();
     for (arch, conv) in [
         (Arch::Resnet18, "layer4.0.conv2.weight"),
         (Arch::PreactResnet18, "layer4.1.conv1.weight"),
@@ -140,7 +137,7 @@ fn torchvision_init_of_resnets() {
 
 #[test]
 fn seeding_makes_init_reproducible() {
-    let _g = RNG.lock().unwrap();
+    let _torch = torch_lock();
     let build = |seed| {
         tch::manual_seed(seed);
         Model::new(ModelSpec::cifar10(Arch::Resnet20), Device::Cpu).unwrap()

@@ -3,10 +3,13 @@
 
 mod common;
 
+use rustworthy_testkit::torch_lock;
+
 const TOL: f64 = 1e-5;
 
 #[test]
 fn committed_fixtures_match_pytorch() {
+    let _torch = torch_lock();
     let reports = common::check_fixture_dir(&common::fixture_dir());
     let names: Vec<&str> = reports.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["mlp", "lenet", "resnet20"]);

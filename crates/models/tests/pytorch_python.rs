@@ -7,6 +7,7 @@
 mod common;
 
 use rustworthy_models::{Arch, Model, ModelSpec};
+use rustworthy_testkit::torch_lock;
 use std::path::Path;
 use std::process::Command;
 use tch::{Device, Tensor};
@@ -14,19 +15,6 @@ use tch::{Device, Tensor};
 /// Absolute tolerance on logits, plus a relative part for large logits.
 const ATOL: f64 = 1e-5;
 const RTOL: f64 = 1e-5;
-
-fn python_or_skip(test: &str) -> Option<std::path::PathBuf> {
-    match common::python() {
-        Some(p) => Some(p),
-        None if common::python_required() => {
-            panic!("{test}: RUSTWORTHY_REQUIRE_PYTHON=1 but .venv/bin/python is missing")
-        }
-        None => {
-            eprintln!("{test}: skipped, .venv/bin/python not found (run scripts/setup.sh)");
-            None
-        }
-    }
-}
 
 fn run_python(python: &Path, args: &[&str]) {
     let out = Command::new(python)
@@ -49,7 +37,8 @@ fn within(diff: f64, scale: f64) -> bool {
 
 #[test]
 fn pytorch_exports_of_all_archs_load_and_match() {
-    let Some(python) = python_or_skip("pytorch_exports_of_all_archs_load_and_match") else {
+    let _torch = torch_lock();
+    let Some(python) = common::python_or_skip("pytorch_exports_of_all_archs_load_and_match") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -99,7 +88,9 @@ for job in json.load(open(sys.argv[1])):
 
 #[test]
 fn rust_weights_load_in_pytorch_strict_and_match() {
-    let Some(python) = python_or_skip("rust_weights_load_in_pytorch_strict_and_match") else {
+    let _torch = torch_lock();
+    let Some(python) = common::python_or_skip("rust_weights_load_in_pytorch_strict_and_match")
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

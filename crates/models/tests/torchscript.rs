@@ -11,6 +11,7 @@ mod common;
 
 use rustworthy_core::Error;
 use rustworthy_models::{bench, Arch, Model, ModelSpec, ScriptOptions};
+use rustworthy_testkit::{small_cnn_fixture, torch_lock};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -218,6 +219,7 @@ fn check_against_pytorch(dir: &Path, e: &serde_json::Value) {
 
 #[test]
 fn torchscript_modules_match_pytorch() {
+    let _torch = torch_lock();
     let Some(dir) = fixtures("torchscript_modules_match_pytorch") else {
         return;
     };
@@ -244,6 +246,7 @@ fn copy_by_name(from: &Model, to: &Model) {
 
 #[test]
 fn scripted_twins_compute_like_the_zoo() {
+    let _torch = torch_lock();
     let Some(dir) = fixtures("scripted_twins_compute_like_the_zoo") else {
         return;
     };
@@ -273,6 +276,7 @@ fn scripted_twins_compute_like_the_zoo() {
 
 #[test]
 fn weights_files_clones_and_fresh_copies() {
+    let _torch = torch_lock();
     let Some(dir) = fixtures("weights_files_clones_and_fresh_copies") else {
         return;
     };
@@ -354,6 +358,7 @@ fn weights_files_clones_and_fresh_copies() {
 
 #[test]
 fn saved_torchscript_reloads_here_and_in_pytorch() {
+    let _torch = torch_lock();
     let Some(dir) = fixtures("saved_torchscript_reloads_here_and_in_pytorch") else {
         return;
     };
@@ -430,6 +435,7 @@ json.dump({"training": m.training,
 
 #[test]
 fn train_and_eval_mode_switch_per_call() {
+    let _torch = torch_lock();
     let Some(dir) = fixtures("train_and_eval_mode_switch_per_call") else {
         return;
     };
@@ -463,6 +469,7 @@ fn train_and_eval_mode_switch_per_call() {
 
 #[test]
 fn refuses_what_is_not_a_classifier_module() {
+    let _torch = torch_lock();
     let Some(dir) = fixtures("refuses_what_is_not_a_classifier_module") else {
         return;
     };
@@ -509,6 +516,7 @@ fn refuses_what_is_not_a_classifier_module() {
 
 #[test]
 fn file_errors_need_no_python() {
+    let _torch = torch_lock();
     let tmp = tempfile::tempdir().unwrap();
     let opts = ScriptOptions::new(3, (32, 32));
     let e = Model::from_torchscript(tmp.path().join("missing.pt"), opts.clone(), Device::Cpu)
@@ -537,6 +545,7 @@ fn file_errors_need_no_python() {
 
 #[test]
 fn bench_runs_on_zoo_and_script_models() {
+    let _torch = torch_lock();
     let zoo = Model::new(ModelSpec::fashion_mnist(Arch::Lenet), Device::Cpu).unwrap();
     let before: Vec<Tensor> = zoo.state_dict().iter().map(|(_, t)| t.copy()).collect();
     let t = bench::forward_backward(&zoo, 4, 2).unwrap();
@@ -560,9 +569,10 @@ fn bench_runs_on_zoo_and_script_models() {
 
 #[test]
 fn committed_fixture_loads_without_python() {
+    let _torch = torch_lock();
     // tests/fixtures/torchscript/small-cnn.pt: export_torchscript.py --fixture (1x12x12, 4
     // classes, batch norm and dropout).
-    let path = common::workspace_root().join("tests/fixtures/torchscript/small-cnn.pt");
+    let path = small_cnn_fixture();
     let opts: ScriptOptions =
         serde_json::from_str(r#"{"in_channels": 1, "input_size": [12, 12]}"#).unwrap();
     assert_eq!(opts, ScriptOptions::new(1, (12, 12)));

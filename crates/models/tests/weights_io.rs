@@ -5,6 +5,7 @@ mod common;
 use proptest::prelude::*;
 use rustworthy_core::Error;
 use rustworthy_models::{Arch, Model, ModelSpec};
+use rustworthy_testkit::torch_lock;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -21,6 +22,7 @@ fn checkpoint_msg(e: Error) -> String {
 
 #[test]
 fn save_load_round_trip_gives_identical_logits() {
+    let _torch = torch_lock();
     let dir = tempfile::tempdir().unwrap();
     for spec in [
         ModelSpec::cifar10(Arch::Resnet20),
@@ -59,6 +61,7 @@ fn save_load_round_trip_gives_identical_logits() {
 
 #[test]
 fn saved_file_holds_float_weights_and_int64_counters() {
+    let _torch = torch_lock();
     let dir = tempfile::tempdir().unwrap();
     let m = model(ModelSpec::fashion_mnist(Arch::Resnet20));
     let path = dir.path().join("m.safetensors");
@@ -76,6 +79,7 @@ fn saved_file_holds_float_weights_and_int64_counters() {
 
 #[test]
 fn lenet_file_into_resnet20_names_a_variable() {
+    let _torch = torch_lock();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lenet.safetensors");
     model(ModelSpec::cifar10(Arch::Lenet)).save(&path).unwrap();
@@ -101,6 +105,7 @@ fn lenet_file_into_resnet20_names_a_variable() {
 
 #[test]
 fn shape_mismatch_names_variable_and_both_shapes() {
+    let _torch = torch_lock();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c100.safetensors");
     model(ModelSpec::cifar10(Arch::Resnet20).with_num_classes(100))
@@ -123,6 +128,7 @@ fn rewrite(src: &Path, dst: &Path, edit: impl FnOnce(&mut Vec<(String, Tensor)>)
 
 #[test]
 fn missing_extra_and_mistyped_entries_are_errors() {
+    let _torch = torch_lock();
     let dir = tempfile::tempdir().unwrap();
     let spec = ModelSpec::fashion_mnist(Arch::Resnet20);
     let good = dir.path().join("good.safetensors");
@@ -177,6 +183,7 @@ fn missing_extra_and_mistyped_entries_are_errors() {
 
 #[test]
 fn unreadable_files_are_checkpoint_errors() {
+    let _torch = torch_lock();
     let dir = tempfile::tempdir().unwrap();
     let mut m = model(ModelSpec::fashion_mnist(Arch::Lenet));
     let good = dir.path().join("good.safetensors");
@@ -205,6 +212,7 @@ fn unreadable_files_are_checkpoint_errors() {
 
 #[test]
 fn copy_from_copies_everything_and_checks_compatibility() {
+    let _torch = torch_lock();
     let spec = ModelSpec::fashion_mnist(Arch::Resnet20);
     let a = model(spec.clone());
     common::perturb(&a);
@@ -232,6 +240,7 @@ proptest! {
     /// Any truncation or byte flip of a weight file is an error or a clean load, never a panic.
     #[test]
     fn damaged_files_never_panic(cut in 0usize..10_000, flip in 0usize..10_000, byte in any::<u8>()) {
+        let _torch = torch_lock();
         let dir = tempfile::tempdir().unwrap();
         let mut m = model(ModelSpec::fashion_mnist(Arch::Mlp).with_num_classes(2));
         let good = dir.path().join("good.safetensors");
@@ -258,6 +267,7 @@ proptest! {
         arch in prop::sample::select(vec![Arch::Mlp, Arch::Lenet, Arch::Resnet20]),
         c in 1i64..4, h in 12i64..40, w in 12i64..40, k in 1i64..20,
     ) {
+        let _torch = torch_lock();
         let spec = ModelSpec {
             arch,
             in_channels: c,

@@ -3,71 +3,28 @@
 
 use rustworthy_core::progress::ProgressMode;
 use rustworthy_core::Error;
-use rustworthy_data::synthetic::synthetic;
 use rustworthy_data::Dataset;
-use rustworthy_models::{Arch, Model, ModelSpec};
+use rustworthy_models::{Arch, Model};
 use rustworthy_prune::methods::one_shot_masks;
 use rustworthy_prune::scores::{self, masks_from_scores};
 use rustworthy_prune::{prune, train_dense, PruneConfig, PruneData, PruneMethod, Scope};
+use rustworthy_testkit::{seeded_model, sgd_recipe, synthetic_split, tiny_spec, torch_lock};
 use rustworthy_train::mask::{
     apply_masks, check_masks, load_masks, mask_stats, prunable, save_masks, weight_sparsity, Masks,
 };
-use rustworthy_train::schedule::{LrSchedule, ScheduleConfig};
-use rustworthy_train::{evaluate, OptimConfig, TrainConfig};
-use std::sync::Mutex;
+use rustworthy_train::{evaluate, TrainConfig};
 use tch::{Device, Kind, Tensor};
 
-static TORCH: Mutex<()> = Mutex::new(());
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    TORCH.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn spec(arch: Arch) -> ModelSpec {
-    ModelSpec {
-        arch,
-        in_channels: 1,
-        num_classes: 4,
-        input_size: (28, 28),
-        mean: vec![0.5],
-        std: vec![0.25],
-    }
-}
-
 fn recipe(epochs: usize) -> TrainConfig {
-    TrainConfig {
-        epochs,
-        batch_size: 32,
-        eval_batch_size: 256,
-        optim: OptimConfig::Sgd {
-            momentum: 0.9,
-            dampening: 0.0,
-            nesterov: false,
-            weight_decay: 5e-4,
-        },
-        lr: ScheduleConfig {
-            lr: 0.05,
-            schedule: LrSchedule::Cosine { min_lr: 0.0 },
-            warmup_epochs: 0.0,
-        },
-        augment: Default::default(),
-        drop_last: false,
-        seed: 3,
-    }
+    sgd_recipe(epochs, 32, 0.05, 3)
 }
 
 fn data() -> (Dataset, Dataset) {
-    let all = synthetic(4, 80, 1, 28, 0.3, 9);
-    let idx: Vec<usize> = (0..all.len()).collect();
-    (
-        all.subset(&idx[..240]).unwrap(),
-        all.subset(&idx[240..]).unwrap(),
-    )
+    synthetic_split(80, 28, 0.3, 9, 240)
 }
 
 fn init(arch: Arch) -> Model {
-    tch::manual_seed(1);
-    Model::new(spec(arch), Device::Cpu).unwrap()
+    seeded_model(tiny_spec(arch, 28), 1)
 }
 
 fn kept(m: &Masks) -> i64 {
@@ -78,7 +35,7 @@ fn kept(m: &Masks) -> i64 {
 
 #[test]
 fn masks_hit_the_requested_sparsity_exactly() {
-    let _g = lock();
+    let _torch = torch_lock();
     let m = init(Arch::Lenet);
     let total: i64 = prunable(&m).iter().map(|(_, t)| t.numel() as i64).sum();
     for s in [0.0, 0.2, 0.5, 0.9, 0.95, 0.99] {
@@ -128,7 +85,7 @@ fn masks_hit_the_requested_sparsity_exactly() {
 
 #[test]
 fn pruned_weights_stay_zero_through_training_and_checkpoints() {
-    let _g = lock();
+    let _torch = torch_lock();
     let (train, test) = data();
     let d = PruneData {
         train: &train,
@@ -170,7 +127,7 @@ fn pruned_weights_stay_zero_through_training_and_checkpoints() {
 
 #[test]
 fn imp_rounds_rewind_and_prune_twenty_percent() {
-    let _g = lock();
+    let _torch = torch_lock();
     let (train, test) = data();
     let d = PruneData {
         train: &train,
@@ -212,7 +169,7 @@ fn imp_rounds_rewind_and_prune_twenty_percent() {
 
 #[test]
 fn prune_then_unlearn_keeps_the_mask() {
-    let _g = lock();
+    let _torch = torch_lock();
     use rustworthy_unlearn::methods::ff::FfConfig;
     use rustworthy_unlearn::methods::ft::FtConfig;
     use rustworthy_unlearn::{ForgetSpec, MethodConfig, Scenario, UnlearnCtx, UnlearnData};
@@ -276,7 +233,7 @@ fn prune_then_unlearn_keeps_the_mask() {
 
 #[test]
 fn bad_input_is_named() {
-    let _g = lock();
+    let _torch = torch_lock();
     let m = init(Arch::Lenet);
     let field = |e: Error| match e {
         Error::Config { field, .. } => field,
@@ -322,7 +279,7 @@ fn bad_input_is_named() {
 
 #[test]
 fn structured_pruning_removes_whole_channels() {
-    let _g = lock();
+    let _torch = torch_lock();
     let (train, test) = data();
     let d = PruneData {
         train: &train,

@@ -3,57 +3,36 @@
 //! of rank >= 2 under their TorchScript names, every method hits the sparsity, and pruned
 //! weights stay zero through fine-tuning.
 
-use rustworthy_data::synthetic::synthetic;
 use rustworthy_data::Dataset;
 use rustworthy_models::{Model, ScriptOptions};
 use rustworthy_prune::scores::{self, masks_from_scores};
 use rustworthy_prune::{prune, train_dense, PruneConfig, PruneData, PruneMethod, Scope};
+use rustworthy_testkit::{sgd_recipe, small_cnn_fixture, synthetic_split, torch_lock};
 use rustworthy_train::mask::{prunable, weight_sparsity};
-use rustworthy_train::schedule::{LrSchedule, ScheduleConfig};
-use rustworthy_train::{OptimConfig, TrainConfig};
-use std::path::Path;
+use rustworthy_train::TrainConfig;
 use tch::{Device, Kind};
 
 fn script_model() -> Model {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/torchscript/small-cnn.pt");
     tch::manual_seed(1);
-    Model::from_torchscript(path, ScriptOptions::new(1, (12, 12)), Device::Cpu).unwrap()
+    Model::from_torchscript(
+        small_cnn_fixture(),
+        ScriptOptions::new(1, (12, 12)),
+        Device::Cpu,
+    )
+    .unwrap()
 }
 
 fn recipe(epochs: usize) -> TrainConfig {
-    TrainConfig {
-        epochs,
-        batch_size: 32,
-        eval_batch_size: 256,
-        optim: OptimConfig::Sgd {
-            momentum: 0.9,
-            dampening: 0.0,
-            nesterov: false,
-            weight_decay: 5e-4,
-        },
-        lr: ScheduleConfig {
-            lr: 0.05,
-            schedule: LrSchedule::Cosine { min_lr: 0.0 },
-            warmup_epochs: 0.0,
-        },
-        augment: Default::default(),
-        drop_last: false,
-        seed: 3,
-    }
+    sgd_recipe(epochs, 32, 0.05, 3)
 }
 
 fn data() -> (Dataset, Dataset) {
-    let all = synthetic(4, 60, 1, 12, 0.3, 9);
-    let idx: Vec<usize> = (0..all.len()).collect();
-    (
-        all.subset(&idx[..180]).unwrap(),
-        all.subset(&idx[180..]).unwrap(),
-    )
+    synthetic_split(60, 12, 0.3, 9, 180)
 }
 
 #[test]
 fn script_models_prune_like_zoo_models() {
+    let _torch = torch_lock();
     tch::set_num_threads(1);
     let init = script_model();
     let names: Vec<String> = prunable(&init).into_iter().map(|(n, _)| n).collect();

@@ -2,14 +2,13 @@
 //! differences, every method raises robustness over standard training, the monitor flags a
 //! collapse of PGD accuracy and restores the best weights, and configs are validated.
 
-mod common;
-
-use common::*;
 use rustworthy_core::Error;
 use rustworthy_robust::adv_train::{alignment_penalty, differentiable_input_grad, implicit_term};
 use rustworthy_robust::{
     attack_dataset, AdvMethod, AdvTrainConfig, AdvTrainer, Pgd, RunOptions, ThreatModel,
 };
+use rustworthy_testkit::task::{data, trained, trained_with};
+use rustworthy_testkit::torch_lock;
 use rustworthy_train::TrainHook;
 use tch::{Kind, Tensor};
 
@@ -65,7 +64,7 @@ fn double_model() -> (rustworthy_models::Model, Tensor, Tensor) {
 
 #[test]
 fn gradalign_penalty_gradient_matches_finite_differences() {
-    let _g = lock();
+    let _torch = torch_lock();
     let (m, x, y) = double_model();
     tch::manual_seed(4);
     let eta = x.rand_like() * 0.1 - 0.05;
@@ -76,7 +75,7 @@ fn gradalign_penalty_gradient_matches_finite_differences() {
 
 #[test]
 fn fast_bat_implicit_term_gradient_matches_finite_differences() {
-    let _g = lock();
+    let _torch = torch_lock();
     let (m, x, y) = double_model();
     tch::manual_seed(5);
     let d1 = (&x + x.rand_like() * 0.2 - 0.1).clamp(0.0, 1.0);
@@ -105,7 +104,7 @@ fn pgd_accuracy(m: &rustworthy_models::Model, eps: f64) -> f64 {
 
 #[test]
 fn every_method_raises_pgd_accuracy_over_standard_training() {
-    let _g = lock();
+    let _torch = torch_lock();
     let eps = 0.1;
     let (std_model, _, _) = trained();
     let base = pgd_accuracy(&std_model, eps);
@@ -130,7 +129,7 @@ fn every_method_raises_pgd_accuracy_over_standard_training() {
 
 #[test]
 fn monitor_flags_collapse_and_restores_the_best_weights() {
-    let _g = lock();
+    let _torch = torch_lock();
     let (train, test) = data();
     let mut cfg = AdvTrainConfig::new(AdvMethod::Pgd, 0.1);
     cfg.monitor.samples = 100;

@@ -2,9 +2,6 @@
 //! PGD is at least as strong as FGSM, success grows with eps, query counts are exact, and bad
 //! input gives clear errors.
 
-mod common;
-
-use common::*;
 use proptest::prelude::*;
 use rustworthy_core::Error;
 use rustworthy_robust::attack::choose_targets;
@@ -13,6 +10,8 @@ use rustworthy_robust::{
     attack_dataset, Apgd, ApgdTargeted, Attack, AttackLoss, CarliniWagner, Norm, Pgd, RunOptions,
     Square, TargetSpec, ThreatModel,
 };
+use rustworthy_testkit::task::trained;
+use rustworthy_testkit::torch_lock;
 use tch::{Kind, Tensor};
 
 fn opts() -> RunOptions {
@@ -32,7 +31,7 @@ fn rate(a: &dyn Attack, m: &rustworthy_models::Model, d: &rustworthy_data::Datas
 
 #[test]
 fn every_attack_respects_ball_and_box() {
-    let _g = lock();
+    let _torch = torch_lock();
     let (m, _, test) = trained();
     let (x, y) = test.batch(&(0..64).collect::<Vec<_>>());
     for (norm, eps) in [
@@ -84,6 +83,7 @@ proptest! {
     /// Projection keeps any point inside the ball and the box.
     #[test]
     fn projection_is_feasible(eps in 0.01f64..0.9, l2 in any::<bool>(), scale in 0.1f64..5.0, seed in 0i64..1000) {
+        let _torch = torch_lock();
         let t = if l2 { ThreatModel::l2(eps * 4.0).unwrap() } else { ThreatModel::linf(eps).unwrap() };
         tch::manual_seed(seed);
         let x = Tensor::rand([5, 1, 6, 6], (Kind::Float, tch::Device::Cpu));
@@ -97,7 +97,7 @@ proptest! {
 
 #[test]
 fn pgd_is_at_least_as_strong_as_fgsm_and_apgd_as_pgd() {
-    let _g = lock();
+    let _torch = torch_lock();
     let (m, _, test) = trained();
     for eps in [0.05, 0.1, 0.2] {
         let t = ThreatModel::linf(eps).unwrap();
@@ -117,7 +117,7 @@ fn pgd_is_at_least_as_strong_as_fgsm_and_apgd_as_pgd() {
 
 #[test]
 fn success_rate_is_monotone_in_eps() {
-    let _g = lock();
+    let _torch = torch_lock();
     let (m, _, test) = trained();
     let mut last = -1.0;
     let mut rates = Vec::new();
@@ -137,7 +137,7 @@ fn success_rate_is_monotone_in_eps() {
 
 #[test]
 fn early_stop_finds_what_the_full_run_finds() {
-    let _g = lock();
+    let _torch = torch_lock();
     let (m, _, test) = trained();
     let t = ThreatModel::linf(0.06).unwrap();
     let mut full = Pgd::new(t, 20);
@@ -149,7 +149,7 @@ fn early_stop_finds_what_the_full_run_finds() {
 
 #[test]
 fn query_counts_are_exact() {
-    let _g = lock();
+    let _torch = torch_lock();
     let (m, _, test) = trained();
     let (x, y) = test.batch(&(0..40).collect::<Vec<_>>());
     let t = ThreatModel::linf(0.05).unwrap();
@@ -182,7 +182,7 @@ fn query_counts_are_exact() {
 
 #[test]
 fn black_box_and_minimum_norm_attacks_work() {
-    let _g = lock();
+    let _torch = torch_lock();
     let (m, _, test) = trained();
     let t = ThreatModel::linf(0.2).unwrap();
     let pgd = rate(&Pgd::new(t, 20), &m, &test);
@@ -211,7 +211,7 @@ fn black_box_and_minimum_norm_attacks_work() {
 
 #[test]
 fn targeted_attacks_reach_their_targets() {
-    let _g = lock();
+    let _torch = torch_lock();
     let (m, _, test) = trained();
     let (x, y) = test.batch(&(0..60).collect::<Vec<_>>());
     tch::manual_seed(0);
@@ -227,6 +227,7 @@ fn targeted_attacks_reach_their_targets() {
 
 #[test]
 fn dlr_is_invariant_to_logit_shift_and_scale() {
+    let _torch = torch_lock();
     let z = Tensor::randn([8, 5], (Kind::Float, tch::Device::Cpu));
     let y = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 0, 1, 2]);
     let t = Tensor::from_slice(&[1i64, 2, 3, 4, 0, 1, 2, 3]);
@@ -247,7 +248,7 @@ fn config_field(e: Error) -> String {
 
 #[test]
 fn bad_input_gives_clear_errors() {
-    let _g = lock();
+    let _torch = torch_lock();
     let (m, _, test) = trained();
     let (x, y) = test.batch(&(0..8).collect::<Vec<_>>());
     assert_eq!(config_field(ThreatModel::linf(0.0).unwrap_err()), "eps");

@@ -3,21 +3,17 @@
 //! --fixture): PGD lowers its accuracy, and every adversarial-training method (GradAlign and
 //! Fast-BAT backpropagate through input gradients) trains it.
 
-mod common;
-
-use common::*;
 use rustworthy_models::{Model, ScriptOptions};
 use rustworthy_robust::ThreatModel;
 use rustworthy_robust::{attack_dataset, AdvMethod, AdvTrainConfig, AdvTrainer, Pgd, RunOptions};
+use rustworthy_testkit::task::{data, recipe, SIZE};
+use rustworthy_testkit::{quiet, small_cnn_fixture, torch_lock};
 use rustworthy_train::{evaluate, fit, fit_with};
-use std::path::Path;
 use tch::Device;
 
 fn script_model() -> Model {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/torchscript/small-cnn.pt");
     Model::from_torchscript(
-        path,
+        small_cnn_fixture(),
         ScriptOptions::new(1, (SIZE as i64, SIZE as i64)),
         Device::Cpu,
     )
@@ -43,7 +39,7 @@ fn pgd_accuracy(m: &Model, test: &rustworthy_data::Dataset, eps: f64) -> f64 {
 
 #[test]
 fn attacks_and_adversarial_training_work_on_script_models() {
-    let _g = lock();
+    let _torch = torch_lock();
     let (train, test) = data();
     tch::manual_seed(2);
     let mut m = script_model();

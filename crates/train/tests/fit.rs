@@ -5,30 +5,16 @@ use rustworthy_core::Error;
 use rustworthy_data::augment::Augment;
 use rustworthy_data::synthetic::synthetic;
 use rustworthy_data::Dataset;
-use rustworthy_models::{Arch, Model, ModelSpec};
+use rustworthy_models::{Arch, Model};
+use rustworthy_testkit::{param_bits, quiet, seeded_model, synthetic_split};
+use rustworthy_testkit::{tiny_spec, torch_lock};
 use rustworthy_train::schedule::{LrSchedule, ScheduleConfig};
 use rustworthy_train::trainer::FitOptions;
 use rustworthy_train::{evaluate, fit, OptimConfig, TrainConfig};
 
 /// A train/test split of one synthetic task (same class prototypes on both sides).
 fn data(seed: u64) -> (Dataset, Dataset) {
-    let all = synthetic(4, 60, 1, 12, 0.35, seed);
-    let idx: Vec<usize> = (0..all.len()).collect();
-    (
-        all.subset(&idx[..160]).unwrap(),
-        all.subset(&idx[160..]).unwrap(),
-    )
-}
-
-fn spec(arch: Arch) -> ModelSpec {
-    ModelSpec {
-        arch,
-        in_channels: 1,
-        num_classes: 4,
-        input_size: (12, 12),
-        mean: vec![0.5],
-        std: vec![0.25],
-    }
+    synthetic_split(60, 12, 0.35, seed, 160)
 }
 
 fn cfg(epochs: usize) -> TrainConfig {
@@ -57,29 +43,12 @@ fn cfg(epochs: usize) -> TrainConfig {
 }
 
 fn model(init: u64) -> Model {
-    tch::manual_seed(init as i64);
-    Model::new(spec(Arch::Mlp), tch::Device::Cpu).unwrap()
-}
-
-fn quiet() -> FitOptions {
-    FitOptions {
-        progress: ProgressMode::Quiet,
-        ..Default::default()
-    }
-}
-
-fn params_bits(m: &Model) -> Vec<(String, Vec<u32>)> {
-    m.parameters()
-        .into_iter()
-        .map(|(n, t)| {
-            let v: Vec<f32> = Vec::try_from(&t.flatten(0, -1)).unwrap();
-            (n, v.into_iter().map(f32::to_bits).collect())
-        })
-        .collect()
+    seeded_model(tiny_spec(Arch::Mlp, 12), init as i64)
 }
 
 #[test]
 fn learns_synthetic_task() {
+    let _torch = torch_lock();
     let (train, test) = data(1);
     let mut m = model(0);
     let before = evaluate(&m, &test, 64).unwrap().accuracy;
@@ -98,21 +67,23 @@ fn learns_synthetic_task() {
 
 #[test]
 fn same_seed_same_result() {
+    let _torch = torch_lock();
     let (train, _) = data(2);
     let mut a = model(3);
     let mut b = model(3);
     fit(&mut a, &train, None, &cfg(2), &quiet()).unwrap();
     fit(&mut b, &train, None, &cfg(2), &quiet()).unwrap();
-    assert_eq!(params_bits(&a), params_bits(&b));
+    assert_eq!(param_bits(&a), param_bits(&b));
     let mut c = model(3);
     let mut other = cfg(2);
     other.seed = 8;
     fit(&mut c, &train, None, &other, &quiet()).unwrap();
-    assert_ne!(params_bits(&a), params_bits(&c), "the seed must matter");
+    assert_ne!(param_bits(&a), param_bits(&c), "the seed must matter");
 }
 
 #[test]
 fn resumed_run_equals_uninterrupted_run() {
+    let _torch = torch_lock();
     let (train, val) = data(3);
     let dir = tempfile::tempdir().unwrap();
     let full_dir = dir.path().join("full");
@@ -149,7 +120,7 @@ fn resumed_run_equals_uninterrupted_run() {
     let rest = fit(&mut resumed, &train, Some(&val), &cfg(4), &opts).unwrap();
     assert_eq!(rest.resumed_from, Some(2));
     assert!(rest.completed);
-    assert_eq!(params_bits(&full), params_bits(&resumed));
+    assert_eq!(param_bits(&full), param_bits(&resumed));
     let strip = |h: &[rustworthy_train::trainer::EpochRecord]| {
         h.iter()
             .map(|r| {
@@ -180,6 +151,7 @@ fn resumed_run_equals_uninterrupted_run() {
 
 #[test]
 fn resume_with_other_config_is_refused() {
+    let _torch = torch_lock();
     let (train, _) = data(4);
     let dir = tempfile::tempdir().unwrap();
     let opts = FitOptions {
@@ -204,6 +176,7 @@ fn resume_with_other_config_is_refused() {
 
 #[test]
 fn diverging_run_reports_numerical_failure() {
+    let _torch = torch_lock();
     let (train, _) = data(5);
     let mut c = cfg(3);
     c.optim = OptimConfig::Sgd {
@@ -224,6 +197,7 @@ fn diverging_run_reports_numerical_failure() {
 
 #[test]
 fn invalid_configs_name_their_field() {
+    let _torch = torch_lock();
     let (train, _) = data(6);
     let mut c = cfg(2);
     c.epochs = 0;
@@ -248,17 +222,15 @@ fn invalid_configs_name_their_field() {
 
 #[test]
 fn lenet_and_resnet20_train_a_step() {
+    let _torch = torch_lock();
     // Every conv architecture runs forward/backward/step through the loop.
     let train = synthetic(4, 8, 1, 16, 0.3, 9);
     for arch in [Arch::Lenet, Arch::Resnet20] {
-        let mut s = spec(arch);
-        s.input_size = (16, 16);
-        tch::manual_seed(0);
-        let mut m = Model::new(s, tch::Device::Cpu).unwrap();
-        let before = params_bits(&m);
+        let mut m = seeded_model(tiny_spec(arch, 16), 0);
+        let before = param_bits(&m);
         let mut c = cfg(1);
         c.batch_size = 8;
         fit(&mut m, &train, None, &c, &quiet()).unwrap();
-        assert_ne!(before, params_bits(&m), "{arch:?} did not update");
+        assert_ne!(before, param_bits(&m), "{arch:?} did not update");
     }
 }

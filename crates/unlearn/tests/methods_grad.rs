@@ -3,15 +3,13 @@
 //! and freezes everything else bit for bit, and every config rejects bad values by field name.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
 use rustworthy_core::progress::ProgressMode;
-use rustworthy_data::synthetic::synthetic;
 use rustworthy_data::Dataset;
-use rustworthy_models::{Arch, Model, ModelSpec};
-use rustworthy_train::schedule::{LrSchedule, ScheduleConfig};
-use rustworthy_train::trainer::FitOptions;
-use rustworthy_train::{evaluate, fit, OptimConfig, TrainConfig};
+use rustworthy_models::{Arch, Model};
+use rustworthy_testkit::{copy_of, param_bits, sgd_recipe, synthetic_split, tiny_spec};
+use rustworthy_testkit::{torch_lock, trained_model, CLASSES};
+use rustworthy_train::{evaluate, TrainConfig};
 use rustworthy_unlearn::methods::common::RunConfig;
 use rustworthy_unlearn::methods::ga::GaConfig;
 use rustworthy_unlearn::methods::l1_sparse::L1SparseConfig;
@@ -22,44 +20,10 @@ use rustworthy_unlearn::methods::salun::{
 };
 use rustworthy_unlearn::methods::scrub::ScrubConfig;
 use rustworthy_unlearn::{ForgetSpec, MethodReport, Scenario, UnlearnCtx, UnlearnData, Unlearner};
-use tch::{Device, Kind, Tensor};
-
-/// libtorch's generator is global: serialise seeding + initialisation across test threads.
-static INIT: Mutex<()> = Mutex::new(());
-
-const NUM_CLASSES: usize = 4;
-
-fn spec() -> ModelSpec {
-    ModelSpec {
-        arch: Arch::Mlp,
-        in_channels: 1,
-        num_classes: NUM_CLASSES as i64,
-        input_size: (12, 12),
-        mean: vec![0.5],
-        std: vec![0.25],
-    }
-}
+use tch::{Kind, Tensor};
 
 fn recipe() -> TrainConfig {
-    TrainConfig {
-        epochs: 4,
-        batch_size: 16,
-        eval_batch_size: 256,
-        optim: OptimConfig::Sgd {
-            momentum: 0.9,
-            dampening: 0.0,
-            nesterov: false,
-            weight_decay: 5e-4,
-        },
-        lr: ScheduleConfig {
-            lr: 0.02,
-            schedule: LrSchedule::Cosine { min_lr: 0.0 },
-            warmup_epochs: 0.0,
-        },
-        augment: Default::default(),
-        drop_last: false,
-        seed: 11,
-    }
+    sgd_recipe(4, 16, 0.02, 11)
 }
 
 /// A trained original model and the train / test split of its task.
@@ -70,20 +34,8 @@ struct Task {
 }
 
 fn task() -> Task {
-    let all = synthetic(NUM_CLASSES, 60, 1, 12, 0.35, 5);
-    let idx: Vec<usize> = (0..all.len()).collect();
-    let train = all.subset(&idx[..180]).unwrap();
-    let test = all.subset(&idx[180..]).unwrap();
-    let mut model = {
-        let _g = INIT.lock().unwrap_or_else(|e| e.into_inner());
-        tch::manual_seed(3);
-        Model::new(spec(), Device::Cpu).unwrap()
-    };
-    let opts = FitOptions {
-        progress: ProgressMode::Quiet,
-        ..Default::default()
-    };
-    fit(&mut model, &train, None, &recipe(), &opts).unwrap();
+    let (train, test) = synthetic_split(60, 12, 0.35, 5, 180);
+    let model = trained_model(tiny_spec(Arch::Mlp, 12), 3, &train, &recipe());
     let acc = evaluate(&model, &train, 256).unwrap().accuracy;
     assert!(acc >= 97.0, "the original model must fit its data: {acc}");
     Task { model, train, test }
@@ -93,7 +45,7 @@ fn task() -> Task {
 fn data(t: &Task, spec: ForgetSpec) -> UnlearnData {
     let train_idx: Vec<usize> = (0..t.train.len()).collect();
     let labels = t.train.labels_vec();
-    let s = Scenario::resolve(&spec, &train_idx, &labels, NUM_CLASSES, 9).unwrap();
+    let s = Scenario::resolve(&spec, &train_idx, &labels, CLASSES, 9).unwrap();
     let test = if s.forget_classes.is_empty() {
         t.test.shallow_clone()
     } else {
@@ -121,15 +73,6 @@ fn class0() -> ForgetSpec {
 
 fn random20() -> ForgetSpec {
     ForgetSpec::Random { fraction: 0.2 }
-}
-
-fn copy_of(m: &Model) -> Model {
-    let mut c = {
-        let _g = INIT.lock().unwrap_or_else(|e| e.into_inner());
-        Model::new(m.spec.clone(), m.device()).unwrap()
-    };
-    c.copy_from(m).unwrap();
-    c
 }
 
 /// Forget / retain / test accuracy (percent).
@@ -176,16 +119,6 @@ fn run(epochs: usize, lr: f64, batch_size: usize) -> RunConfig {
         batch_size,
         ..RunConfig::new(epochs, lr)
     }
-}
-
-fn bits(m: &Model) -> BTreeMap<String, Vec<u32>> {
-    m.parameters()
-        .into_iter()
-        .map(|(n, p)| {
-            let v: Vec<f32> = Vec::try_from(&p.flatten(0, -1)).unwrap();
-            (n, v.into_iter().map(f32::to_bits).collect())
-        })
-        .collect()
 }
 
 fn grad_bits(p: &Tensor) -> Vec<u32> {
@@ -276,21 +209,25 @@ fn check_class_wise(method: &dyn Unlearner, uses_retain: bool) {
 
 #[test]
 fn ga_forgets_a_class() {
+    let _torch = torch_lock();
     check_class_wise(&ga().build().unwrap(), false);
 }
 
 #[test]
 fn rl_forgets_a_class() {
+    let _torch = torch_lock();
     check_class_wise(&rl().build().unwrap(), true);
 }
 
 #[test]
 fn salun_forgets_a_class() {
+    let _torch = torch_lock();
     check_class_wise(&salun(0.5).build().unwrap(), true);
 }
 
 #[test]
 fn l1_sparse_forgets_a_class_and_shrinks_weights() {
+    let _torch = torch_lock();
     let m = l1_sparse().build().unwrap();
     check_class_wise(&m, true);
     let t = task();
@@ -314,11 +251,13 @@ fn l1_sparse_forgets_a_class_and_shrinks_weights() {
 
 #[test]
 fn neggrad_plus_forgets_a_class() {
+    let _torch = torch_lock();
     check_class_wise(&neggrad_plus().build().unwrap(), true);
 }
 
 #[test]
 fn scrub_forgets_a_class() {
+    let _torch = torch_lock();
     check_class_wise(&scrub().build().unwrap(), true);
 }
 
@@ -327,6 +266,7 @@ fn scrub_forgets_a_class() {
 /// the retain loss), and the retain set is kept.
 #[test]
 fn random_forgetting_raises_the_relative_forget_loss() {
+    let _torch = torch_lock();
     let t = task();
     let d = data(&t, random20());
     let gap0 = forget_loss(&t.model, &d) / retain_loss(&t.model, &d);
@@ -369,14 +309,15 @@ fn random_forgetting_raises_the_relative_forget_loss() {
 
 #[test]
 fn rl_options_and_determinism() {
+    let _torch = torch_lock();
     let t = task();
     let d = data(&t, class0());
     let base = rl().build().unwrap();
     let (_, _, _, a) = unlearn(&t, &d, &base, 4);
     let (_, _, _, b) = unlearn(&t, &d, &base, 4);
     let (_, _, _, c) = unlearn(&t, &d, &base, 5);
-    assert_eq!(bits(&a), bits(&b), "same seed, same result");
-    assert_ne!(bits(&a), bits(&c), "the seed must matter");
+    assert_eq!(param_bits(&a), param_bits(&b), "same seed, same result");
+    assert_ne!(param_bits(&a), param_bits(&c), "the seed must matter");
     for cfg in [
         RlConfig {
             exclude_true_label: true,
@@ -426,6 +367,7 @@ fn other_labels_differ_from_the_true_ones() {
 
 #[test]
 fn salun_mask_keeps_the_requested_share_of_the_most_salient_weights() {
+    let _torch = torch_lock();
     let t = task();
     let d = data(&t, class0());
     let grads_before: Vec<Vec<u32>> = t
@@ -476,6 +418,7 @@ fn salun_mask_keeps_the_requested_share_of_the_most_salient_weights() {
 
 #[test]
 fn salun_mask_is_exact_under_ties() {
+    let _torch = torch_lock();
     let t = task();
     let params = t.model.parameters();
     let n = t.model.num_params() as u64;
@@ -522,6 +465,7 @@ fn salun_mask_is_exact_under_ties() {
 
 #[test]
 fn salun_leaves_unmasked_weights_bit_for_bit_unchanged() {
+    let _torch = torch_lock();
     let t = task();
     let d = data(&t, class0());
     for ratio in [0.5, 0.1] {
@@ -536,9 +480,9 @@ fn salun_leaves_unmasked_weights_bit_for_bit_unchanged() {
             ..Default::default()
         };
         let masks = mask_vec(&saliency_mask(&t.model, &d.forget, 16, ratio).unwrap());
-        let before = bits(&t.model);
+        let before = param_bits(&t.model);
         let (_, _, report, after) = unlearn(&t, &d, &cfg.build().unwrap(), 3);
-        let after = bits(&after);
+        let after = param_bits(&after);
         let density = report.extra["mask_density"].as_f64().unwrap();
         assert!((density - ratio).abs() <= 1.0 / t.model.num_params() as f64 + 1e-12);
         let (mut frozen, mut moved, mut free) = (0u64, 0u64, 0u64);
@@ -563,6 +507,7 @@ fn salun_leaves_unmasked_weights_bit_for_bit_unchanged() {
 
 #[test]
 fn scrub_and_neggrad_plus_step_counts() {
+    let _torch = torch_lock();
     let t = task();
     let d = data(&t, class0());
     let (nf, nr) = (d.forget.len(), d.retain.len());
@@ -600,6 +545,7 @@ fn distillation_divergence() {
 
 #[test]
 fn a_diverging_run_stops_with_a_clear_error() {
+    let _torch = torch_lock();
     let t = task();
     let d = data(&t, class0());
     let cfg = GaConfig {

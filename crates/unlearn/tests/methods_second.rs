@@ -3,12 +3,11 @@
 //! noise follows the inverse Fisher; configs reject bad values and unknown keys.
 
 use rustworthy_core::progress::ProgressMode;
-use rustworthy_data::synthetic::synthetic;
 use rustworthy_data::Dataset;
 use rustworthy_models::{Arch, Model, ModelSpec};
-use rustworthy_train::schedule::{LrSchedule, ScheduleConfig};
-use rustworthy_train::trainer::FitOptions;
-use rustworthy_train::{evaluate, fit, OptimConfig, TrainConfig};
+use rustworthy_testkit::{copy_of, sgd_recipe, synthetic_split, tiny_spec, torch_lock};
+use rustworthy_testkit::{trained_model, CLASSES};
+use rustworthy_train::{evaluate, TrainConfig};
 use rustworthy_unlearn::methods::be::BeConfig;
 use rustworthy_unlearn::methods::bs::{nearest_wrong_labels, BsConfig};
 use rustworthy_unlearn::methods::common::{flat_grad, head_param_names, RunConfig};
@@ -16,39 +15,6 @@ use rustworthy_unlearn::methods::ff::{fisher_diagonal, noise_plan, FfConfig};
 use rustworthy_unlearn::methods::iu::{woodfisher_ihvp, IuConfig};
 use rustworthy_unlearn::{ForgetSpec, MethodReport, Scenario, UnlearnCtx, UnlearnData, Unlearner};
 use tch::{Device, Kind, Tensor};
-
-fn spec(arch: Arch) -> ModelSpec {
-    ModelSpec {
-        arch,
-        in_channels: 1,
-        num_classes: 4,
-        input_size: (12, 12),
-        mean: vec![0.5],
-        std: vec![0.25],
-    }
-}
-
-fn train_cfg() -> TrainConfig {
-    TrainConfig {
-        epochs: 12,
-        batch_size: 16,
-        eval_batch_size: 256,
-        optim: OptimConfig::Sgd {
-            momentum: 0.9,
-            dampening: 0.0,
-            nesterov: false,
-            weight_decay: 5e-4,
-        },
-        lr: ScheduleConfig {
-            lr: 0.05,
-            schedule: LrSchedule::Cosine { min_lr: 0.0 },
-            warmup_epochs: 0.0,
-        },
-        augment: Default::default(),
-        drop_last: false,
-        seed: 7,
-    }
-}
 
 /// A trained model and its data: the first 160 synthetic samples are the training file.
 struct Task {
@@ -65,18 +31,9 @@ fn single_threaded() {
 
 fn task(arch: Arch) -> Task {
     single_threaded();
-    let all = synthetic(4, 60, 1, 12, 0.35, 5);
-    let idx: Vec<usize> = (0..all.len()).collect();
-    let train = all.subset(&idx[..160]).unwrap();
-    let test = all.subset(&idx[160..]).unwrap();
-    tch::manual_seed(1);
-    let mut model = Model::new(spec(arch), Device::Cpu).unwrap();
-    let cfg = train_cfg();
-    let opts = FitOptions {
-        progress: ProgressMode::Quiet,
-        ..Default::default()
-    };
-    fit(&mut model, &train, None, &cfg, &opts).unwrap();
+    let (train, test) = synthetic_split(60, 12, 0.35, 5, 160);
+    let cfg = sgd_recipe(12, 16, 0.05, 7);
+    let model = trained_model(tiny_spec(arch, 12), 1, &train, &cfg);
     Task {
         model,
         train,
@@ -88,7 +45,7 @@ fn task(arch: Arch) -> Task {
 fn unlearn_data(t: &Task, spec: ForgetSpec) -> UnlearnData {
     let labels = t.train.labels_vec();
     let train_idx: Vec<usize> = (0..t.train.len()).collect();
-    let scenario = Scenario::resolve(&spec, &train_idx, &labels, 4, 3).unwrap();
+    let scenario = Scenario::resolve(&spec, &train_idx, &labels, CLASSES, 3).unwrap();
     let test_labels = t.test.labels_vec();
     let keep: Vec<usize> = (0..t.test.len())
         .filter(|&i| !scenario.forget_classes.contains(&(test_labels[i] as usize)))
@@ -111,12 +68,6 @@ fn random() -> ForgetSpec {
 
 fn acc(m: &Model, ds: &Dataset) -> f64 {
     evaluate(m, ds, 256).unwrap().accuracy
-}
-
-fn copy_of(m: &Model) -> Model {
-    let mut c = Model::new(m.spec.clone(), Device::Cpu).unwrap();
-    c.copy_from(m).unwrap();
-    c
 }
 
 fn ctx<'a>(t: &'a Task, data: &'a UnlearnData, seed: u64) -> UnlearnCtx<'a> {
@@ -215,6 +166,7 @@ fn err_of<T>(r: rustworthy_core::Result<T>) -> String {
 
 #[test]
 fn ff_forgets_a_class_and_keeps_the_rest() {
+    let _torch = torch_lock();
     let t = task(Arch::Mlp);
     let data = unlearn_data(&t, class_wise());
     let method = FfConfig::default().build().unwrap();
@@ -239,6 +191,7 @@ fn ff_forgets_a_class_and_keeps_the_rest() {
 
 #[test]
 fn ff_noise_follows_the_inverse_fisher() {
+    let _torch = torch_lock();
     let t = task(Arch::Mlp);
     let data = unlearn_data(&t, random());
     // No clamping: the variance is alpha / (F + 1e-8) everywhere (row-averaged for matrices).
@@ -308,6 +261,7 @@ fn ff_noise_follows_the_inverse_fisher() {
 
 #[test]
 fn ff_clamps_a_vanishing_fisher_and_rejects_a_broken_one() {
+    let _torch = torch_lock();
     let t = task(Arch::Mlp);
     let cfg = FfConfig {
         alpha: 1e-3,
@@ -348,6 +302,7 @@ fn ff_clamps_a_vanishing_fisher_and_rejects_a_broken_one() {
 
 #[test]
 fn ff_is_reproducible_from_the_seed() {
+    let _torch = torch_lock();
     let t = task(Arch::Mlp);
     let data = unlearn_data(&t, random());
     let method = FfConfig {
@@ -405,6 +360,7 @@ impl Tiny {
 
 #[test]
 fn woodfisher_equals_a_dense_solve() {
+    let _torch = torch_lock();
     let d = 244i64;
     let tiny = Tiny::new(300);
     let v = Tensor::randn([d], (Kind::Float, Device::Cpu));
@@ -451,6 +407,7 @@ fn woodfisher_equals_a_dense_solve() {
 
 #[test]
 fn iu_forgets_a_class() {
+    let _torch = torch_lock();
     let t = task(Arch::Mlp);
     let data = unlearn_data(&t, class_wise());
     let cfg = IuConfig {
@@ -496,6 +453,7 @@ fn iu_forgets_a_class() {
 
 #[test]
 fn iu_with_reference_defaults_keeps_the_model_on_random_forgetting() {
+    let _torch = torch_lock();
     let t = task(Arch::Mlp);
     let data = unlearn_data(&t, random());
     let (before, after, report, _) = run(&t, &data, &IuConfig::default().build().unwrap());
@@ -506,6 +464,7 @@ fn iu_with_reference_defaults_keeps_the_model_on_random_forgetting() {
 
 #[test]
 fn iu_refuses_a_non_finite_update() {
+    let _torch = torch_lock();
     let t = task(Arch::Mlp);
     let data = unlearn_data(&t, class_wise());
     for (cfg, want) in [
@@ -546,6 +505,7 @@ fn recipe(lr: f64) -> RunConfig {
 
 #[test]
 fn be_forgets_a_class_and_keeps_the_model_shape() {
+    let _torch = torch_lock();
     let t = task(Arch::Mlp);
     let data = unlearn_data(&t, class_wise());
     let method = BeConfig { run: recipe(3e-3) }.build().unwrap();
@@ -575,6 +535,7 @@ fn be_forgets_a_class_and_keeps_the_model_shape() {
 
 #[test]
 fn bs_forgets_a_class_through_its_nearest_wrong_labels() {
+    let _torch = torch_lock();
     let t = task(Arch::Mlp);
     let data = unlearn_data(&t, class_wise());
     let forget_labels = data.forget.labels_vec();
@@ -622,6 +583,7 @@ fn bs_forgets_a_class_through_its_nearest_wrong_labels() {
 
 #[test]
 fn diverging_fine_tuning_is_an_error() {
+    let _torch = torch_lock();
     let t = task(Arch::Mlp);
     let data = unlearn_data(&t, class_wise());
     let be = BeConfig { run: recipe(1e9) }.build().unwrap();
@@ -858,6 +820,7 @@ fn configs_name_the_bad_field_and_reject_unknown_keys() {
 
 #[test]
 fn the_classifier_layer_is_found_in_every_architecture() {
+    let _torch = torch_lock();
     single_threaded();
     for arch in Arch::ALL {
         tch::manual_seed(0);

@@ -4,44 +4,26 @@
 //! classifier layer, refuses it with a clear error before changing anything.
 
 use rustworthy_core::progress::ProgressMode;
-use rustworthy_data::synthetic::synthetic;
 use rustworthy_data::Dataset;
 use rustworthy_models::{Model, ScriptOptions};
-use rustworthy_train::schedule::{LrSchedule, ScheduleConfig};
-use rustworthy_train::trainer::FitOptions;
-use rustworthy_train::{evaluate, fit, OptimConfig, TrainConfig};
+use rustworthy_testkit::{quiet, sgd_recipe, small_cnn_fixture, synthetic_split, torch_lock};
+use rustworthy_train::{evaluate, fit, TrainConfig};
 use rustworthy_unlearn::methods::common::head_param_names;
 use rustworthy_unlearn::pipeline::run_method;
 use rustworthy_unlearn::{ForgetSpec, MethodConfig, Scenario, UnlearnCtx, UnlearnData};
-use std::path::Path;
 use tch::Device;
 
 fn script_model() -> Model {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/torchscript/small-cnn.pt");
-    Model::from_torchscript(path, ScriptOptions::new(1, (12, 12)), Device::Cpu).unwrap()
+    Model::from_torchscript(
+        small_cnn_fixture(),
+        ScriptOptions::new(1, (12, 12)),
+        Device::Cpu,
+    )
+    .unwrap()
 }
 
 fn recipe() -> TrainConfig {
-    TrainConfig {
-        epochs: 12,
-        batch_size: 16,
-        eval_batch_size: 256,
-        optim: OptimConfig::Sgd {
-            momentum: 0.9,
-            dampening: 0.0,
-            nesterov: false,
-            weight_decay: 5e-4,
-        },
-        lr: ScheduleConfig {
-            lr: 0.05,
-            schedule: LrSchedule::Cosine { min_lr: 0.0 },
-            warmup_epochs: 0.0,
-        },
-        augment: Default::default(),
-        drop_last: false,
-        seed: 7,
-    }
+    sgd_recipe(12, 16, 0.05, 7)
 }
 
 fn data(train: &Dataset, test: &Dataset) -> UnlearnData {
@@ -59,19 +41,13 @@ fn data(train: &Dataset, test: &Dataset) -> UnlearnData {
 
 #[test]
 fn script_models_unlearn_except_with_feature_methods() {
+    let _torch = torch_lock();
     tch::set_num_threads(1);
-    let all = synthetic(4, 50, 1, 12, 0.35, 5);
-    let idx: Vec<usize> = (0..all.len()).collect();
-    let train = all.subset(&idx[..140]).unwrap();
-    let test = all.subset(&idx[140..]).unwrap();
+    let (train, test) = synthetic_split(50, 12, 0.35, 5, 140);
     tch::manual_seed(1);
     let mut model = script_model();
     let cfg = recipe();
-    let opts = FitOptions {
-        progress: ProgressMode::Quiet,
-        ..Default::default()
-    };
-    fit(&mut model, &train, None, &cfg, &opts).unwrap();
+    fit(&mut model, &train, None, &cfg, &quiet()).unwrap();
     let acc = evaluate(&model, &test, 256).unwrap().accuracy;
     assert!(acc > 40.0, "the script model did not train: {acc:.1}%");
     // The classifier layer of a script model is found by shape, as FF needs it.

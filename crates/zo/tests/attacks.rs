@@ -2,66 +2,10 @@
 //! PGD, exact per-sample query accounting within the budget, threat-model feasibility, and named
 //! errors for bad settings.
 
-use rustworthy_core::progress::ProgressMode;
-use rustworthy_data::synthetic::synthetic;
-use rustworthy_data::Dataset;
-use rustworthy_models::{Arch, Model, ModelSpec};
 use rustworthy_robust::attack::Attack;
 use rustworthy_robust::{attack_dataset, Pgd, RunOptions, ThreatModel};
-use rustworthy_train::schedule::{LrSchedule, ScheduleConfig};
-use rustworthy_train::trainer::FitOptions;
-use rustworthy_train::{fit, OptimConfig, TrainConfig};
+use rustworthy_testkit::{task, torch_lock};
 use rustworthy_zo::{ZoAttack, ZoAttackKind};
-use std::sync::Mutex;
-use tch::Device;
-
-static TORCH: Mutex<()> = Mutex::new(());
-
-fn trained() -> (Model, Dataset) {
-    {
-        let all = synthetic(4, 100, 1, 12, 0.3, 7);
-        let idx: Vec<usize> = (0..all.len()).collect();
-        let (train, test) = (
-            all.subset(&idx[..300]).unwrap(),
-            all.subset(&idx[300..]).unwrap(),
-        );
-        tch::manual_seed(3);
-        let spec = ModelSpec {
-            arch: Arch::Mlp,
-            in_channels: 1,
-            num_classes: 4,
-            input_size: (12, 12),
-            mean: vec![0.5],
-            std: vec![0.25],
-        };
-        let mut m = Model::new(spec, Device::Cpu).unwrap();
-        let cfg = TrainConfig {
-            epochs: 6,
-            batch_size: 32,
-            eval_batch_size: 256,
-            optim: OptimConfig::Sgd {
-                momentum: 0.9,
-                dampening: 0.0,
-                nesterov: false,
-                weight_decay: 5e-4,
-            },
-            lr: ScheduleConfig {
-                lr: 0.05,
-                schedule: LrSchedule::Cosine { min_lr: 0.0 },
-                warmup_epochs: 0.0,
-            },
-            augment: Default::default(),
-            drop_last: false,
-            seed: 5,
-        };
-        let opts = FitOptions {
-            progress: ProgressMode::Quiet,
-            ..Default::default()
-        };
-        fit(&mut m, &train, None, &cfg, &opts).unwrap();
-        (m, test)
-    }
-}
 
 fn opts() -> RunOptions {
     RunOptions {
@@ -73,8 +17,8 @@ fn opts() -> RunOptions {
 
 #[test]
 fn zo_attacks_come_close_to_pgd_with_exact_queries() {
-    let _g = TORCH.lock().unwrap_or_else(|e| e.into_inner());
-    let (model, test) = trained();
+    let _torch = torch_lock();
+    let (model, _, test) = task::trained();
     let (model, test) = (&model, &test);
     let eps = 0.15;
     let threat = ThreatModel::linf(eps).unwrap();
@@ -137,8 +81,8 @@ fn zo_attacks_come_close_to_pgd_with_exact_queries() {
 
 #[test]
 fn zo_attacks_refuse_bad_settings_by_name() {
-    let _g = TORCH.lock().unwrap_or_else(|e| e.into_inner());
-    let (model, test) = trained();
+    let _torch = torch_lock();
+    let (model, _, test) = task::trained();
     let (model, test) = (&model, &test);
     let threat = ThreatModel::linf(0.1).unwrap();
     let (x, y) = test.batch(&[0, 1, 2]);

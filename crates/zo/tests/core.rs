@@ -1,6 +1,7 @@
 //! Estimators, optimizers, projections and min-max on functions with known answers.
 
 use rustworthy_core::Error;
+use rustworthy_testkit::torch_lock;
 use rustworthy_zo::estimate::{direction, directions};
 use rustworthy_zo::*;
 use tch::{Device, Kind, Tensor};
@@ -21,6 +22,7 @@ fn rge(dist: Dist, q: usize, mu: f64, diff: Diff) -> Rge {
 
 #[test]
 fn query_counts_are_exact() {
+    let _torch = torch_lock();
     let d = 7;
     let mut o = Oracle::new(quadratic(d, 0), None).unwrap();
     let x = Tensor::zeros([d], F64);
@@ -86,6 +88,7 @@ fn moments(r: &Rge, o: &mut Oracle<Quadratic>, x: &Tensor, n: usize) -> (Tensor,
 
 #[test]
 fn rge_is_unbiased_with_the_closed_form_variance_on_a_quadratic() {
+    let _torch = torch_lock();
     let d = 10;
     let n = 4000;
     let mut o = Oracle::new(quadratic(d, 1), None).unwrap();
@@ -130,6 +133,7 @@ fn rge_is_unbiased_with_the_closed_form_variance_on_a_quadratic() {
 
 #[test]
 fn cge_matches_the_gradient_of_logistic_regression() {
+    let _torch = torch_lock();
     let mut o = Oracle::new(logistic(200, 6, 2), None).unwrap();
     let w = Tensor::randn([6], F64) * 0.3;
     let g = o.objective.gradient(&w);
@@ -145,6 +149,7 @@ fn cge_matches_the_gradient_of_logistic_regression() {
 
 #[test]
 fn seed_replay_regenerates_identical_directions() {
+    let _torch = torch_lock();
     let a = direction(42, 3, 1000, Dist::Gaussian, Kind::Float, Device::Cpu);
     let b = direction(42, 3, 1000, Dist::Gaussian, Kind::Float, Device::Cpu);
     assert!(a.equal(&b));
@@ -174,6 +179,7 @@ fn seed_replay_regenerates_identical_directions() {
 
 #[test]
 fn projections_keep_constraints_and_are_idempotent() {
+    let _torch = torch_lock();
     tch::manual_seed(5);
     let x = Tensor::randn([50, 8], F64) * 3.0;
     let c = Tensor::randn([8], F64);
@@ -234,6 +240,7 @@ fn base(est: Estimator, update: Update, lr: f64, steps: usize) -> ZoConfig {
 
 #[test]
 fn zo_sgd_converges_to_the_optimum_of_a_quadratic() {
+    let _torch = torch_lock();
     let d = 10;
     let obj = quadratic(d, 4);
     let c = obj.c.copy();
@@ -253,6 +260,7 @@ fn zo_sgd_converges_to_the_optimum_of_a_quadratic() {
 
 #[test]
 fn optimizers_reduce_logistic_loss_toward_the_optimum() {
+    let _torch = torch_lock();
     let (n, d) = (400, 8);
     let obj = logistic(n, d, 6);
     // First-order reference optimum by gradient descent.
@@ -310,6 +318,7 @@ fn optimizers_reduce_logistic_loss_toward_the_optimum() {
 
 #[test]
 fn bad_input_is_refused_by_name() {
+    let _torch = torch_lock();
     let mut o = Oracle::new(quadratic(4, 0), None).unwrap();
     let x = Tensor::zeros([4], F64);
     let msg = |e: Error| e.to_string();
@@ -366,6 +375,7 @@ fn bad_input_is_refused_by_name() {
 
 #[test]
 fn an_exhausted_budget_stops_cleanly_with_the_best_point() {
+    let _torch = torch_lock();
     let d = 6;
     let mut o = Oracle::new(quadratic(d, 7), Some(100)).unwrap();
     let x0 = Tensor::zeros([d], F64);
@@ -406,6 +416,7 @@ fn an_exhausted_budget_stops_cleanly_with_the_best_point() {
 
 #[test]
 fn zo_min_max_closes_the_duality_gap_of_robust_regression() {
+    let _torch = torch_lock();
     let mut f = RobustRegression::synthetic(4, 50, 5, 0.5, 1.0, 8);
     let x0 = Tensor::zeros([5], F64);
     let w0 = Tensor::full([4], 0.25, F64);

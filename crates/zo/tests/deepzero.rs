@@ -1,28 +1,12 @@
 //! DeepZero: the batched, feature-reusing CGE equals the one-coordinate-at-a-time loop and the
 //! true gradient, counts its queries exactly, and trains a network without backpropagation.
 
-use rustworthy_core::progress::ProgressMode;
-use rustworthy_data::synthetic::synthetic;
-use rustworthy_models::{Arch, Model, ModelSpec};
+use rustworthy_models::{Arch, Model};
+use rustworthy_testkit::{quiet, synthetic_split, tiny_spec, torch_lock};
 use rustworthy_train::schedule::{LrSchedule, ScheduleConfig};
-use rustworthy_train::trainer::FitOptions;
 use rustworthy_train::{evaluate, fit_with, OptimConfig, TrainConfig};
 use rustworthy_zo::{zo_grasp_densities, DeepZeroStep, ZoNet, ZoTrainConfig};
-use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
-
-static TORCH: Mutex<()> = Mutex::new(());
-
-fn spec(arch: Arch, size: i64) -> ModelSpec {
-    ModelSpec {
-        arch,
-        in_channels: 1,
-        num_classes: 4,
-        input_size: (size, size),
-        mean: vec![0.5],
-        std: vec![0.25],
-    }
-}
 
 /// A random subset (about `frac`) of every slot's coordinates.
 fn some_coords(net: &ZoNet, frac: f64, seed: i64) -> Vec<Option<Tensor>> {
@@ -54,9 +38,9 @@ fn net_forward_grad(model: &Model, x: &Tensor) -> Tensor {
 }
 
 fn check_arch(arch: Arch, size: i64, tol_naive: f64) {
-    let _g = TORCH.lock().unwrap_or_else(|e| e.into_inner());
+    let _torch = torch_lock();
     tch::manual_seed(3);
-    let model = Model::new(spec(arch, size), Device::Cpu).unwrap();
+    let model = Model::new(tiny_spec(arch, size), Device::Cpu).unwrap();
     let net = ZoNet::new(&model).unwrap();
     let x = Tensor::rand([6, 1, size, size], (Kind::Float, Device::Cpu));
     let y = Tensor::from_slice(&[0i64, 1, 2, 3, 0, 1]);
@@ -139,9 +123,9 @@ fn batched_cge_matches_the_coordinate_loop_and_the_gradient_mlp() {
 
 #[test]
 fn zo_grasp_densities_meet_the_sparsity() {
-    let _g = TORCH.lock().unwrap_or_else(|e| e.into_inner());
+    let _torch = torch_lock();
     tch::manual_seed(1);
-    let model = Model::new(spec(Arch::Lenet, 16), Device::Cpu).unwrap();
+    let model = Model::new(tiny_spec(Arch::Lenet, 16), Device::Cpu).unwrap();
     let net = ZoNet::new(&model).unwrap();
     let x = Tensor::rand([32, 1, 16, 16], (Kind::Float, Device::Cpu));
     let y = Tensor::randint(4, [32], (Kind::Int64, Device::Cpu));
@@ -177,15 +161,10 @@ fn zo_grasp_densities_meet_the_sparsity() {
 
 #[test]
 fn deepzero_trains_without_backpropagation() {
-    let _g = TORCH.lock().unwrap_or_else(|e| e.into_inner());
-    let all = synthetic(4, 120, 1, 16, 0.3, 7);
-    let idx: Vec<usize> = (0..all.len()).collect();
-    let (train, test) = (
-        all.subset(&idx[..400]).unwrap(),
-        all.subset(&idx[400..]).unwrap(),
-    );
+    let _torch = torch_lock();
+    let (train, test) = synthetic_split(120, 16, 0.3, 7, 400);
     tch::manual_seed(2);
-    let mut model = Model::new(spec(Arch::Lenet, 16), Device::Cpu).unwrap();
+    let mut model = Model::new(tiny_spec(Arch::Lenet, 16), Device::Cpu).unwrap();
     let before = evaluate(&model, &test, 256).unwrap().accuracy;
     let cfg = TrainConfig {
         epochs: 4,
@@ -218,11 +197,7 @@ fn deepzero_trains_without_backpropagation() {
         9,
     )
     .unwrap();
-    let opts = FitOptions {
-        progress: ProgressMode::Quiet,
-        ..Default::default()
-    };
-    let out = fit_with(&mut model, &train, None, &cfg, &opts, &mut hook).unwrap();
+    let out = fit_with(&mut model, &train, None, &cfg, &quiet(), &mut hook).unwrap();
     let after = evaluate(&model, &test, 256).unwrap().accuracy;
     assert!(
         after > 80.0 && after > before + 30.0,

@@ -3,16 +3,18 @@
 
 use rustworthy_core::Error;
 use rustworthy_models::{Model, ScriptOptions};
+use rustworthy_testkit::small_cnn_fixture;
 use rustworthy_zo::ZoNet;
-use std::path::Path;
 use tch::Device;
 
 #[test]
 fn deepzero_refuses_script_models() {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/torchscript/small-cnn.pt");
-    let model =
-        Model::from_torchscript(path, ScriptOptions::new(1, (12, 12)), Device::Cpu).unwrap();
+    let model = Model::from_torchscript(
+        small_cnn_fixture(),
+        ScriptOptions::new(1, (12, 12)),
+        Device::Cpu,
+    )
+    .unwrap();
     let e = ZoNet::new(&model)
         .err()
         .expect("a TorchScript model must be refused");

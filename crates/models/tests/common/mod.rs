@@ -1,30 +1,17 @@
 //! Helpers shared by the integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use rustworthy_models::{Model, ModelSpec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-/// Workspace root.
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+/// The workspace root and the project's Python come from the test kit.
+pub use rustworthy_testkit::{python, python_or_skip, python_required, workspace_root};
 
 /// The committed PyTorch fixtures.
 pub fn fixture_dir() -> PathBuf {
     workspace_root().join("tests/fixtures/models")
-}
-
-/// The project's Python interpreter, if installed.
-pub fn python() -> Option<PathBuf> {
-    let p = workspace_root().join(".venv/bin/python");
-    p.exists().then_some(p)
-}
-
-/// Whether a missing Python must fail the test instead of skipping it.
-pub fn python_required() -> bool {
-    std::env::var("RUSTWORTHY_REQUIRE_PYTHON").is_ok_and(|v| v == "1")
 }
 
 /// Reads a safetensors file into a map.
