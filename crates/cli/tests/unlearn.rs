@@ -142,7 +142,8 @@ fn bad_unlearning_inputs_are_explained() {
         assert_eq!(o.status.code(), Some(2), "{forget} {method}");
         assert!(stderr(&o).contains(want), "{forget}: {}", stderr(&o));
     }
-    // A weights file without its sidecar cannot say which split it was trained on.
+    // A weights file without its sidecar cannot say what it is: its architecture is asked for
+    // (a usage error).
     let bare = tmp.path().join("bare.safetensors");
     std::fs::copy(&model, &bare).unwrap();
     let o = run(&[
@@ -156,8 +157,12 @@ fn bad_unlearning_inputs_are_explained() {
         "--device",
         "cpu",
     ]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("sidecar"), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("sidecar") && stderr(&o).contains("--arch"),
+        "{}",
+        stderr(&o)
+    );
     // A method setting that does not exist is named.
     let cfg = tmp.path().join("m.toml");
     std::fs::write(&cfg, "lr = 0.01\nmomentom = 0.9\n").unwrap();
