@@ -1,6 +1,7 @@
 //! Building blocks: a variable registry that keeps PyTorch state-dict order, and the layers
 //! (convolution, linear, batch norm) with PyTorch's initialisation schemes.
 
+use crate::layout::LayerOp;
 use rustworthy_core::Result;
 use std::cell::RefCell;
 use tch::{nn, Device, Kind, Tensor};
@@ -29,6 +30,8 @@ pub(crate) struct Var {
 pub(crate) struct Builder<'a> {
     path: nn::Path<'a>,
     registry: &'a RefCell<Vec<Var>>,
+    /// The module's state-dict prefix (`layer1.0.conv1`; empty at the root).
+    prefix: String,
 }
 
 impl<'a> Builder<'a> {
@@ -36,15 +39,28 @@ impl<'a> Builder<'a> {
         Builder {
             path: vs.root(),
             registry,
+            prefix: String::new(),
         }
     }
 
     /// A builder for a sub-module: names get the prefix `name.`.
     pub fn sub<T: ToString>(&self, name: T) -> Builder<'a> {
+        let name = name.to_string();
+        let prefix = if self.prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
         Builder {
             path: self.path.sub(name),
             registry: self.registry,
+            prefix,
         }
+    }
+
+    /// The module's state-dict prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     pub fn device(&self) -> Device {
@@ -119,6 +135,7 @@ pub(crate) enum ConvInit {
 
 /// A 2-D convolution with square kernel, stride and padding.
 pub(crate) struct Conv2d {
+    name: String,
     weight: Tensor,
     bias: Option<Tensor>,
     stride: i64,
@@ -176,6 +193,7 @@ impl Conv2d {
             None
         };
         Ok(Conv2d {
+            name: b.prefix().to_string(),
             weight,
             bias,
             stride: o.stride,
@@ -193,10 +211,21 @@ impl Conv2d {
             1,
         )
     }
+
+    /// This layer in the network's layout.
+    pub fn op(&self) -> LayerOp {
+        LayerOp::Conv2d {
+            name: self.name.clone(),
+            stride: self.stride,
+            padding: self.padding,
+            bias: self.bias.is_some(),
+        }
+    }
 }
 
 /// A fully connected layer with PyTorch's default init.
 pub(crate) struct Linear {
+    name: String,
     weight: Tensor,
     bias: Tensor,
 }
@@ -206,11 +235,22 @@ impl Linear {
         let bound = default_bound(fan_in);
         let weight = b.uniform("weight", &[fan_out, fan_in], bound)?;
         let bias = b.uniform("bias", &[fan_out], bound)?;
-        Ok(Linear { weight, bias })
+        Ok(Linear {
+            name: b.prefix().to_string(),
+            weight,
+            bias,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.linear(&self.weight, Some(&self.bias))
+    }
+
+    /// This layer in the network's layout.
+    pub fn op(&self) -> LayerOp {
+        LayerOp::Linear {
+            name: self.name.clone(),
+        }
     }
 }
 
@@ -221,6 +261,7 @@ pub(crate) const BN_MOMENTUM: f64 = 0.1;
 
 /// 2-D batch norm with affine parameters and running statistics.
 pub(crate) struct BatchNorm2d {
+    name: String,
     weight: Tensor,
     bias: Tensor,
     running_mean: Tensor,
@@ -231,6 +272,7 @@ pub(crate) struct BatchNorm2d {
 impl BatchNorm2d {
     pub fn new(b: &Builder, channels: i64) -> Result<Self> {
         Ok(BatchNorm2d {
+            name: b.prefix().to_string(),
             weight: b.constant("weight", &[channels], 1.0)?,
             bias: b.constant("bias", &[channels], 0.0)?,
             running_mean: b.buffer("running_mean", &[channels], 0.0)?,
@@ -258,6 +300,13 @@ impl BatchNorm2d {
             BN_EPS,
             true,
         )
+    }
+
+    /// This layer in the network's layout.
+    pub fn op(&self) -> LayerOp {
+        LayerOp::BatchNorm2d {
+            name: self.name.clone(),
+        }
     }
 }
 

@@ -32,6 +32,7 @@ pub mod bench;
 pub mod foreign;
 mod io;
 mod layers;
+pub mod layout;
 pub mod model;
 mod nets;
 pub mod pth;
@@ -39,6 +40,7 @@ pub mod script;
 pub mod spec;
 
 pub use foreign::{LoadReport, MapRules, Rename};
+pub use layout::LayerOp;
 pub use model::{LayerInfo, Model};
 pub use script::ScriptOptions;
 pub use spec::{Arch, ModelSpec, CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_MEAN, FASHION_MNIST_STD};

@@ -228,6 +228,16 @@ impl Model {
         self.zoo_net("feature_dim").feature_dim()
     }
 
+    /// The forward pass as a chain of named operations (see [`crate::layout`]), for the zoo
+    /// networks that describe one (MLP, LeNet-5, ResNet-18, ResNet-20); `None` for the others
+    /// and for TorchScript models. The input of the chain is the normalized image.
+    pub fn layout(&self) -> Option<Vec<crate::layout::LayerOp>> {
+        match &self.body {
+            Body::Zoo(n) => n.layout(),
+            Body::Script(_) => None,
+        }
+    }
+
     /// `(x - mean) / std` per channel, as done at the start of every forward pass.
     pub fn normalize(&self, x: &Tensor) -> Tensor {
         (x - &self.mean) / &self.std

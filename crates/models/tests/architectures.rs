@@ -312,3 +312,77 @@ fn gradients_reach_input_and_parameters() {
         assert!(p.grad().defined(), "{name} has no gradient");
     }
 }
+
+/// Every described layout, run functionally on the model's variables, is the model's forward
+/// pass bit for bit (eval mode, and train mode with the same running-statistics updates).
+#[test]
+fn layouts_reproduce_the_forward_pass() {
+    use rustworthy_models::layout::{run_layout, LayerOp};
+    use std::collections::BTreeMap;
+    let _torch = torch_lock();
+    let described = [Arch::Mlp, Arch::Lenet, Arch::Resnet18, Arch::Resnet20];
+    for arch in Arch::ALL {
+        let spec = ModelSpec::fashion_mnist(arch);
+        tch::manual_seed(3);
+        let model = Model::new(spec.clone(), Device::Cpu).unwrap();
+        let Some(layout) = model.layout() else {
+            assert!(!described.contains(&arch), "{arch} lost its layout");
+            continue;
+        };
+        assert!(
+            described.contains(&arch),
+            "{arch}: a new layout, add it here"
+        );
+        assert!(
+            matches!(layout.last(), Some(LayerOp::Linear { .. })),
+            "{arch}"
+        );
+        let twin = model.try_clone().unwrap();
+        let vars: BTreeMap<String, Tensor> = twin
+            .parameters()
+            .into_iter()
+            .chain(twin.buffers())
+            .collect();
+        let x = common::random_input(&spec, 3);
+        for train in [false, true] {
+            let direct = tch::no_grad(|| model.forward_t(&x, train));
+            let via =
+                tch::no_grad(|| run_layout(&layout, &vars, &model.normalize(&x), train)).unwrap();
+            assert_eq!(
+                common::max_abs_diff(&direct, &via),
+                0.0,
+                "{arch} train={train}"
+            );
+        }
+        for (name, t) in model.buffers() {
+            assert_eq!(
+                common::max_abs_diff(&t.to_kind(Kind::Double), &vars[&name].to_kind(Kind::Double)),
+                0.0,
+                "{arch}: buffer {name} updated differently"
+            );
+        }
+        // Every variable the layout names exists, and every parameter is named by the layout.
+        let mut named = Vec::new();
+        fn walk(ops: &[LayerOp], out: &mut Vec<String>) {
+            for op in ops {
+                if let Some(n) = op.name() {
+                    out.push(n.to_string());
+                }
+                if let LayerOp::Residual { body, shortcut } = op {
+                    walk(body, out);
+                    if let rustworthy_models::layout::Shortcut::Layers(l) = shortcut {
+                        walk(l, out);
+                    }
+                }
+            }
+        }
+        walk(&layout, &mut named);
+        for (name, _) in model.parameters() {
+            let prefix = name.rsplit_once('.').unwrap().0;
+            assert!(
+                named.iter().any(|n| n == prefix),
+                "{arch}: {name} not in the layout"
+            );
+        }
+    }
+}

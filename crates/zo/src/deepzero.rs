@@ -21,6 +21,7 @@ use crate::estimate::{Dist, Rge};
 use crate::objective::{Objective, Oracle};
 use rustworthy_core::seed::{derive, SeedRng};
 use rustworthy_core::{validate, Error, Result};
+use rustworthy_models::layout::{self, LayerOp};
 use rustworthy_models::spec::Arch;
 use rustworthy_models::Model;
 use rustworthy_train::{EpochRecord, EpochVerdict, TrainHook};
@@ -393,137 +394,170 @@ fn group_loss(logits: &Tensor, y: &Tensor, k: i64) -> Tensor {
 const CHUNK_FLOATS_CPU: i64 = 1 << 22;
 const CHUNK_FLOATS_CUDA: i64 = 1 << 26;
 
-impl ZoNet {
-    /// Builds the chain of `model` (LeNet-5, MLP or ResNet-20).
-    pub fn new(model: &Model) -> Result<ZoNet> {
-        let p: BTreeMap<String, Tensor> = model.parameters().into_iter().collect();
-        let bufs: BTreeMap<String, Tensor> = model.buffers().into_iter().collect();
-        let get = |n: &str| -> Result<Tensor> {
-            p.get(n)
-                .or_else(|| bufs.get(n))
-                .map(|t| t.shallow_clone())
-                .ok_or_else(|| Error::invalid(format!("model has no variable `{n}`")))
+/// The model's variables by state-dict name, turned into the chain's layers.
+struct VarLookup(BTreeMap<String, Tensor>);
+
+impl VarLookup {
+    fn new(model: &Model) -> Self {
+        VarLookup(
+            model
+                .parameters()
+                .into_iter()
+                .chain(model.buffers())
+                .collect(),
+        )
+    }
+
+    fn get(&self, name: &str, what: &str) -> Result<Tensor> {
+        self.0
+            .get(&format!("{name}.{what}"))
+            .map(|t| t.shallow_clone())
+            .ok_or_else(|| Error::invalid(format!("model has no variable `{name}.{what}`")))
+    }
+
+    /// A convolution or linear layer of the layout, with the state-dict prefix of its slots.
+    fn affine(&self, op: &LayerOp, pre: Pre) -> Result<(Affine, String)> {
+        let (aff, name, bias) = match op {
+            LayerOp::Conv2d {
+                name,
+                stride,
+                padding,
+                bias,
+            } if pre == Pre::None => (
+                AffOp::Conv {
+                    stride: *stride,
+                    pad: *padding,
+                },
+                name,
+                *bias,
+            ),
+            LayerOp::Linear { name } => (AffOp::Linear, name, true),
+            _ => {
+                return Err(Error::invalid(format!(
+                    "{op:?} is not an affine layer here"
+                )))
+            }
         };
-        let lin = |n: &str, pre: Pre, relu: bool| -> Result<Affine> {
-            Ok(Affine {
-                op: AffOp::Linear,
+        Ok((
+            Affine {
+                op: aff,
                 pre,
-                w: get(&format!("{n}.weight"))?,
-                b: Some(get(&format!("{n}.bias"))?),
-                post: if relu { vec![Post::Relu] } else { vec![] },
-            })
-        };
-        let bnp = |n: &str| -> Result<Post> {
-            Ok(Post::Bn(Bn {
-                w: get(&format!("{n}.weight"))?,
-                b: get(&format!("{n}.bias"))?,
-                rm: get(&format!("{n}.running_mean"))?,
-                rv: get(&format!("{n}.running_var"))?,
-                count: get(&format!("{n}.num_batches_tracked"))?,
-            }))
-        };
-        let conv = |n: &str, stride, pad, bias: bool, post: Vec<Post>| -> Result<Affine> {
-            Ok(Affine {
-                op: AffOp::Conv { stride, pad },
-                pre: Pre::None,
-                w: get(&format!("{n}.weight"))?,
+                w: self.get(name, "weight")?,
                 b: if bias {
-                    Some(get(&format!("{n}.bias"))?)
+                    Some(self.get(name, "bias")?)
                 } else {
                     None
                 },
-                post,
-            })
+                post: Vec::new(),
+            },
+            name.clone(),
+        ))
+    }
+
+    /// Batch norm, ReLU or max-pooling after an affine layer.
+    fn post(&self, op: &LayerOp) -> Result<Post> {
+        Ok(match op {
+            LayerOp::BatchNorm2d { name } => Post::Bn(Bn {
+                w: self.get(name, "weight")?,
+                b: self.get(name, "bias")?,
+                rm: self.get(name, "running_mean")?,
+                rv: self.get(name, "running_var")?,
+                count: self.get(name, "num_batches_tracked")?,
+            }),
+            LayerOp::Relu => Post::Relu,
+            LayerOp::MaxPool2 => Post::MaxPool2,
+            _ => return Err(Error::invalid(format!("{op:?} cannot follow a layer here"))),
+        })
+    }
+}
+
+impl ZoNet {
+    /// Builds the chain of `model` from its layout ([`Model::layout`]): convolutions and
+    /// linear layers, each followed by batch norm, ReLU or 2x2 max-pooling, and residual blocks
+    /// of two convolutions with a parameter-free shortcut (LeNet-5, MLP, ResNet-20).
+    pub fn new(model: &Model) -> Result<ZoNet> {
+        let Some(layout) = model.layout() else {
+            return Err(Error::config(
+                "model.arch",
+                format!(
+                    "zeroth-order (DeepZero) training rebuilds the network layer by layer from \
+                     its layout; {} has none (use lenet, mlp or resnet20)",
+                    if model.arch() == Arch::TorchScript {
+                        "a TorchScript model".to_string()
+                    } else {
+                        model.arch().to_string()
+                    }
+                ),
+            ));
         };
+        let unsupported = |what: &str| {
+            Error::config(
+                "model.arch",
+                format!(
+                    "zeroth-order (DeepZero) training supports lenet, mlp and resnet20, not {} \
+                     ({what})",
+                    model.arch()
+                ),
+            )
+        };
+        let vars = VarLookup::new(model);
         let mut units = Vec::new();
         let mut names = Vec::new();
-        match model.arch() {
-            Arch::Lenet => {
-                units.push(Unit::Affine(conv(
-                    "conv1",
-                    1,
-                    2,
-                    true,
-                    vec![Post::Relu, Post::MaxPool2],
-                )?));
-                units.push(Unit::Affine(conv(
-                    "conv2",
-                    1,
-                    0,
-                    true,
-                    vec![Post::Relu, Post::MaxPool2],
-                )?));
-                units.push(Unit::Affine(lin("fc1", Pre::Flatten, true)?));
-                units.push(Unit::Affine(lin("fc2", Pre::None, true)?));
-                units.push(Unit::Affine(lin("fc3", Pre::None, false)?));
-                names.extend(["conv1", "conv2", "fc1", "fc2", "fc3"].map(|n| vec![n.to_string()]));
-            }
-            Arch::Mlp => {
-                units.push(Unit::Affine(lin("fc1", Pre::Flatten, true)?));
-                units.push(Unit::Affine(lin("fc2", Pre::None, true)?));
-                units.push(Unit::Affine(lin("fc3", Pre::None, false)?));
-                names.extend(["fc1", "fc2", "fc3"].map(|n| vec![n.to_string()]));
-            }
-            Arch::Resnet20 => {
-                units.push(Unit::Affine(conv(
-                    "conv1",
-                    1,
-                    1,
-                    false,
-                    vec![bnp("bn1")?, Post::Relu],
-                )?));
-                names.push(vec!["conv1".into()]);
-                let mut cin = 16;
-                for (i, width) in [16i64, 32, 64].into_iter().enumerate() {
-                    for j in 0..3 {
-                        let stride = if i > 0 && j == 0 { 2 } else { 1 };
-                        let n = format!("layer{}.{j}", i + 1);
-                        let c1 = conv(
-                            &format!("{n}.conv1"),
-                            stride,
-                            1,
-                            false,
-                            vec![bnp(&format!("{n}.bn1"))?, Post::Relu],
-                        )?;
-                        let c2 = conv(
-                            &format!("{n}.conv2"),
-                            1,
-                            1,
-                            false,
-                            vec![bnp(&format!("{n}.bn2"))?],
-                        )?;
-                        let sc = if stride == 1 && cin == width {
-                            Shortcut::Identity
-                        } else {
-                            let extra = width - cin;
-                            Shortcut::ZeroPad {
-                                stride,
-                                lo: extra / 2,
-                                hi: extra - extra / 2,
-                            }
-                        };
-                        units.push(Unit::Block(Block { c1, c2, sc }));
-                        names.push(vec![format!("{n}.conv1"), format!("{n}.conv2")]);
-                        cin = width;
-                    }
+        let mut pre = Pre::None;
+        for op in &layout {
+            match op {
+                LayerOp::Conv2d { .. } | LayerOp::Linear { .. } => {
+                    let (f, n) = vars.affine(op, pre).map_err(|_| unsupported("layer"))?;
+                    units.push(Unit::Affine(f));
+                    names.push(vec![n]);
+                    pre = Pre::None;
                 }
-                units.push(Unit::Affine(lin("fc", Pre::AvgPool, false)?));
-                names.push(vec!["fc".into()]);
+                LayerOp::Flatten | LayerOp::GlobalAvgPool if pre == Pre::None => {
+                    pre = if *op == LayerOp::Flatten {
+                        Pre::Flatten
+                    } else {
+                        Pre::AvgPool
+                    };
+                }
+                LayerOp::BatchNorm2d { .. } | LayerOp::Relu | LayerOp::MaxPool2
+                    if pre == Pre::None =>
+                {
+                    let Some(Unit::Affine(last)) = units.last_mut() else {
+                        return Err(unsupported("an activation after a residual block"));
+                    };
+                    last.post.push(vars.post(op)?);
+                }
+                LayerOp::Residual { body, shortcut } if pre == Pre::None => {
+                    let [c1 @ LayerOp::Conv2d { .. }, b1 @ LayerOp::BatchNorm2d { .. }, LayerOp::Relu, c2 @ LayerOp::Conv2d { .. }, b2 @ LayerOp::BatchNorm2d { .. }] =
+                        body.as_slice()
+                    else {
+                        return Err(unsupported(
+                            "a residual block other than conv-bn-relu-conv-bn",
+                        ));
+                    };
+                    let sc = match shortcut {
+                        layout::Shortcut::Identity => Shortcut::Identity,
+                        layout::Shortcut::ZeroPad { stride, lo, hi } => Shortcut::ZeroPad {
+                            stride: *stride,
+                            lo: *lo,
+                            hi: *hi,
+                        },
+                        layout::Shortcut::Layers(_) => {
+                            return Err(unsupported("a projection shortcut"))
+                        }
+                    };
+                    let (mut c1, n1) = vars.affine(c1, Pre::None)?;
+                    c1.post = vec![vars.post(b1)?, Post::Relu];
+                    let (mut c2, n2) = vars.affine(c2, Pre::None)?;
+                    c2.post = vec![vars.post(b2)?];
+                    units.push(Unit::Block(Block { c1, c2, sc }));
+                    names.push(vec![n1, n2]);
+                }
+                _ => return Err(unsupported("two pooling or flattening steps in a row")),
             }
-            Arch::TorchScript => {
-                return Err(Error::config(
-                    "model.arch",
-                    "zeroth-order (DeepZero) training rebuilds the network layer by layer from a \
-                     zoo architecture (lenet, mlp or resnet20); a TorchScript model's layers are \
-                     not visible to it",
-                ))
-            }
-            a @ (Arch::Resnet18 | Arch::PreactResnet18 | Arch::Vgg16Bn) => {
-                return Err(Error::config(
-                    "model.arch",
-                    format!("zeroth-order training supports lenet, mlp and resnet20, not {a}"),
-                ))
-            }
+        }
+        if pre != Pre::None || !matches!(units.last(), Some(Unit::Affine(_))) {
+            return Err(unsupported("a network that does not end in a linear layer"));
         }
         let mut slots = Vec::new();
         for (u, (unit, ns)) in units.iter().zip(&names).enumerate() {

@@ -211,3 +211,31 @@ fn deepzero_trains_without_backpropagation() {
     assert_eq!(q_hist as u64, hook.queries);
     assert!(dir.path().join("densities.json").exists());
 }
+
+/// The chain is built from the model's layout: every described network with parameter-free
+/// shortcuts is accepted with one slot per parameter in state-dict order; the others are
+/// refused with the reason.
+#[test]
+fn chain_comes_from_the_models_layout() {
+    let _torch = torch_lock();
+    for arch in [Arch::Lenet, Arch::Mlp, Arch::Resnet20] {
+        let model = Model::new(tiny_spec(arch, 16), Device::Cpu).unwrap();
+        let net = ZoNet::new(&model).unwrap();
+        let names: Vec<String> = net.slots.iter().map(|s| s.name.clone()).collect();
+        let params: Vec<String> = model.parameters().into_iter().map(|(n, _)| n).collect();
+        let weights_and_biases: Vec<String> =
+            params.into_iter().filter(|n| !n.contains("bn")).collect();
+        assert_eq!(names, weights_and_biases, "{arch}");
+        let x = Tensor::rand([2, 1, 16, 16], (Kind::Float, Device::Cpu));
+        let a = tch::no_grad(|| net.forward(&x, false));
+        let b = tch::no_grad(|| model.forward_t(&x, false));
+        // The chain normalizes as x * (1/s) - m/s, the model as (x - m) / s: float rounding only.
+        assert!(f64::try_from((a - b).abs().max()).unwrap() < 1e-5, "{arch}");
+    }
+    let err = |arch| {
+        let model = Model::new(tiny_spec(arch, 16), Device::Cpu).unwrap();
+        ZoNet::new(&model).err().unwrap().to_string()
+    };
+    assert!(err(Arch::Resnet18).contains("projection shortcut"));
+    assert!(err(Arch::Vgg16Bn).contains("has none"));
+}

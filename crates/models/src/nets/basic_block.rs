@@ -1,7 +1,8 @@
-//! The ResNet basic block (two 3x3 convolutions with BN), shared by ResNet-18 and ResNet-20;
+//! The ResNet basic block (two 3x3 convolutions with BN), shared by the CIFAR ResNets (ResNet-18 and ResNet-20);
 //! they differ only in the shortcut used when the stride or width changes.
 
 use crate::layers::{BatchNorm2d, Builder, Conv2d, ConvInit, ConvOpts};
+use crate::layout::{self, LayerOp};
 use rustworthy_core::Result;
 use tch::Tensor;
 
@@ -96,5 +97,30 @@ impl BasicBlock {
             }
         };
         (out + shortcut).relu()
+    }
+
+    /// This block in the network's layout.
+    pub fn op(&self) -> LayerOp {
+        let body = vec![
+            self.conv1.op(),
+            self.bn1.op(),
+            LayerOp::Relu,
+            self.conv2.op(),
+            self.bn2.op(),
+        ];
+        let shortcut = match &self.shortcut {
+            Shortcut::Identity => layout::Shortcut::Identity,
+            Shortcut::Projection { conv, bn } => layout::Shortcut::Layers(vec![conv.op(), bn.op()]),
+            Shortcut::ZeroPad {
+                stride,
+                pad_lo,
+                pad_hi,
+            } => layout::Shortcut::ZeroPad {
+                stride: *stride,
+                lo: *pad_lo,
+                hi: *pad_hi,
+            },
+        };
+        LayerOp::Residual { body, shortcut }
     }
 }

@@ -3,6 +3,7 @@
 
 use super::Net;
 use crate::layers::{max_pool2, Builder, Conv2d, ConvInit, ConvOpts, Linear};
+use crate::layout::LayerOp;
 use crate::spec::ModelSpec;
 use rustworthy_core::Result;
 use tch::Tensor;
@@ -53,6 +54,23 @@ impl Net for LeNet5 {
     }
     fn feature_dim(&self) -> i64 {
         84
+    }
+    fn layout(&self) -> Option<Vec<LayerOp>> {
+        use LayerOp::{Flatten, MaxPool2, Relu};
+        Some(vec![
+            self.conv1.op(),
+            Relu,
+            MaxPool2,
+            self.conv2.op(),
+            Relu,
+            MaxPool2,
+            Flatten,
+            self.fc1.op(),
+            Relu,
+            self.fc2.op(),
+            Relu,
+            self.fc3.op(),
+        ])
     }
 }
 

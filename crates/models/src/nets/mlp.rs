@@ -2,6 +2,7 @@
 
 use super::Net;
 use crate::layers::{Builder, Linear};
+use crate::layout::LayerOp;
 use crate::spec::ModelSpec;
 use rustworthy_core::Result;
 use tch::Tensor;
@@ -36,5 +37,16 @@ impl Net for Mlp {
     }
     fn feature_dim(&self) -> i64 {
         HIDDEN
+    }
+    fn layout(&self) -> Option<Vec<LayerOp>> {
+        use LayerOp::{Flatten, Relu};
+        Some(vec![
+            Flatten,
+            self.fc1.op(),
+            Relu,
+            self.fc2.op(),
+            Relu,
+            self.fc3.op(),
+        ])
     }
 }
