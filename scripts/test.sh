@@ -7,7 +7,7 @@ scripts/setup.sh --no-run
 export RUSTWORTHY_REQUIRE_DATA=1 RUSTWORTHY_REQUIRE_PYTHON=1
 cargo test --workspace --release "$@"
 # The library examples, with small settings (they write under runs/example-*).
-for example in zo_minimize salun_on_saved_run bip_pruning bench_unlearn; do
+for example in zo_minimize salun_on_saved_run bip_pruning bench_unlearn pgd_torchscript; do
     echo "example $example (--small)"
     cargo run --release --quiet -p rustworthy --example "$example" -- --small
 done

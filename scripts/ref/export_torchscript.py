@@ -32,6 +32,8 @@ Usage: python scripts/ref/export_torchscript.py --out DIR
 
 --fixture writes only the committed test fixture that the unlearn, prune and robust tests load
 without Python: the small CNN for 1x12x12 inputs and 4 classes, scripted, seed 0.
+--fixture-fmnist writes the committed, untrained module of the PGD-on-TorchScript example: the
+small CNN for Fashion-MNIST (1x28x28, 10 classes; it takes [0, 1] images), scripted, seed 0.
 """
 
 import argparse
@@ -190,6 +192,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out")
     ap.add_argument("--fixture")
+    ap.add_argument("--fixture-fmnist")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if args.fixture:
@@ -198,6 +201,13 @@ def main():
         os.makedirs(os.path.dirname(os.path.abspath(args.fixture)), exist_ok=True)
         torch.jit.script(model).save(args.fixture)
         print(f"wrote {args.fixture}")
+        return
+    if args.fixture_fmnist:
+        torch.manual_seed(args.seed)
+        model = SmallCnn(1, 10).eval()
+        os.makedirs(os.path.dirname(os.path.abspath(args.fixture_fmnist)), exist_ok=True)
+        torch.jit.script(model).save(args.fixture_fmnist)
+        print(f"wrote {args.fixture_fmnist}")
         return
     if not args.out:
         ap.error("--out (or --fixture) is required")

@@ -256,6 +256,7 @@ pub fn synflow_masks(model: &Model, sparsity: f64, scope: Scope, rounds: usize) 
     }
     let out = masks.ok_or_else(|| Error::invalid("SynFlow ran no rounds"))?;
     Ok(out
+        .into_inner()
         .into_iter()
         .map(|(k, v)| (k, v.to_kind(Kind::Float)))
         .collect())

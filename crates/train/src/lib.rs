@@ -12,10 +12,10 @@ pub mod trainer;
 
 pub use checkpoint::{Checkpoint, CheckpointMeta};
 pub use eval::{evaluate, EvalResult};
-pub use mask::{apply_masks, Masks};
+pub use mask::{apply_masks, Masks, UpdateMasks};
 pub use optim::{OptimConfig, Optimizer};
 pub use schedule::{LrSchedule, ScheduleConfig};
 pub use trainer::{
-    fit, fit_with, EpochRecord, EpochVerdict, FitOutcome, MaskedStep, StandardStep, TrainConfig,
-    TrainHook,
+    fit, fit_with, EpochRecord, EpochVerdict, FitOptions, FitOutcome, MaskedStep, StandardStep,
+    TrainConfig, TrainHook,
 };

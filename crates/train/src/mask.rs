@@ -10,9 +10,81 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{Kind, Tensor};
 
-/// Masks by parameter name (float 0/1 tensors of the parameter's shape). Parameters without an
-/// entry are dense.
-pub type Masks = BTreeMap<String, Tensor>;
+/// Pruning masks by parameter name: float 0/1 tensors of the parameter's shape, 1 where the
+/// entry exists. **A parameter without an entry is dense** (nothing of it is pruned). Reads and
+/// edits like the map it wraps.
+#[derive(Debug, Default)]
+pub struct Masks(BTreeMap<String, Tensor>);
+
+/// Which entries an optimizer may change, by parameter name: 0/1 (or boolean) tensors of the
+/// parameter's shape, non-zero where the entry may move. **A parameter without an entry is
+/// frozen** (see [`crate::optim::Optimizer::set_masks`]). SalUn's saliency mask is one; pruning
+/// masks become one through [`Masks::for_update`].
+#[derive(Debug, Default)]
+pub struct UpdateMasks(BTreeMap<String, Tensor>);
+
+macro_rules! mask_map {
+    ($t:ident) => {
+        impl $t {
+            /// No entries.
+            pub fn new() -> Self {
+                $t(BTreeMap::new())
+            }
+            /// The entries by parameter name.
+            pub fn into_inner(self) -> BTreeMap<String, Tensor> {
+                self.0
+            }
+        }
+        impl std::ops::Deref for $t {
+            type Target = BTreeMap<String, Tensor>;
+            fn deref(&self) -> &Self::Target {
+                &self.0
+            }
+        }
+        impl std::ops::DerefMut for $t {
+            fn deref_mut(&mut self) -> &mut Self::Target {
+                &mut self.0
+            }
+        }
+        impl From<BTreeMap<String, Tensor>> for $t {
+            fn from(m: BTreeMap<String, Tensor>) -> Self {
+                $t(m)
+            }
+        }
+        impl FromIterator<(String, Tensor)> for $t {
+            fn from_iter<I: IntoIterator<Item = (String, Tensor)>>(iter: I) -> Self {
+                $t(iter.into_iter().collect())
+            }
+        }
+        impl<'a> IntoIterator for &'a $t {
+            type Item = (&'a String, &'a Tensor);
+            type IntoIter = std::collections::btree_map::Iter<'a, String, Tensor>;
+            fn into_iter(self) -> Self::IntoIter {
+                self.0.iter()
+            }
+        }
+    };
+}
+mask_map!(Masks);
+mask_map!(UpdateMasks);
+
+impl Masks {
+    /// The update masks for `params` that keep pruned entries fixed: each parameter's pruning
+    /// mask, and all-ones (free) for every parameter without one (dense here, so free to move,
+    /// where a missing entry of [`UpdateMasks`] would freeze it).
+    pub fn for_update(&self, params: &[(String, Tensor)]) -> UpdateMasks {
+        params
+            .iter()
+            .map(|(name, p)| {
+                let m = match self.get(name) {
+                    Some(m) => m.shallow_clone(),
+                    None => p.ones_like(),
+                };
+                (name.clone(), m)
+            })
+            .collect()
+    }
+}
 
 /// The parameters that pruning applies to: the weights of convolutions and linear layers
 /// (tensors of rank >= 2). Biases and batch-norm parameters stay dense.
@@ -63,21 +135,6 @@ pub fn apply_masks(model: &Model, masks: &Masks) -> Result<()> {
         }
     });
     Ok(())
-}
-
-/// Optimizer masks for `params`: the entries of `masks`, and all-ones (dense) for every
-/// parameter without one (the optimizer freezes parameters that have no mask).
-pub fn with_dense_rest(masks: &Masks, params: &[(String, Tensor)]) -> Masks {
-    params
-        .iter()
-        .map(|(name, p)| {
-            let m = match masks.get(name) {
-                Some(m) => m.shallow_clone(),
-                None => p.ones_like(),
-            };
-            (name.clone(), m)
-        })
-        .collect()
 }
 
 /// Per-layer mask statistics.

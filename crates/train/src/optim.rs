@@ -192,7 +192,7 @@ impl Optimizer {
 
     /// Restricts updates to the entries where `masks[name]` is non-zero. Parameters absent from
     /// `masks` are frozen entirely. Masks must have the parameter's shape.
-    pub fn set_masks(&mut self, masks: &BTreeMap<String, Tensor>) -> Result<()> {
+    pub fn set_masks(&mut self, masks: &crate::mask::UpdateMasks) -> Result<()> {
         for s in &mut self.slots {
             let m = match masks.get(&s.name) {
                 Some(m) => {
@@ -452,7 +452,7 @@ mod tests {
             // Warm momentum up without a mask, then freeze entries 1 and 3.
             grad_step(&mut opt, &w, 0.1);
             let frozen: Vec<f32> = Vec::try_from(&w).unwrap();
-            let mut masks = BTreeMap::new();
+            let mut masks = crate::mask::UpdateMasks::new();
             masks.insert(
                 "w".to_string(),
                 Tensor::from_slice(&[1.0f32, 0.0, 1.0, 0.0]),

@@ -214,7 +214,7 @@ pub fn fit_with(
     if let Some(m) = hook.masks() {
         crate::mask::apply_masks(model, m)?;
         // Parameters without a mask stay dense.
-        opt.set_masks(&crate::mask::with_dense_rest(m, &named_trainable(model)))?;
+        opt.set_masks(&m.for_update(&named_trainable(model)))?;
     }
     let mut cfg_json = serde_json::to_value(cfg)?;
     if let (Some(extra), Some(obj)) = (hook.config(), cfg_json.as_object_mut()) {

@@ -15,7 +15,6 @@ use rustworthy_core::{Result, SeedRng};
 use rustworthy_models::Model;
 use rustworthy_train::optim::{OptimConfig, Optimizer};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use tch::{Kind, Tensor};
 
 /// Configuration of BE (boundary expanding).
@@ -87,7 +86,7 @@ impl Unlearner for Be {
             params,
         )?;
         if ctx.masks.is_some() {
-            let mut own = BTreeMap::new();
+            let mut own = rustworthy_train::mask::UpdateMasks::new();
             own.insert("shadow.weight".to_string(), w.ones_like());
             own.insert("shadow.bias".to_string(), b.ones_like());
             for (name, p) in model.parameters() {

@@ -7,6 +7,7 @@ use rustworthy_core::validate;
 use rustworthy_core::{Error, Result, SeedRng};
 use rustworthy_data::dataset::{epoch_order, Dataset};
 use rustworthy_models::Model;
+use rustworthy_train::mask::{Masks, UpdateMasks};
 use rustworthy_train::optim::{OptimConfig, Optimizer};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -103,7 +104,7 @@ pub fn restrict_to_masks(
     opt: &mut Optimizer,
     model: &Model,
     ctx: &UnlearnCtx,
-    extra: Option<&BTreeMap<String, Tensor>>,
+    extra: Option<&UpdateMasks>,
 ) -> Result<()> {
     if ctx.masks.is_none() && extra.is_none() {
         return Ok(());
@@ -112,9 +113,11 @@ pub fn restrict_to_masks(
         rustworthy_train::mask::apply_masks(model, m)?;
     }
     let params = opt.named_params();
-    let sparse =
-        rustworthy_train::mask::with_dense_rest(ctx.masks.unwrap_or(&BTreeMap::new()), &params);
-    let full: BTreeMap<String, Tensor> = match extra {
+    let sparse = match ctx.masks {
+        Some(m) => m.for_update(&params),
+        None => Masks::new().for_update(&params),
+    };
+    let full: UpdateMasks = match extra {
         // A parameter the method's own masks leave out is frozen.
         Some(e) => params
             .iter()

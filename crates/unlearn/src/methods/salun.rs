@@ -16,6 +16,7 @@ use super::{MethodReport, UnlearnCtx, Unlearner};
 use rustworthy_core::{validate, Error, Result};
 use rustworthy_data::Dataset;
 use rustworthy_models::Model;
+use rustworthy_train::mask::UpdateMasks;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tch::{Kind, Tensor};
@@ -196,13 +197,14 @@ pub fn saliency(
 /// The SalUn mask: 1 (may change) for the `ratio` share of all trainable entries with the
 /// largest saliency (see [`saliency`]), ranked globally across parameters, 0 elsewhere. Exactly
 /// `max(1, floor(ratio * n))` entries are kept; ties are broken by state-dict order, then by
-/// position. Masks are float32 on the model's device, keyed by parameter name.
+/// position. Masks are float32 on the model's device, keyed by parameter name; every trainable
+/// parameter has one.
 pub fn saliency_mask(
     model: &Model,
     forget: &Dataset,
     batch_size: usize,
     ratio: f64,
-) -> Result<BTreeMap<String, Tensor>> {
+) -> Result<UpdateMasks> {
     check_ratio("mask_ratio", ratio)?;
     let sal = saliency(model, forget, batch_size)?;
     mask_from_scores(model, &sal, ratio)
@@ -213,7 +215,7 @@ pub fn mask_from_scores(
     model: &Model,
     scores: &BTreeMap<String, Tensor>,
     ratio: f64,
-) -> Result<BTreeMap<String, Tensor>> {
+) -> Result<UpdateMasks> {
     check_ratio("mask_ratio", ratio)?;
     let named = model.parameters();
     let mut flat = Vec::with_capacity(named.len());
@@ -240,7 +242,7 @@ pub fn mask_from_scores(
         let _ = m.f_index_fill_(0, &top, 1.0)?;
         Ok(m)
     })?;
-    let mut out = BTreeMap::new();
+    let mut out = UpdateMasks::new();
     let mut start = 0i64;
     for (name, p) in &named {
         let len = p.numel() as i64;
