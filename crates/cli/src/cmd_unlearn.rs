@@ -9,12 +9,15 @@ use rustworthy::bench_unlearn::{
 use rustworthy::config::{apply_sets, to_toml};
 use rustworthy::core::Result;
 use rustworthy::unlearn::pipeline::Selection;
-use rustworthy::unlearn::{ForgetSpec, MethodConfig};
+use rustworthy::unlearn::{ForgetSpec, MethodConfig, Profile};
 use rustworthy::unlearn_run::{
-    method_config, metrics_table, read_retrain_metrics, unlearn as unlearn_run, LrSearch,
+    method_config_for, metrics_table, read_retrain_metrics, unlearn as unlearn_run, LrSearch,
     PruneSpec, UnlearnRequest,
 };
 use std::path::PathBuf;
+
+/// The method profiles, as `--profile` spells them.
+const PROFILES: [&str; 2] = ["reference", "paper"];
 
 /// Flags of `rustworthy unlearn`.
 #[derive(Args, Debug)]
@@ -49,6 +52,10 @@ pub struct UnlearnArgs {
     /// Seed of the random forget set.
     #[arg(long, default_value_t = 1)]
     pub forget_seed: u64,
+    /// Whose defaults the method follows: `reference` (the official code's main path) or
+    /// `paper` (the paper's formulation where it differs); see docs/unlearning.md.
+    #[arg(long, default_value = "reference", value_parser = PROFILES)]
+    pub profile: String,
     /// A TOML file of method settings (keys of the method's config).
     #[arg(long)]
     pub method_config: Option<PathBuf>,
@@ -81,7 +88,14 @@ pub struct UnlearnArgs {
 /// Runs `unlearn` and prints the metrics of the original and the unlearned model (and of a given
 /// Retrain, with the gap).
 pub fn unlearn(a: UnlearnArgs) -> Result<()> {
-    let cfg = method_config(&a.method, a.method_config.as_deref(), a.lr, a.epochs)?;
+    let profile: Profile = a.profile.parse()?;
+    let cfg = method_config_for(
+        &a.method,
+        profile,
+        a.method_config.as_deref(),
+        a.lr,
+        a.epochs,
+    )?;
     let retrain = a
         .retrain_report
         .as_deref()
@@ -91,6 +105,7 @@ pub fn unlearn(a: UnlearnArgs) -> Result<()> {
     req.model = a.hints.source(&a.model);
     req.dataset = a.dataset.clone();
     req.recipe = a.recipe.clone();
+    req.profile = profile;
     req.forget_seed = a.forget_seed;
     req.seed = a.run.seed.unwrap_or(0);
     req.lr_search = a.lr_search.then(|| LrSearch {
@@ -144,6 +159,10 @@ pub struct BenchUnlearnArgs {
     /// Print the resolved config as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Whose defaults the methods follow (default: the preset's, `reference`); another
+    /// profile than the preset's writes to `<out>-<profile>`.
+    #[arg(long, value_parser = PROFILES)]
+    pub profile: Option<String>,
     /// Only these methods (comma-separated; Retrain is always run first for the gap).
     #[arg(long, value_delimiter = ',')]
     pub methods: Option<Vec<String>>,
@@ -177,6 +196,9 @@ impl BenchUnlearnArgs {
             (None, None) => bench_preset("fmnist-lenet-random10")?,
         };
         let mut c = apply_sets(&base, &self.sets)?;
+        if let Some(p) = &self.profile {
+            c = c.with_profile(p.parse()?);
+        }
         if let Some(m) = &self.methods {
             c.methods = m.clone();
         }

@@ -244,6 +244,21 @@ batch_size = 32
     let e = stderr(&o);
     assert!(e.contains("reusing the original model"), "{e}");
     assert!(e.contains("salun: reusing"), "{e}");
+    assert!(md.contains("method profile `reference`"), "{md}");
+    assert_eq!(res["profile"], "reference");
+    // The paper profile: its own folder, the same original model, SalUn's mixed stream.
+    let mut paper_args = args.to_vec();
+    paper_args.extend(["--profile", "paper", "--methods", "salun"]);
+    let o = run(&paper_args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("reusing the original model"), "{}", stderr(&o));
+    let paper_out = tmp.path().join("bench-paper");
+    let md = std::fs::read_to_string(paper_out.join("results.md")).unwrap();
+    assert!(md.contains("method profile `paper`"), "{md}");
+    let res = json(&paper_out.join("results.json"));
+    assert_eq!(res["profile"], "paper");
+    let salun = json(&paper_out.join("methods").join("salun.json"));
+    assert_eq!(salun["result"]["config"]["forget_first"], false, "{salun}");
     // Unknown method settings in the bench file are named.
     std::fs::write(
         &cfg,

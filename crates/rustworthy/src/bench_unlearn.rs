@@ -18,7 +18,7 @@ use rustworthy_unlearn::pipeline::{
     csv_table, evaluate, lr_search, markdown_table, run_method, MethodResult, Selection,
 };
 use rustworthy_unlearn::svm::SvcConfig;
-use rustworthy_unlearn::{ForgetSpec, MethodConfig, UnlearnCtx};
+use rustworthy_unlearn::{ForgetSpec, MethodConfig, Profile, UnlearnCtx};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -47,6 +47,10 @@ pub struct BenchConfig {
     pub seed: u64,
     /// The methods, in table order (Retrain always runs first).
     pub methods: Vec<String>,
+    /// Which published account the methods' defaults follow (default `reference`); the
+    /// per-method settings below override it.
+    #[serde(default)]
+    pub profile: Profile,
     /// Per-method settings, e.g. `[method.ft] epochs = 5`.
     #[serde(default)]
     pub method: BTreeMap<String, toml::Table>,
@@ -174,6 +178,22 @@ impl BenchConfig {
         Ok(())
     }
 
+    /// The same benchmark under `profile`. A profile other than the preset's writes to its
+    /// own folder (`<out>-<profile>`), so the tables of both profiles stay side by side; the
+    /// original model is shared.
+    pub fn with_profile(mut self, profile: Profile) -> BenchConfig {
+        if profile != self.profile {
+            if self.original_out.is_none() {
+                self.original_out = Some(self.out.join("original"));
+            }
+            let mut name = self.out.file_name().unwrap_or_default().to_os_string();
+            name.push(format!("-{profile}"));
+            self.out.set_file_name(name);
+            self.profile = profile;
+        }
+        self
+    }
+
     /// Reads a TOML file shaped like `presets/bench/*.toml`.
     pub fn from_file(p: &std::path::Path) -> Result<BenchConfig> {
         let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
@@ -214,7 +234,7 @@ fn method_from_bench(c: &BenchConfig, name: &str) -> Result<MethodConfig> {
         },
         None => serde_json::Map::new(),
     };
-    MethodConfig::with_overrides(name, &o)
+    MethodConfig::with_overrides_for(name, c.profile, &o)
 }
 
 /// What is saved per method so an interrupted benchmark can continue.
@@ -430,7 +450,7 @@ pub fn bench_unlearn(c: &BenchConfig, opts: &BenchOptions) -> Result<BenchOutcom
 
     // 4. Tables, plot, report.
     let md = format!(
-        "Scenario: {} (seed {}), original: {} on {}; {} forget / {} retain / {} test samples; device {}.\n\nOriginal model: UA {:.2} RA {:.2} TA {:.2} MIA-Efficacy {:.2}\n\n{}",
+        "Scenario: {} (seed {}), original: {} on {}; {} forget / {} retain / {} test samples; device {}; method profile `{}`.\n\nOriginal model: UA {:.2} RA {:.2} TA {:.2} MIA-Efficacy {:.2}\n\n{}",
         spec,
         c.forget_seed,
         c.original,
@@ -439,6 +459,7 @@ pub fn bench_unlearn(c: &BenchConfig, opts: &BenchOptions) -> Result<BenchOutcom
         s.data.retain.len(),
         s.data.test.len(),
         device_name(device),
+        c.profile,
         original_metrics.ua,
         original_metrics.ra,
         original_metrics.ta,
@@ -459,7 +480,7 @@ pub fn bench_unlearn(c: &BenchConfig, opts: &BenchOptions) -> Result<BenchOutcom
     atomic_write(&out.join("results.csv"), csv_table(&results).as_bytes())?;
     write_json_atomic(
         &out.join("results.json"),
-        &serde_json::json!({"original": &original_metrics, "results": &results, "failed": &failures}),
+        &serde_json::json!({"profile": c.profile, "original": &original_metrics, "results": &results, "failed": &failures}),
     )?;
     let chart = Chart {
         title: format!("avg gap to retrain vs run time ({})", spec),

@@ -91,5 +91,5 @@ pub mod prelude {
     pub use rustworthy_models::{Arch, Model, ModelSpec};
     pub use rustworthy_prune::{PruneMethod, Scope};
     pub use rustworthy_robust::{Attack, AttackLoss, Norm, SuiteConfig, TargetSpec, ThreatModel};
-    pub use rustworthy_unlearn::{ForgetSpec, MethodConfig};
+    pub use rustworthy_unlearn::{ForgetSpec, MethodConfig, Profile};
 }

@@ -22,7 +22,7 @@ use rustworthy_unlearn::metrics::{avg_gap, UnlearnMetrics};
 use rustworthy_unlearn::pipeline::build_data;
 use rustworthy_unlearn::pipeline::{evaluate, lr_search, run_method, MethodResult, Selection};
 use rustworthy_unlearn::svm::SvcConfig;
-use rustworthy_unlearn::{ForgetSpec, MethodConfig, Scenario, UnlearnCtx, UnlearnData};
+use rustworthy_unlearn::{ForgetSpec, MethodConfig, Profile, Scenario, UnlearnCtx, UnlearnData};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -161,9 +161,20 @@ impl UnlearnSetup {
 }
 
 /// A method's config from its name, an optional TOML file of its settings and the common
-/// `lr`/`epochs` overrides.
+/// `lr`/`epochs` overrides, over the `reference` profile's defaults.
 pub fn method_config(
     name: &str,
+    file: Option<&Path>,
+    lr: Option<f64>,
+    epochs: Option<usize>,
+) -> Result<MethodConfig> {
+    method_config_for(name, Profile::Reference, file, lr, epochs)
+}
+
+/// [`method_config`] over the defaults of `profile`.
+pub fn method_config_for(
+    name: &str,
+    profile: Profile,
     file: Option<&Path>,
     lr: Option<f64>,
     epochs: Option<usize>,
@@ -183,7 +194,7 @@ pub fn method_config(
     if let Some(v) = epochs {
         o.insert("epochs".into(), serde_json::json!(v));
     }
-    MethodConfig::with_overrides(name, &o)
+    MethodConfig::with_overrides_for(name, profile, &o)
 }
 
 /// `METHOD:SPARSITY` of prune-then-unlearn (e.g. `omp:0.95`).
@@ -316,6 +327,9 @@ pub struct UnlearnRequest {
     pub recipe: Option<String>,
     /// The method and its settings.
     pub method: MethodConfig,
+    /// The profile whose defaults `method` was built on (recorded in the report; build the
+    /// method with [`method_config_for`] or [`MethodConfig::for_profile`]).
+    pub profile: Profile,
     /// What to forget.
     pub forget: ForgetSpec,
     /// Seed of a random forget set.
@@ -350,6 +364,7 @@ impl UnlearnRequest {
             dataset: None,
             recipe: None,
             method,
+            profile: Profile::Reference,
             forget,
             forget_seed: 1,
             seed: 0,
@@ -485,7 +500,7 @@ pub fn unlearn(req: &UnlearnRequest) -> Result<UnlearnOutcome> {
         "unlearn",
         serde_json::json!({
             "model": req.model, "dataset": req.dataset, "recipe": req.recipe,
-            "method": &result.config, "forget": req.forget,
+            "profile": req.profile, "method": &result.config, "forget": req.forget,
             "forget_seed": req.forget_seed, "seed": req.seed, "lr_search": req.lr_search.is_some(),
             "lr_grid": lr_grid, "select": select, "svm": svc,
             "original_training": &s.run_config,

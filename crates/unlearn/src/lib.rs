@@ -9,5 +9,5 @@ pub mod pipeline;
 pub mod scenario;
 pub mod svm;
 
-pub use methods::{MethodConfig, MethodReport, UnlearnCtx, UnlearnData, Unlearner};
+pub use methods::{MethodConfig, MethodReport, Profile, UnlearnCtx, UnlearnData, Unlearner};
 pub use scenario::{ForgetSpec, Scenario};

@@ -328,7 +328,7 @@ fn rl_options_and_determinism() {
             ..rl()
         },
         RlConfig {
-            forget_first: true,
+            forget_first: false,
             ..rl()
         },
     ] {
@@ -693,7 +693,7 @@ fn reference_defaults() {
     assert_eq!((g.run.epochs, g.run.lr), (5, 1e-4));
     let r = RlConfig::default();
     assert_eq!((r.run.epochs, r.run.lr, r.run.batch_size), (10, 0.013, 256));
-    assert!(!r.exclude_true_label && r.relabel_each_epoch && !r.forget_first);
+    assert!(!r.exclude_true_label && r.relabel_each_epoch && r.forget_first);
     let s = SalunConfig::default();
     assert_eq!(s.mask_ratio, 0.5);
     assert_eq!(s.rl(), r);

@@ -555,8 +555,10 @@ fn bs_forgets_a_class_through_its_nearest_wrong_labels() {
         .count();
     assert_eq!(flipped, raw.attack_flipped);
 
+    // The paper's variant: a failed attack's sample still gets a wrong label.
     let method = BsConfig {
         run: recipe(3e-3),
+        force_wrong: true,
         ..Default::default()
     }
     .build()

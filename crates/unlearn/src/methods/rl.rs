@@ -5,6 +5,9 @@
 //! Reference defaults (CIFAR-10, ResNet-18): 10 epochs, lr 0.013, SGD momentum 0.9, weight decay
 //! 5e-4, batch 256, constant learning rate. Random labels are uniform over all classes (the true
 //! one included) and drawn afresh every epoch, as the reference code does; both are options.
+//! The `reference` profile runs each epoch's forget batches first, then its retain batches (the
+//! official CIFAR-10 path); the `paper` profile mixes both sets in one shuffled stream (the
+//! paper's joint objective, and the official code before April 2024 and for CIFAR-100).
 
 use super::common::{sgd_loop, try_random_other_labels, RunConfig};
 use super::{MethodReport, UnlearnCtx, Unlearner};
@@ -32,13 +35,18 @@ pub struct RlConfig {
     #[serde(default = "default_relabel")]
     pub relabel_each_epoch: bool,
     /// Each epoch, run all forget batches first and then all retain batches (the reference's
-    /// CIFAR-10/SVHN code path) instead of one shuffled mix of both sets (its CIFAR-100 path and
-    /// the papers' formulation).
-    #[serde(default)]
+    /// CIFAR-10/SVHN code path, the default) instead of one shuffled mix of both sets (its
+    /// CIFAR-100 path and the paper's formulation: the `paper` profile).
+    #[serde(default = "default_forget_first")]
     pub forget_first: bool,
 }
 
 fn default_relabel() -> bool {
+    true
+}
+
+/// The reference code's order (see [`RlConfig::forget_first`]).
+pub(crate) fn default_forget_first() -> bool {
     true
 }
 
@@ -48,7 +56,7 @@ impl Default for RlConfig {
             run: RunConfig::new(10, 0.013),
             exclude_true_label: false,
             relabel_each_epoch: default_relabel(),
-            forget_first: false,
+            forget_first: default_forget_first(),
         }
     }
 }

@@ -42,7 +42,7 @@ pub struct SalunConfig {
     #[serde(default = "default_relabel")]
     pub relabel_each_epoch: bool,
     /// See [`RlConfig::forget_first`].
-    #[serde(default)]
+    #[serde(default = "super::rl::default_forget_first")]
     pub forget_first: bool,
 }
 
