@@ -271,3 +271,45 @@ batch_size = 32
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("ft.lrr"), "{}", stderr(&o));
 }
+
+/// A model with one NaN weight: `eval` warns (terminal and report), every command that would
+/// train, unlearn or attack it refuses, naming the tensor and the count.
+#[test]
+fn non_finite_weights_are_refused_or_flagged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, model) = trained(tmp.path());
+    let weights: Vec<(String, rustworthy::tch::Tensor)> =
+        rustworthy::tch::Tensor::read_safetensors(&model).unwrap();
+    let poisoned: Vec<(String, rustworthy::tch::Tensor)> = weights
+        .into_iter()
+        .map(|(n, t)| {
+            if n == "fc2.weight" {
+                let t = t.copy();
+                let _ = t.flatten(0, -1).get(3).fill_(f64::NAN);
+                (n, t)
+            } else {
+                (n, t)
+            }
+        })
+        .collect();
+    rustworthy::tch::Tensor::write_safetensors(&poisoned, &model).unwrap();
+    let d = data.to_str().unwrap();
+    let m = model.to_str().unwrap();
+    let o = run(&["eval", "--model", m, "--data-dir", d, "--device", "cpu"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("fc2.weight (1 of"), "{}", stderr(&o));
+    let report = json(&model.parent().unwrap().join("eval").join("report.json"));
+    assert_eq!(report["metrics"]["non_finite_weights"]["fc2.weight"], 1);
+    for args in [
+        vec!["unlearn", "--method", "ft", "--forget", "class:1"],
+        vec!["attack", "--attack", "pgd", "--eps", "0.1", "--n", "10"],
+        vec!["prune", "--method", "omp", "--sparsity", "0.5"],
+    ] {
+        let mut a = args.clone();
+        a.extend(["--model", m, "--data-dir", d, "--device", "cpu"]);
+        let o = run(&a);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains("non-finite") && e.contains("fc2.weight (1 of"), "{args:?}: {e}");
+    }
+}

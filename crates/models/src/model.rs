@@ -259,6 +259,35 @@ impl Model {
         self.named(|_| true)
     }
 
+    /// The variables (parameters and float buffers) holding NaN or infinite values, with how
+    /// many entries of each are non-finite and its size, in state-dict order.
+    pub fn non_finite(&self) -> Vec<(String, i64, i64)> {
+        tch::no_grad(|| {
+            self.state_dict()
+                .into_iter()
+                .filter(|(_, t)| t.is_floating_point())
+                .filter_map(|(name, t)| {
+                    let bad = t.isfinite().logical_not().sum(Kind::Int64).int64_value(&[]);
+                    (bad > 0).then(|| (name, bad, t.numel() as i64))
+                })
+                .collect()
+        })
+    }
+
+    /// An error naming every non-finite variable (see [`Model::non_finite`]) of the model read
+    /// from `what`, if there is one: a model with NaN or infinite weights cannot be trained,
+    /// unlearned, pruned or attacked meaningfully.
+    pub fn check_finite(&self, what: &str) -> Result<()> {
+        let bad = self.non_finite();
+        if bad.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Numerical(format!(
+            "{what}: the model holds non-finite values (NaN or infinity) in {}",
+            describe_non_finite(&bad)
+        )))
+    }
+
     fn named(&self, keep: impl Fn(Role) -> bool) -> Vec<(String, Tensor)> {
         self.vars
             .iter()
@@ -367,4 +396,12 @@ fn norm_constants(spec: &ModelSpec, device: Device) -> Result<(Tensor, Tensor)> 
         Ok(Tensor::from_slice(&v).f_view(shape)?.f_to_device(device)?)
     };
     Ok((make(&spec.mean)?, make(&spec.std)?))
+}
+
+/// `conv1.weight (1 of 150 entries), fc.bias (10 of 10 entries)`.
+pub fn describe_non_finite(bad: &[(String, i64, i64)]) -> String {
+    bad.iter()
+        .map(|(n, k, t)| format!("{n} ({k} of {t} entries)"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -77,6 +77,16 @@ pub fn eval(req: &EvalRequest) -> Result<EvalOutcome> {
     for n in &opened.notes {
         tracing::info!("{n}");
     }
+    let non_finite = model.non_finite();
+    let warning = (!non_finite.is_empty()).then(|| {
+        format!(
+            "the model holds non-finite values (NaN or infinity) in {}; its accuracy and loss are not meaningful",
+            rustworthy_models::model::describe_non_finite(&non_finite)
+        )
+    });
+    if let Some(w) = &warning {
+        tracing::warn!("{}: {w}", req.model.path.display());
+    }
     let test = test.to_device(device);
     let t0 = Instant::now();
     let r = evaluate(&model, &test, req.batch_size)?;
@@ -135,6 +145,13 @@ pub fn eval(req: &EvalRequest) -> Result<EvalOutcome> {
         .timings_s
         .insert("total".into(), t_total.elapsed().as_secs_f64());
     report.metrics = serde_json::to_value(&r)?;
+    if let Some(w) = warning {
+        report.metrics["non_finite_weights"] = serde_json::json!(non_finite
+            .iter()
+            .map(|(n, k, _)| (n.clone(), *k))
+            .collect::<std::collections::BTreeMap<_, _>>());
+        report.notes.push(format!("warning: {w}"));
+    }
     report.finished_utc = Some(rustworthy_core::report::utc_now());
     report.write(&out.join("report.json"))?;
     Ok(EvalOutcome {

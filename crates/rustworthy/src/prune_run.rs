@@ -237,6 +237,7 @@ fn prepare_given(c: &PruneCommon, src: &ModelSource) -> Result<Prepared> {
         let splits = load_splits(&rc)?;
         let (ch, h, w) = splits.train.image_shape();
         let opened = open_model(src, (ch as i64, (h as i64, w as i64)), device)?;
+        opened.model.check_finite(&src.path.display().to_string())?;
         rc.model.arch = opened.model.spec.arch;
         (rc, splits, opened.model)
     };

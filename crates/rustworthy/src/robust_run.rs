@@ -93,6 +93,7 @@ pub fn load(md: &ModelData, default_out: &str) -> Result<Loaded> {
         tracing::info!("{n}");
     }
     let model = opened.model;
+    model.check_finite(&md.model.path.display().to_string())?;
     let n = if md.n == 0 {
         test.len()
     } else {

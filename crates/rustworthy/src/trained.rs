@@ -43,6 +43,7 @@ impl TrainedRun {
             path.to_path_buf()
         };
         let (model, meta) = load_model(&model_path, None, device)?;
+        model.check_finite(&model_path.display().to_string())?;
         let meta = meta.ok_or_else(|| {
             Error::checkpoint(
                 &model_path,

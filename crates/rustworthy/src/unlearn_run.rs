@@ -144,6 +144,9 @@ impl UnlearnSetup {
         )?;
         let (c, h, w) = train.image_shape();
         let opened = open_model(&req.model, (c as i64, (h as i64, w as i64)), device)?;
+        opened
+            .model
+            .check_finite(&req.model.path.display().to_string())?;
         for n in &opened.notes {
             tracing::info!("{n}");
         }

@@ -227,6 +227,7 @@ pub fn fit_with(
     if let (true, Some(ck)) = (opts.resume, &ckpt) {
         if ck.exists() {
             let meta = ck.restore(model, &mut opt)?;
+            model.check_finite(&format!("checkpoint in {}", ck.dir().display()))?;
             if meta.config != cfg_json {
                 return Err(Error::checkpoint(
                     ck.dir(),
