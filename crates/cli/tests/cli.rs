@@ -562,3 +562,43 @@ fn prunes_given_models() {
     ]);
     assert!(!o.status.success());
 }
+
+/// Two runs with the same output folder: the second is refused while the first (here: a live
+/// process holding the lock) runs, and a dead run's lock is taken over with a warning.
+#[test]
+fn a_run_folder_in_use_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synthetic_dir(tmp.path());
+    let out = tmp.path().join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    let lock = out.join(".rustworthy.lock");
+    let args = [
+        "train",
+        "--preset",
+        "fmnist-mlp",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    // pid 1 is always alive.
+    std::fs::write(&lock, "1\n").unwrap();
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("in use by another rustworthy run (process 1)"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.join("model.safetensors").exists());
+    std::fs::write(&lock, "4294967290\n").unwrap();
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("took over the lock"), "{}", stderr(&o));
+    assert!(out.join("model.safetensors").is_file());
+    assert!(!lock.exists(), "the lock is released at the end of the run");
+}

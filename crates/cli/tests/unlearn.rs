@@ -251,7 +251,11 @@ batch_size = 32
     paper_args.extend(["--profile", "paper", "--methods", "salun"]);
     let o = run(&paper_args);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("reusing the original model"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("reusing the original model"),
+        "{}",
+        stderr(&o)
+    );
     let paper_out = tmp.path().join("bench-paper");
     let md = std::fs::read_to_string(paper_out.join("results.md")).unwrap();
     assert!(md.contains("method profile `paper`"), "{md}");
@@ -310,6 +314,9 @@ fn non_finite_weights_are_refused_or_flagged() {
         let o = run(&a);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
         let e = stderr(&o);
-        assert!(e.contains("non-finite") && e.contains("fc2.weight (1 of"), "{args:?}: {e}");
+        assert!(
+            e.contains("non-finite") && e.contains("fc2.weight (1 of"),
+            "{args:?}: {e}"
+        );
     }
 }

@@ -41,8 +41,12 @@ where
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    if let Ok(f) = std::fs::File::open(&tmp) {
-        let _ = f.sync_all();
+    // The data must be on disk before the rename makes it visible: a sync failure (a full or
+    // failing disk) fails the write and leaves the old file in place.
+    let synced = std::fs::File::open(&tmp).and_then(|f| f.sync_all());
+    if let Err(e) = synced {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(&tmp, e));
     }
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
@@ -61,8 +65,122 @@ pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<
     atomic_write(path, s.as_bytes())
 }
 
+/// An exclusive claim on a run folder, so two runs given the same output folder do not write
+/// into each other: the file `.rustworthy.lock` in the folder holds the owner's process id and
+/// is removed when the lock is dropped. A lock left by a process that no longer exists (a killed
+/// run) is taken over.
+#[derive(Debug)]
+pub struct RunLock {
+    path: PathBuf,
+    /// Set when a stale lock of a dead process was taken over (say so to the user).
+    pub took_over: Option<String>,
+}
+
+/// The lock file's name inside a run folder.
+pub const LOCK_FILE: &str = ".rustworthy.lock";
+
+fn process_alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        // Without a portable check, assume the owner is alive (never steal a live lock).
+        true
+    }
+}
+
+impl RunLock {
+    /// Claims `dir` (created if missing). Fails, naming the other process, while another live
+    /// process holds it.
+    pub fn acquire(dir: &Path) -> Result<RunLock> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(LOCK_FILE);
+        let me = std::process::id();
+        let mut took_over = None;
+        for _ in 0..3 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    writeln!(f, "{me}").map_err(|e| Error::io(&path, e))?;
+                    f.sync_all().map_err(|e| Error::io(&path, e))?;
+                    return Ok(RunLock { path, took_over });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    match text.trim().parse::<u32>() {
+                        Ok(pid) if pid == me => {
+                            return Err(Error::invalid(format!(
+                                "{} is already in use by this process",
+                                dir.display()
+                            )))
+                        }
+                        Ok(pid) if process_alive(pid) => {
+                            return Err(Error::invalid(format!(
+                                "{} is in use by another rustworthy run (process {pid}); wait \
+                                 for it to finish or choose another output folder",
+                                dir.display()
+                            )))
+                        }
+                        _ => {
+                            took_over = Some(format!(
+                                "{}: took over the lock of a run that no longer exists ({})",
+                                dir.display(),
+                                if text.trim().is_empty() {
+                                    "empty lock file".to_string()
+                                } else {
+                                    format!("process {}", text.trim())
+                                }
+                            ));
+                            let _ = std::fs::remove_file(&path);
+                        }
+                    }
+                }
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+        Err(Error::invalid(format!(
+            "{}: could not take the run-folder lock {}",
+            dir.display(),
+            path.display()
+        )))
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn run_lock_excludes_live_owners_and_takes_over_dead_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let lock = RunLock::acquire(d.path()).unwrap();
+        assert!(lock.took_over.is_none());
+        let e = RunLock::acquire(d.path()).unwrap_err().to_string();
+        assert!(e.contains("already in use"), "{e}");
+        drop(lock);
+        assert!(!d.path().join(LOCK_FILE).exists());
+        // A live other process (pid 1 always exists) holds it: refused with its id.
+        std::fs::write(d.path().join(LOCK_FILE), "1\n").unwrap();
+        let e = RunLock::acquire(d.path()).unwrap_err().to_string();
+        assert!(e.contains("process 1"), "{e}");
+        // A dead process's lock is taken over with a message.
+        std::fs::write(d.path().join(LOCK_FILE), "4294967290\n").unwrap();
+        let lock = RunLock::acquire(d.path()).unwrap();
+        assert!(lock.took_over.as_deref().unwrap().contains("4294967290"));
+        assert_eq!(
+            std::fs::read_to_string(d.path().join(LOCK_FILE))
+                .unwrap()
+                .trim(),
+            std::process::id().to_string()
+        );
+    }
+
     use super::*;
     #[test]
     fn replaces_whole_file_and_leaves_no_temp() {

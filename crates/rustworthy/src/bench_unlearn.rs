@@ -252,6 +252,7 @@ pub fn bench_unlearn(c: &BenchConfig, opts: &BenchOptions) -> Result<BenchOutcom
     set_threads(c.threads);
     let device = c.device.resolve()?;
     let out = c.out.clone();
+    let _lock = crate::train_run::lock_out(&out)?;
     std::fs::create_dir_all(out.join("methods")).map_err(|e| Error::io(&out, e))?;
     let mut timings = BTreeMap::new();
 

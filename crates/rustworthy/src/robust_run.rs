@@ -4,7 +4,7 @@
 use crate::model_source::{open_with_test_data, ModelSource, ModelWithData};
 use crate::train_run::set_threads;
 use rustworthy_core::device::device_name;
-use rustworthy_core::fsutil::{atomic_write, write_json_atomic};
+use rustworthy_core::fsutil::{atomic_write, atomic_write_with, write_json_atomic};
 use rustworthy_core::plot::Chart;
 use rustworthy_core::report::RunReport;
 use rustworthy_core::{DeviceSpec, Error, Result};
@@ -70,8 +70,9 @@ pub struct Loaded {
     pub dataset: String,
     /// Device.
     pub device: tch::Device,
-    /// Output folder (created).
+    /// Output folder (created, and claimed for this run while this value lives).
     pub out: PathBuf,
+    _lock: rustworthy_core::fsutil::RunLock,
 }
 
 /// Loads the model and the samples of `md`; `default_out` names the output folder beside the
@@ -108,8 +109,9 @@ pub fn load(md: &ModelData, default_out: &str) -> Result<Loaded> {
             .unwrap_or_else(|| Path::new("."))
             .join(default_out)
     });
-    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    let lock = crate::train_run::lock_out(&out)?;
     Ok(Loaded {
+        _lock: lock,
         model,
         data,
         dataset,
@@ -378,9 +380,10 @@ pub fn attack(req: &AttackRequest) -> Result<AttackOutcome> {
     report.artifacts.push("per_sample.json".into());
     if let Some(x) = &r.x_adv {
         let path = l.out.join("adversarial.safetensors");
-        let tmp = l.out.join(".adversarial.safetensors.tmp");
-        tch::Tensor::write_safetensors(&[("x_adv", x)], &tmp)?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        atomic_write_with(&path, |tmp| {
+            tch::Tensor::write_safetensors(&[("x_adv", x)], tmp)?;
+            Ok(())
+        })?;
         report.artifacts.push("adversarial.safetensors".into());
     }
     report.finished_utc = Some(rustworthy_core::report::utc_now());

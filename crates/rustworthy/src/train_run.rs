@@ -4,6 +4,7 @@
 use crate::config::RunConfig;
 use rustworthy_core::device::device_name;
 use rustworthy_core::fsutil::write_json_atomic;
+use rustworthy_core::fsutil::RunLock;
 use rustworthy_core::progress::ProgressMode;
 use rustworthy_core::report::RunReport;
 use rustworthy_core::{Error, Result, SeedRng};
@@ -187,7 +188,7 @@ pub fn train(c: &RunConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     let mode = opts.progress;
     let device = c.run.device.resolve()?;
     let out = c.run.out.clone();
-    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    let _lock = lock_out(&out)?;
     let mut report = RunReport::new("train", serde_json::to_value(c)?, &device_name(device));
     report.seeds.insert("train".into(), c.train.seed);
     report.seeds.insert("init".into(), c.model.init_seed);
@@ -404,4 +405,14 @@ pub fn train(c: &RunConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         stopped_after: None,
         device: device_name(device),
     })
+}
+
+/// Claims the output folder `dir` for this run (see [`RunLock`]): a second run with the same
+/// folder is refused while the first is alive; a dead run's lock is taken over, with a warning.
+pub fn lock_out(dir: &std::path::Path) -> Result<RunLock> {
+    let lock = RunLock::acquire(dir)?;
+    if let Some(m) = &lock.took_over {
+        tracing::warn!("{m}");
+    }
+    Ok(lock)
 }

@@ -407,7 +407,7 @@ pub fn unlearn(req: &UnlearnRequest) -> Result<UnlearnOutcome> {
     let device = req.device.resolve()?;
     let cfg = &req.method;
     let out = &req.out;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let _lock = crate::train_run::lock_out(out)?;
 
     let t0 = Instant::now();
     let mut s = UnlearnSetup::for_request(req, device)?;

@@ -193,9 +193,10 @@ pub fn save_masks(path: &Path, masks: &Masks) -> Result<()> {
             )
         })
         .collect();
-    let tmp = path.with_extension("safetensors.tmp");
-    Tensor::write_safetensors(&named, &tmp)?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    rustworthy_core::fsutil::atomic_write_with(path, |tmp| {
+        Tensor::write_safetensors(&named, tmp)?;
+        Ok(())
+    })
 }
 
 /// Reads masks written by [`save_masks`] onto `device`; entries must be 0 or 1.
