@@ -195,20 +195,14 @@ def main():
     ap.add_argument("--fixture-fmnist")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if args.fixture:
-        torch.manual_seed(args.seed)
-        model = SmallCnn(1, 4).eval()
-        os.makedirs(os.path.dirname(os.path.abspath(args.fixture)), exist_ok=True)
-        torch.jit.script(model).save(args.fixture)
-        print(f"wrote {args.fixture}")
-        return
-    if args.fixture_fmnist:
-        torch.manual_seed(args.seed)
-        model = SmallCnn(1, 10).eval()
-        os.makedirs(os.path.dirname(os.path.abspath(args.fixture_fmnist)), exist_ok=True)
-        torch.jit.script(model).save(args.fixture_fmnist)
-        print(f"wrote {args.fixture_fmnist}")
-        return
+    for path, classes in ((args.fixture, 4), (args.fixture_fmnist, 10)):
+        if path:
+            torch.manual_seed(args.seed)
+            model = SmallCnn(1, classes).eval()
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            torch.jit.script(model).save(path)
+            print(f"wrote {path}")
+            return
     if not args.out:
         ap.error("--out (or --fixture) is required")
     os.makedirs(args.out, exist_ok=True)
