@@ -495,13 +495,19 @@ def main():
                 model = copy.deepcopy(original)
                 args, extra = run_method(m, cfg[ALIASES.get(m, m)], model, sets, base_args, seed, log, a.out)
                 t = time.time()
-                r = evaluate(model, sets, args, eval_bs, not a.no_mia)
+                if all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                    r = evaluate(model, sets, args, eval_bs, not a.no_mia)
+                else:  # the official code has no guard; its SVC would fail on NaN features
+                    r = {"diverged": True}
                 extra["eval_seconds"] = time.time() - t
                 results["runs"].append({"method": m, "seed": seed, **r, **extra,
                                         "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, type(None)))}})
-                print(f"{m} seed {seed}: UA {r['UA']:.2f} RA {r['RA']:.2f} TA {r['TA']:.2f}"
-                      + (f" MIA {r['MIA']:.2f}" if "MIA" in r else "")
-                      + f"  ({extra['seconds']:.0f}s + eval {extra['eval_seconds']:.0f}s)", flush=True)
+                if r.get("diverged"):
+                    print(f"{m} seed {seed}: diverged (non-finite weights)  ({extra['seconds']:.0f}s)", flush=True)
+                else:
+                    print(f"{m} seed {seed}: UA {r['UA']:.2f} RA {r['RA']:.2f} TA {r['TA']:.2f}"
+                          + (f" MIA {r['MIA']:.2f}" if "MIA" in r else "")
+                          + f"  ({extra['seconds']:.0f}s + eval {extra['eval_seconds']:.0f}s)", flush=True)
                 with open(os.path.join(a.out, "results.json"), "w") as f:
                     json.dump(results, f, indent=1)
 
@@ -535,10 +541,13 @@ def render(all_results):
         lines.append(f"| original | – | {o['UA']:.2f} | {o['RA']:.2f} | {o['TA']:.2f} | "
                      f"{o.get('MIA', float('nan')):.2f} | – |")
     for m in methods:
-        rs = [r for r in runs if r["method"] == m]
+        rs = [r for r in runs if r["method"] == m and not r.get("diverged")]
+        bad = sum(1 for r in runs if r["method"] == m and r.get("diverged"))
         s = ", ".join(f"{k} {v}" for k, v in settings_of[m].items() if v is not None)
+        if bad:
+            s += f" ({bad} of {bad + len(rs)} seeds diverged to NaN; stats over the rest)"
         cols = [fmt([r[k] for r in rs if k in r]) for k in ("UA", "RA", "TA", "MIA")]
-        secs = fmt([r["seconds"] for r in rs])
+        secs = fmt([r["seconds"] for r in runs if r["method"] == m])
         lines.append(f"| {m} | {s} | " + " | ".join(cols) + f" | {secs} |")
     return "\n".join(lines) + "\n"
 
