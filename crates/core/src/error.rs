@@ -89,6 +89,34 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same error, made to name the file `path` it came from: a config error gets
+    /// ` (in PATH)` after its message (it stays a config error); any other error whose message
+    /// names neither `path` nor its file name becomes `PATH: message`.
+    pub fn in_file(self, path: &std::path::Path) -> Error {
+        let shown = path.display().to_string();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| shown.clone());
+        match self {
+            Error::Config { field, msg } if !msg.contains(&shown) => Error::Config {
+                field,
+                msg: format!("{msg} (in {shown})"),
+            },
+            e => {
+                let text = e.to_string();
+                if text.contains(&shown) || text.contains(&name) {
+                    e
+                } else {
+                    Error::Corrupt {
+                        path: path.to_path_buf(),
+                        msg: text,
+                    }
+                }
+            }
+        }
+    }
+
     /// An [`Error::Io`] on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
@@ -120,5 +148,26 @@ impl Error {
     /// An [`Error::Invalid`] with the given message.
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::Invalid(msg.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn in_file_names_the_file_once() {
+        let p = Path::new("/tmp/run.toml");
+        let e = Error::config("train.lr", "must be > 0").in_file(p);
+        assert!(matches!(e, Error::Config { .. }));
+        assert_eq!(
+            e.to_string(),
+            "invalid config field `train.lr`: must be > 0 (in /tmp/run.toml)"
+        );
+        let e = Error::invalid("bad header").in_file(p);
+        assert_eq!(e.to_string(), "/tmp/run.toml: bad header");
+        let named = Error::corrupt(p, "truncated").in_file(p);
+        assert_eq!(named.to_string(), "/tmp/run.toml: truncated");
     }
 }

@@ -221,6 +221,41 @@ impl ModelSpec {
         ]
     }
 
+    /// A lower bound on the bytes of float32 weights a model of this spec has (its classifier
+    /// head and, for MLP and LeNet, the first fully connected layer, whose size grows with the
+    /// input): what a weights file for it must at least hold. Saturates instead of overflowing;
+    /// 0 for TorchScript (the module knows its own size).
+    pub fn min_weight_bytes(&self) -> u64 {
+        let (c, (h, w)) = (
+            self.in_channels.max(0) as u64,
+            (
+                self.input_size.0.max(0) as u64,
+                self.input_size.1.max(0) as u64,
+            ),
+        );
+        let classes = self.num_classes.max(0) as u64;
+        let (features, first): (u64, u64) = match self.arch {
+            Arch::Mlp => (
+                256,
+                c.saturating_mul(h).saturating_mul(w).saturating_mul(256),
+            ),
+            Arch::Lenet => {
+                let side = |s: u64| (s / 2).saturating_sub(4) / 2;
+                (
+                    84,
+                    (16 * side(h)).saturating_mul(side(w)).saturating_mul(120),
+                )
+            }
+            Arch::Resnet18 | Arch::PreactResnet18 | Arch::Vgg16Bn => (512, 0),
+            Arch::Resnet20 => (64, 0),
+            Arch::TorchScript => return 0,
+        };
+        classes
+            .saturating_mul(features + 1)
+            .saturating_add(first)
+            .saturating_mul(4)
+    }
+
     /// Checks sizes are positive, `mean`/`std` have one finite entry per channel, `std > 0`,
     /// and the input is large enough for the architecture.
     pub fn validate(&self) -> Result<()> {

@@ -386,3 +386,30 @@ fn layouts_reproduce_the_forward_pass() {
         }
     }
 }
+
+/// The lower bound a weights file is checked against before a model is built never exceeds
+/// what the architecture really holds, and grows with absurd sizes instead of overflowing.
+#[test]
+fn min_weight_bytes_is_a_true_lower_bound() {
+    let _torch = torch_lock();
+    for arch in Arch::ALL {
+        for spec in specs(arch) {
+            let model = Model::new(spec.clone(), Device::Cpu).unwrap();
+            let floats: i64 = model
+                .state_dict()
+                .iter()
+                .filter(|(_, t)| t.is_floating_point())
+                .map(|(_, t)| t.numel() as i64)
+                .sum();
+            assert!(
+                spec.min_weight_bytes() <= 4 * floats as u64,
+                "{arch}: bound {} > {} bytes",
+                spec.min_weight_bytes(),
+                4 * floats
+            );
+            assert!(spec.min_weight_bytes() > 0, "{arch}");
+        }
+    }
+    let huge = ModelSpec::fashion_mnist(Arch::Mlp).with_num_classes(i64::MAX);
+    assert_eq!(huge.min_weight_bytes(), u64::MAX);
+}

@@ -194,10 +194,14 @@ impl BenchConfig {
         self
     }
 
-    /// Reads a TOML file shaped like `presets/bench/*.toml`.
+    /// Reads a TOML file shaped like `presets/bench/*.toml` and checks it; errors name the
+    /// file.
     pub fn from_file(p: &std::path::Path) -> Result<BenchConfig> {
         let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
-        toml::from_str(&text).map_err(|e| Error::config(p.display().to_string(), e.to_string()))
+        let c: BenchConfig = toml::from_str(&text)
+            .map_err(|e| Error::config(p.display().to_string(), e.to_string()))?;
+        c.validate().map_err(|e| e.in_file(p))?;
+        Ok(c)
     }
 }
 

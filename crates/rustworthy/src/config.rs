@@ -189,10 +189,13 @@ impl RunConfig {
         toml::from_str(text).map_err(|e| Error::config(origin, e.to_string()))
     }
 
-    /// Reads a TOML file.
+    /// Reads a TOML file and checks it (a config file must be valid on its own); errors name
+    /// the file.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_toml(&text, &path.display().to_string())
+        let c = Self::from_toml(&text, &path.display().to_string())?;
+        c.validate().map_err(|e| e.in_file(path))?;
+        Ok(c)
     }
 }
 

@@ -190,6 +190,8 @@ pub fn method_config_for(
         if let serde_json::Value::Object(m) = serde_json::to_value(t)? {
             o = m;
         }
+        // The file's settings must be valid on their own; errors name the file.
+        MethodConfig::with_overrides_for(name, profile, &o).map_err(|e| e.in_file(f))?;
     }
     if let Some(v) = lr {
         o.insert("lr".into(), serde_json::json!(v));

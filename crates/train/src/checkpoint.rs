@@ -197,7 +197,26 @@ pub fn load_model(
             ))
         }
     };
-    let mut model = Model::new(spec, device)?;
-    model.load(path)?;
+    let load = || -> Result<Model> {
+        // A sidecar that promises more weights than the file can hold is refused before
+        // anything that size is allocated.
+        let bytes = std::fs::metadata(path)
+            .map_err(|e| Error::io(path, e))?
+            .len();
+        let need = spec.min_weight_bytes();
+        if need > bytes {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "the model described by its sidecar needs at least {need} bytes of weights, \
+                     but the file has {bytes}"
+                ),
+            ));
+        }
+        let mut model = Model::new(spec, device)?;
+        model.load(path)?;
+        Ok(model)
+    };
+    let model = load().map_err(|e| e.in_file(path))?;
     Ok((model, meta))
 }

@@ -1,0 +1,537 @@
+//! `rustworthy-fuzz`: structure-aware mutation fuzzing of every file reader rustworthy has.
+//!
+//! Each target starts from valid files (written here by the library's own writers, or committed
+//! under `tests/fixtures/fuzz/` where only PyTorch or numpy writes the format) and mutates them
+//! the way damaged or hostile files differ from good ones: flipped bits, header words replaced
+//! by extreme values (lengths, shapes, offsets, dtype codes), truncation, trailing bytes, NaN
+//! payloads, spliced chunks, and for text formats deep nesting, absurd numbers and deleted
+//! characters. Every input must be either accepted or refused with an error that names the file;
+//! a panic, a refusal that does not name the file, or a read slower than `--slow` seconds is a
+//! finding. Findings are written to `--save DIR` (default `runs/fuzz-findings`) and the exit code
+//! is 1.
+//!
+//! `rustworthy-fuzz --seconds 60` is the bounded run of the test command;
+//! `rustworthy-fuzz --runs 10000` is the release check (10,000 inputs per target).
+
+use rustworthy::config::{all_presets, RunConfig};
+use rustworthy::core::{Result, SeedRng};
+use rustworthy::data::cifar::{read_cifar_file, write_cifar_file, CifarKind, CifarRaw};
+use rustworthy::data::idx::{read_idx, write_idx_u8};
+use rustworthy::datasets::load_pair;
+use rustworthy::models::{Arch, Model, ModelSpec};
+use std::cell::RefCell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+type Reader = Box<dyn Fn(&Path) -> Result<()>>;
+
+/// One reader under test.
+struct Target {
+    name: &'static str,
+    /// The mutated file's name inside the target's folder.
+    file: &'static str,
+    /// Valid inputs the mutations start from.
+    seeds: Vec<Vec<u8>>,
+    /// Text formats also get text mutations.
+    text: bool,
+    /// Reads the file at the given path.
+    read: Reader,
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/fuzz");
+    let p = root.join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("fuzz seed {}: {e}", p.display()))
+}
+
+/// Bytes of a file written by `write` into `dir/name`.
+fn written(dir: &Path, name: &str, write: impl FnOnce(&Path) -> Result<()>) -> Vec<u8> {
+    let p = dir.join(name);
+    write(&p).unwrap_or_else(|e| panic!("writing fuzz seed {name}: {e}"));
+    std::fs::read(&p).unwrap()
+}
+
+fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
+    let seeds_dir = work.join("seeds");
+    std::fs::create_dir_all(&seeds_dir).unwrap();
+    let d = seeds_dir.as_path();
+    let pixels: Vec<u8> = (0..48).map(|i| (i * 37 % 256) as u8).collect();
+    let idx_raw = written(d, "a-idx3-ubyte", |p| {
+        write_idx_u8(p, &[3, 4, 4], &pixels, false)
+    });
+    let idx_gz = written(d, "b-idx3-ubyte.gz", |p| {
+        write_idx_u8(p, &[3, 4, 4], &pixels, true)
+    });
+    let idx_labels = written(d, "c-idx1-ubyte", |p| {
+        write_idx_u8(p, &[3], &[1, 0, 2], false)
+    });
+    let cifar_px: Vec<u8> = (0..2 * 3072).map(|i| (i % 251) as u8).collect();
+    let cifar = written(d, "data_batch_1.bin", |p| {
+        write_cifar_file(p, CifarKind::Cifar10, &cifar_px, &[3, 7])
+    });
+    let st_data = written(d, "data.safetensors", |p| {
+        let x = tch::Tensor::from_slice(&(0..96).map(|i| (i * 5 % 256) as u8).collect::<Vec<u8>>())
+            .reshape([6, 1, 4, 4]);
+        let y = tch::Tensor::from_slice(&[0i64, 1, 2, 0, 1, 2]);
+        tch::Tensor::write_safetensors(&[("x", &x), ("y", &y)], p)?;
+        Ok(())
+    });
+    tch::manual_seed(0);
+    let spec = ModelSpec::fashion_mnist(Arch::Lenet);
+    let weights = written(d, "model.safetensors", |p| {
+        Model::new(spec.clone(), tch::Device::Cpu)?.save(p)
+    });
+    let sidecar = fixture("model.json");
+    let presets: Vec<Vec<u8>> = all_presets()
+        .into_iter()
+        .filter(|p| !p.toml.is_empty())
+        .map(|p| p.toml.as_bytes().to_vec())
+        .collect();
+    let (run_presets, bench_presets): (Vec<Vec<u8>>, Vec<Vec<u8>>) = presets
+        .into_iter()
+        .partition(|t| RunConfig::from_toml(std::str::from_utf8(t).unwrap(), "seed").is_ok());
+
+    let data_reader = |p: &Path| -> Result<()> {
+        load_pair(&format!("file:{}", p.display()), None, Some(0.5), 0).map(|_| ())
+    };
+    let list: Vec<Target> = vec![
+        Target {
+            name: "idx",
+            file: "images-idx3-ubyte",
+            seeds: vec![idx_raw, idx_labels],
+            text: false,
+            read: Box::new(|p| read_idx(p).map(|_| ())),
+        },
+        Target {
+            name: "idx-gzip",
+            file: "images-idx3-ubyte.gz",
+            seeds: vec![idx_gz],
+            text: false,
+            read: Box::new(|p| read_idx(p).map(|_| ())),
+        },
+        Target {
+            name: "cifar",
+            file: "data_batch_1.bin",
+            seeds: vec![cifar],
+            text: false,
+            read: Box::new(|p| read_cifar_file(p, CifarKind::Cifar10, &mut CifarRaw::default())),
+        },
+        Target {
+            name: "data-safetensors",
+            file: "data.safetensors",
+            seeds: vec![st_data],
+            text: false,
+            read: Box::new(data_reader),
+        },
+        Target {
+            name: "data-npz",
+            file: "data.npz",
+            seeds: vec![fixture("data.npz")],
+            text: false,
+            read: Box::new(data_reader),
+        },
+        Target {
+            name: "pth",
+            file: "state.pth",
+            seeds: vec![fixture("state.pth"), fixture("state-legacy.pth")],
+            text: false,
+            read: Box::new(|p| rustworthy::models::pth::read_pth_state_dict(p).map(|_| ())),
+        },
+        Target {
+            name: "model-weights",
+            file: "model.safetensors",
+            seeds: vec![weights.clone()],
+            text: false,
+            read: Box::new(|p| {
+                rustworthy::train::checkpoint::load_model(p, None, tch::Device::Cpu).map(|_| ())
+            }),
+        },
+        Target {
+            name: "model-sidecar",
+            file: "model.json",
+            seeds: vec![sidecar.clone()],
+            text: true,
+            read: Box::new(|p| {
+                rustworthy::train::checkpoint::load_model(
+                    &p.with_file_name("model.safetensors"),
+                    None,
+                    tch::Device::Cpu,
+                )
+                .map(|_| ())
+            }),
+        },
+        Target {
+            name: "run-config",
+            file: "run.toml",
+            seeds: run_presets,
+            text: true,
+            read: Box::new(|p| RunConfig::from_file(p)?.validate()),
+        },
+        Target {
+            name: "bench-config",
+            file: "bench.toml",
+            seeds: bench_presets,
+            text: true,
+            read: Box::new(|p| rustworthy::bench_unlearn::BenchConfig::from_file(p)?.validate()),
+        },
+        Target {
+            name: "method-config",
+            file: "salun.toml",
+            seeds: vec![
+                b"epochs = 4\nlr = 0.013\nmask_ratio = 0.5\nforget_first = true\n".to_vec(),
+                b"batch_size = 128\nsaliency_batch_size = 64\n".to_vec(),
+            ],
+            text: true,
+            read: Box::new(|p| {
+                rustworthy::unlearn_run::method_config("salun", Some(p), None, None).map(|_| ())
+            }),
+        },
+        Target {
+            name: "index-file",
+            file: "forget.json",
+            seeds: vec![
+                b"[1, 5, 9, 200]".to_vec(),
+                b"3\n7\n11\n".to_vec(),
+                br#"{"spec": {"kind": "random", "fraction": 0.1}, "seed": 1, "forget_classes": [], "forget": [4, 8], "retain": [0, 1, 2]}"#
+                    .to_vec(),
+            ],
+            text: true,
+            read: Box::new(|p| rustworthy::unlearn::scenario::read_index_file(p).map(|_| ())),
+        },
+    ];
+    list.into_iter()
+        .map(|t| {
+            let dir = work.join(t.name);
+            std::fs::create_dir_all(&dir).unwrap();
+            // Companions: a weights file's sidecar, a sidecar's weights file.
+            if t.name == "model-weights" {
+                std::fs::write(dir.join("model.json"), &sidecar).unwrap();
+            }
+            if t.name == "model-sidecar" {
+                std::fs::write(dir.join("model.safetensors"), &weights).unwrap();
+            }
+            (t, dir)
+        })
+        .collect()
+}
+
+/// Values that break length, count, shape and offset fields.
+const EXTREME_U64: [u64; 10] = [
+    0,
+    1,
+    0x7f,
+    0xff,
+    0x7fff_ffff,
+    0xffff_ffff,
+    0x8000_0000,
+    0x7fff_ffff_ffff_ffff,
+    u64::MAX,
+    1 << 40,
+];
+
+fn mutate(seed: &[u8], text: bool, rng: &mut SeedRng) -> Vec<u8> {
+    let mut b = seed.to_vec();
+    let rounds = 1 + rng.below(3);
+    for _ in 0..rounds {
+        let n = b.len().max(1);
+        match rng.below(if text { 11 } else { 8 }) {
+            0 => {
+                for _ in 0..1 + rng.below(8) {
+                    if !b.is_empty() {
+                        let i = rng.below(b.len());
+                        b[i] ^= 1 << rng.below(8);
+                    }
+                }
+            }
+            1 | 2 => {
+                // A header word (in the first 64 bytes more often) replaced by an extreme value.
+                let width = [2usize, 4, 8][rng.below(3)];
+                let span = if rng.below(2) == 0 { n.min(64) } else { n };
+                let at = rng.below(span);
+                let v = EXTREME_U64[rng.below(EXTREME_U64.len())];
+                let bytes = if rng.below(2) == 0 {
+                    v.to_le_bytes()
+                } else {
+                    v.to_be_bytes()
+                };
+                for k in 0..width {
+                    if at + k < b.len() {
+                        b[at + k] = bytes[k];
+                    }
+                }
+            }
+            3 => b.truncate(rng.below(n)),
+            4 => {
+                let extra: Vec<u8> = (0..1 + rng.below(64))
+                    .map(|_| rng.below(256) as u8)
+                    .collect();
+                b.extend(extra);
+            }
+            5 => {
+                // A float NaN or infinity payload.
+                let payload = [
+                    f32::NAN.to_le_bytes(),
+                    f32::INFINITY.to_le_bytes(),
+                    f32::NEG_INFINITY.to_le_bytes(),
+                ][rng.below(3)];
+                let at = rng.below(n) & !3;
+                for (k, byte) in payload.iter().enumerate() {
+                    if at + k < b.len() {
+                        b[at + k] = *byte;
+                    }
+                }
+            }
+            6 => {
+                // Splice: a chunk repeated elsewhere.
+                if !b.is_empty() {
+                    let from = rng.below(b.len());
+                    let len = 1 + rng.below((b.len() - from).min(256));
+                    let chunk = b[from..from + len].to_vec();
+                    let at = rng.below(b.len());
+                    b.splice(at..at, chunk);
+                }
+            }
+            7 => {
+                if !b.is_empty() {
+                    let i = rng.below(b.len());
+                    b[i] = rng.below(256) as u8;
+                }
+            }
+            8 => {
+                // Deep nesting.
+                let depth = 1 + rng.below(100_000);
+                let (open, close) = if rng.below(2) == 0 {
+                    ("[", "]")
+                } else {
+                    ("{\"a\":", "}")
+                };
+                let at = rng.below(n);
+                let mut nest = open.repeat(depth).into_bytes();
+                if rng.below(2) == 0 {
+                    nest.extend(close.repeat(depth).into_bytes());
+                }
+                b.splice(at.min(b.len())..at.min(b.len()), nest);
+            }
+            9 => {
+                // A number replaced by an absurd one.
+                let absurd: [&[u8]; 8] = [
+                    b"1e999",
+                    b"-1",
+                    b"nan",
+                    b"NaN",
+                    b"18446744073709551616",
+                    b"-0",
+                    b"1e-400",
+                    b"9999999999999",
+                ];
+                if let Some(at) = (0..b.len()).find(|&i| b[i].is_ascii_digit() && rng.below(8) == 0)
+                {
+                    let end = (at..b.len())
+                        .find(|&i| !(b[i].is_ascii_digit() || b[i] == b'.'))
+                        .unwrap_or(b.len());
+                    b.splice(at..end, absurd[rng.below(absurd.len())].to_vec());
+                }
+            }
+            _ => {
+                if !b.is_empty() {
+                    let i = rng.below(b.len());
+                    let len = 1 + rng.below((b.len() - i).min(16));
+                    b.drain(i..i + len);
+                }
+            }
+        }
+    }
+    b
+}
+
+#[derive(Default)]
+struct Tally {
+    runs: u64,
+    accepted: u64,
+    refused: u64,
+    panics: u64,
+    unnamed: u64,
+    slow: u64,
+    slowest_s: f64,
+}
+
+thread_local! {
+    static PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+struct Args {
+    seconds: f64,
+    runs: Option<u64>,
+    seed: u64,
+    slow: f64,
+    only: Option<String>,
+    save: PathBuf,
+}
+
+fn parse_args() -> std::result::Result<Args, String> {
+    let mut a = Args {
+        seconds: 60.0,
+        runs: None,
+        seed: 0,
+        slow: 10.0,
+        only: None,
+        save: PathBuf::from("runs/fuzz-findings"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--seconds" => a.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
+            "--runs" => a.runs = Some(value()?.parse().map_err(|e| format!("--runs: {e}"))?),
+            "--seed" => a.seed = value()?.parse().map_err(|e| format!("--seed: {e}"))?,
+            "--slow" => a.slow = value()?.parse().map_err(|e| format!("--slow: {e}"))?,
+            "--target" => a.only = Some(value()?),
+            "--save" => a.save = value()?.into(),
+            "-h" | "--help" => {
+                return Err(
+                    "usage: rustworthy-fuzz [--seconds S | --runs N] [--seed S] \
+                            [--target NAME] [--slow SECONDS] [--save DIR]"
+                        .into(),
+                )
+            }
+            other => return Err(format!("unknown argument `{other}` (see --help)")),
+        }
+    }
+    if !(a.seconds.is_finite() && a.seconds > 0.0 && a.slow.is_finite() && a.slow > 0.0) {
+        return Err("--seconds and --slow must be > 0".into());
+    }
+    Ok(a)
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    tch::set_num_threads(1);
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info.to_string();
+        PANIC.with(|p| *p.borrow_mut() = Some(msg));
+    }));
+    let work = tempfile::tempdir().expect("a temporary folder");
+    let mut all = targets(work.path());
+    if let Some(o) = &args.only {
+        all.retain(|(t, _)| t.name == o);
+        if all.is_empty() {
+            eprintln!("unknown target `{o}`");
+            std::process::exit(2);
+        }
+    }
+    // Every seed must be accepted as it is, or the target tests nothing.
+    for (t, dir) in &all {
+        for (i, s) in t.seeds.iter().enumerate() {
+            let p = dir.join(t.file);
+            std::fs::write(&p, s).unwrap();
+            if let Err(e) = (t.read)(&p) {
+                eprintln!(
+                    "{}: seed {i} is refused ({e}); the target is broken",
+                    t.name
+                );
+                std::process::exit(2);
+            }
+        }
+    }
+    let per_target = Duration::from_secs_f64(args.seconds / all.len() as f64);
+    let mut rng = SeedRng::new(args.seed);
+    let mut findings = 0u64;
+    println!("target            runs  accepted  refused  panics  unnamed  slow  slowest (s)");
+    for (t, dir) in &all {
+        let mut tally = Tally::default();
+        let started = Instant::now();
+        let path = dir.join(t.file);
+        let file_name = t.file.to_string();
+        loop {
+            match args.runs {
+                Some(n) if tally.runs >= n => break,
+                None if started.elapsed() >= per_target => break,
+                _ => {}
+            }
+            let seed = &t.seeds[rng.below(t.seeds.len())];
+            let input = mutate(seed, t.text, &mut rng);
+            std::fs::write(&path, &input).unwrap();
+            let t0 = Instant::now();
+            let outcome = catch_unwind(AssertUnwindSafe(|| (t.read)(&path)));
+            let secs = t0.elapsed().as_secs_f64();
+            tally.runs += 1;
+            tally.slowest_s = tally.slowest_s.max(secs);
+            let finding = match outcome {
+                Ok(Ok(())) => {
+                    tally.accepted += 1;
+                    None
+                }
+                Ok(Err(e)) => {
+                    tally.refused += 1;
+                    let msg = e.to_string();
+                    if msg.contains(&file_name) || msg.contains(&dir.display().to_string()) {
+                        None
+                    } else {
+                        tally.unnamed += 1;
+                        Some(format!("refusal without the file's name: {msg}"))
+                    }
+                }
+                Err(_) => {
+                    tally.panics += 1;
+                    let msg = PANIC.with(|p| p.borrow_mut().take()).unwrap_or_default();
+                    Some(format!("panic: {msg}"))
+                }
+            };
+            let finding = finding.or_else(|| {
+                (secs > args.slow).then(|| {
+                    tally.slow += 1;
+                    format!("slow: {secs:.1} s")
+                })
+            });
+            if let Some(f) = finding {
+                findings += 1;
+                if findings <= 200 {
+                    let _ = std::fs::create_dir_all(&args.save);
+                    let stem = format!("{}-{}", t.name, tally.runs);
+                    let _ = std::fs::write(args.save.join(format!("{stem}.input")), &input);
+                    let _ = std::fs::write(args.save.join(format!("{stem}.txt")), &f);
+                }
+                if findings <= 20 {
+                    let short: String = f.chars().take(300).collect();
+                    eprintln!("{}: {short}", t.name);
+                }
+            }
+        }
+        println!(
+            "{:<16} {:>6}  {:>8}  {:>7}  {:>6}  {:>7}  {:>4}  {:>11.3}",
+            t.name,
+            tally.runs,
+            tally.accepted,
+            tally.refused,
+            tally.panics,
+            tally.unnamed,
+            tally.slow,
+            tally.slowest_s
+        );
+    }
+    if let Some(m) = peak_rss_mib() {
+        println!("peak memory: {m:.0} MiB");
+    }
+    if findings > 0 {
+        eprintln!(
+            "{findings} finding(s); inputs written to {}",
+            args.save.display()
+        );
+        std::process::exit(1);
+    }
+    println!("no findings (seed {})", args.seed);
+}
