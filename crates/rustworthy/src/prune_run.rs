@@ -336,6 +336,7 @@ pub fn run_one(p: &Prepared, cfg: &PruneConfig, out: Option<&Path>) -> Result<Pr
                 history: Vec::new(),
                 model_file: String::new(),
                 optim_file: None,
+                checksums: Default::default(),
             },
         )?;
     }

@@ -309,6 +309,10 @@ pub fn train(c: &RunConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     report
         .timings_s
         .insert("train_loop".into(), fit_out.train_seconds);
+    for n in &fit_out.resume_notes {
+        tracing::warn!("{n}");
+        report.notes.push(format!("warning: {n}"));
+    }
     if let Some(e) = fit_out.resumed_from {
         report.notes.push(format!(
             "resumed after epoch {e} from {}",
@@ -386,6 +390,7 @@ pub fn train(c: &RunConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
             history: report.history.clone(),
             model_file: String::new(),
             optim_file: None,
+            checksums: Default::default(),
         },
     )?;
     report.artifacts.push("model.safetensors".into());

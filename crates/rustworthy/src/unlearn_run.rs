@@ -495,6 +495,7 @@ pub fn unlearn(req: &UnlearnRequest) -> Result<UnlearnOutcome> {
             history: Vec::new(),
             model_file: String::new(),
             optim_file: None,
+            checksums: Default::default(),
         },
     )?;
     let (lr_grid, select) = match &req.lr_search {

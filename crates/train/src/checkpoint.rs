@@ -34,12 +34,29 @@ pub struct CheckpointMeta {
     pub model_file: String,
     /// Optimizer state file, relative to the sidecar (absent for a final model).
     pub optim_file: Option<String>,
+    /// FNV-1a 64 checksums (hex) of the files above, by file name; checked on resume (absent in
+    /// checkpoints written before checksums existed).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checksums: BTreeMap<String, String>,
+}
+
+/// FNV-1a 64 of a file's bytes, as 16 hex digits.
+pub fn file_checksum(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    Ok(format!("{h:016x}"))
 }
 
 /// The checkpoint format version this build writes and reads.
 pub const FORMAT: u32 = 1;
 /// File name of the sidecar inside a checkpoint folder.
 pub const SIDECAR: &str = "checkpoint.json";
+/// The previous checkpoint's sidecar, kept so a damaged latest checkpoint can be skipped.
+pub const PREVIOUS: &str = "checkpoint.prev.json";
 
 /// A checkpoint folder of a training run.
 pub struct Checkpoint {
@@ -62,7 +79,8 @@ impl Checkpoint {
         self.dir.join(SIDECAR).is_file()
     }
 
-    /// Saves the state after `meta.epoch` epochs, then removes older epoch files.
+    /// Saves the state after `meta.epoch` epochs, keeps the previous checkpoint (its sidecar
+    /// as [`PREVIOUS`]) and removes older epoch files.
     pub fn save(&self, model: &Model, opt: &Optimizer, mut meta: CheckpointMeta) -> Result<()> {
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         let model_file = format!("model-e{:04}.safetensors", meta.epoch);
@@ -78,15 +96,29 @@ impl Checkpoint {
         meta.model_file = model_file.clone();
         meta.optim_file = Some(optim_file.clone());
         meta.optimizer_steps = opt.steps();
-        write_json_atomic(&self.dir.join(SIDECAR), &meta)?;
-        // The sidecar now points at the new files: older epoch files can go.
+        meta.checksums = BTreeMap::new();
+        for f in [&model_file, &optim_file] {
+            meta.checksums
+                .insert(f.clone(), file_checksum(&self.dir.join(f))?);
+        }
+        // The current checkpoint becomes the previous one, then the new sidecar is written.
+        let latest = self.dir.join(SIDECAR);
+        let mut keep = vec![model_file.clone(), optim_file.clone()];
+        if let Ok(prev) = read_meta(&latest) {
+            if prev.epoch != meta.epoch {
+                write_json_atomic(&self.dir.join(PREVIOUS), &prev)?;
+                keep.push(prev.model_file.clone());
+                keep.extend(prev.optim_file.clone());
+            }
+        }
+        write_json_atomic(&latest, &meta)?;
+        // The sidecars now point at the new and the previous files: older epoch files can go.
         if let Ok(rd) = std::fs::read_dir(&self.dir) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
                 let old = (name.starts_with("model-e") || name.starts_with("optim-e"))
                     && name.ends_with(".safetensors")
-                    && name != model_file
-                    && name != optim_file;
+                    && !keep.contains(&name);
                 if old {
                     let _ = std::fs::remove_file(e.path());
                 }
@@ -100,9 +132,59 @@ impl Checkpoint {
         read_meta(&self.dir.join(SIDECAR))
     }
 
-    /// Restores model and optimizer; returns the sidecar.
+    /// Restores model and optimizer from the latest checkpoint, or, when that one is damaged
+    /// (a file fails its checksum or does not load), from the previous one, saying so through
+    /// `warn`; returns the sidecar of the checkpoint used.
+    pub fn restore_or_previous(
+        &self,
+        model: &mut Model,
+        opt: &mut Optimizer,
+        warn: &mut dyn FnMut(String),
+    ) -> Result<CheckpointMeta> {
+        match self.restore_from(&self.dir.join(SIDECAR), model, opt) {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                let prev = self.dir.join(PREVIOUS);
+                if !prev.is_file() {
+                    return Err(e);
+                }
+                let m = self.restore_from(&prev, model, opt).map_err(|e2| {
+                    Error::checkpoint(
+                        &self.dir,
+                        format!("the latest checkpoint is damaged ({e}) and so is the previous one ({e2})"),
+                    )
+                })?;
+                warn(format!(
+                    "the latest checkpoint is damaged ({e}); resuming from the previous one (epoch {})",
+                    m.epoch
+                ));
+                Ok(m)
+            }
+        }
+    }
+
+    /// Restores model and optimizer from the latest checkpoint; returns the sidecar.
     pub fn restore(&self, model: &mut Model, opt: &mut Optimizer) -> Result<CheckpointMeta> {
-        let meta = self.meta()?;
+        self.restore_from(&self.dir.join(SIDECAR), model, opt)
+    }
+
+    fn restore_from(
+        &self,
+        sidecar: &Path,
+        model: &mut Model,
+        opt: &mut Optimizer,
+    ) -> Result<CheckpointMeta> {
+        let meta = read_meta(sidecar)?;
+        for (f, sum) in &meta.checksums {
+            let p = self.dir.join(f);
+            let got = file_checksum(&p)?;
+            if &got != sum {
+                return Err(Error::checkpoint(
+                    &p,
+                    format!("checksum mismatch (expected {sum}, got {got}): the file is damaged"),
+                ));
+            }
+        }
         if meta.model_spec != model.spec {
             return Err(Error::checkpoint(
                 self.dir.join(SIDECAR),

@@ -171,6 +171,8 @@ pub struct FitOutcome {
     pub last_val: Option<EvalResult>,
     /// Why the hook stopped training early, if it did.
     pub stopped: Option<String>,
+    /// What happened on resume worth telling (a damaged latest checkpoint skipped).
+    pub resume_notes: Vec<String>,
 }
 
 /// Named trainable parameters of a model in a stable order.
@@ -223,10 +225,11 @@ pub fn fit_with(
     let mut history: Vec<EpochRecord> = Vec::new();
     let mut start_epoch = 0usize;
     let mut resumed_from = None;
+    let mut resume_notes: Vec<String> = Vec::new();
     let ckpt = opts.checkpoint_dir.as_ref().map(Checkpoint::new);
     if let (true, Some(ck)) = (opts.resume, &ckpt) {
         if ck.exists() {
-            let meta = ck.restore(model, &mut opt)?;
+            let meta = ck.restore_or_previous(model, &mut opt, &mut |w| resume_notes.push(w))?;
             model.check_finite(&format!("checkpoint in {}", ck.dir().display()))?;
             if meta.config != cfg_json {
                 return Err(Error::checkpoint(
@@ -385,6 +388,7 @@ pub fn fit_with(
                     .collect::<std::result::Result<_, _>>()?,
                 model_file: String::new(),
                 optim_file: None,
+                checksums: Default::default(),
             };
             ck.save(model, &opt, meta)?;
         }
@@ -407,6 +411,7 @@ pub fn fit_with(
         stopped,
         history,
         resumed_from,
+        resume_notes,
         train_seconds: t_run.elapsed().as_secs_f64(),
         last_val,
     })

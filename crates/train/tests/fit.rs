@@ -134,7 +134,7 @@ fn resumed_run_equals_uninterrupted_run() {
             .collect::<Vec<_>>()
     };
     assert_eq!(strip(&full_out.history), strip(&rest.history));
-    // Only the newest epoch's files remain.
+    // Only the newest epoch's files and the previous epoch's remain.
     let files: Vec<String> = std::fs::read_dir(&cut_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
@@ -144,9 +144,94 @@ fn resumed_run_equals_uninterrupted_run() {
         "{files:?}"
     );
     assert!(
+        files.contains(&"model-e0003.safetensors".to_string()),
+        "{files:?}"
+    );
+    assert!(
         !files.contains(&"model-e0002.safetensors".to_string()),
         "{files:?}"
     );
+}
+
+/// A latest checkpoint damaged on disk (a flipped byte in its weights) fails its checksum on
+/// resume; the run resumes from the previous checkpoint, says so, and still reaches the
+/// uninterrupted result.
+#[test]
+fn damaged_latest_checkpoint_falls_back_to_the_previous_one() {
+    let _torch = torch_lock();
+    let (train, val) = data(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut full = model(5);
+    let quiet_opts = |d: &std::path::Path, stop: Option<usize>, resume: bool| FitOptions {
+        progress: ProgressMode::Quiet,
+        checkpoint_dir: Some(d.to_path_buf()),
+        stop_after: stop,
+        resume,
+    };
+    fit(
+        &mut full,
+        &train,
+        Some(&val),
+        &cfg(4),
+        &quiet_opts(&dir.path().join("full"), None, false),
+    )
+    .unwrap();
+    let cut = dir.path().join("cut");
+    let mut first = model(5);
+    fit(
+        &mut first,
+        &train,
+        Some(&val),
+        &cfg(4),
+        &quiet_opts(&cut, Some(3), false),
+    )
+    .unwrap();
+    let weights = cut.join("model-e0003.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let n = bytes.len();
+    bytes[n - 5] ^= 0x40;
+    std::fs::write(&weights, bytes).unwrap();
+    let mut resumed = model(99);
+    let rest = fit(
+        &mut resumed,
+        &train,
+        Some(&val),
+        &cfg(4),
+        &quiet_opts(&cut, None, true),
+    )
+    .unwrap();
+    assert_eq!(
+        rest.resumed_from,
+        Some(2),
+        "resumed from the previous checkpoint"
+    );
+    assert!(
+        rest.resume_notes
+            .iter()
+            .any(|n| n.contains("checksum mismatch") && n.contains("previous")),
+        "{:?}",
+        rest.resume_notes
+    );
+    assert_eq!(param_bits(&full), param_bits(&resumed));
+    // Both checkpoints damaged: a clear error, nothing resumed.
+    for f in ["model-e0003.safetensors", "model-e0004.safetensors"] {
+        if let Ok(mut b) = std::fs::read(cut.join(f)) {
+            let k = b.len() - 5;
+            b[k] ^= 0x40;
+            std::fs::write(cut.join(f), b).unwrap();
+        }
+    }
+    let mut again = model(99);
+    let e = fit(
+        &mut again,
+        &train,
+        Some(&val),
+        &cfg(4),
+        &quiet_opts(&cut, None, true),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("damaged"), "{e}");
 }
 
 #[test]
