@@ -602,3 +602,81 @@ fn a_run_folder_in_use_is_refused() {
     assert!(out.join("model.safetensors").is_file());
     assert!(!lock.exists(), "the lock is released at the end of the run");
 }
+
+/// `kill -9` at random moments of a training run with checkpoints (during epochs and during
+/// checkpoint writes alike), each time resumed: the final model equals the uninterrupted run's
+/// byte for byte. Rounds: `RUSTWORTHY_KILL_ROUNDS` (default 5; the release check uses 20).
+#[test]
+fn kill_nine_at_random_moments_then_resume_reaches_the_same_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("synthetic");
+    rustworthy::data::synthetic::write_synthetic_idx(&data, 4, 150, 20, 28, 0.3, 11).unwrap();
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--preset",
+            "fmnist-lenet",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--epochs",
+            "12",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--progress",
+            "quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let full = tmp.path().join("full");
+    let t0 = std::time::Instant::now();
+    let o = bin().args(args(&full)).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run_ms = t0.elapsed().as_millis() as u64;
+    let rounds: u64 = std::env::var("RUSTWORTHY_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let cut = tmp.path().join("cut");
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut killed = 0;
+    for _ in 0..rounds {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        // Anywhere from start-up to the end of a whole run.
+        let wait = 100 + state % run_ms.max(200);
+        let mut child = bin()
+            .args(args(&cut))
+            .arg("--resume")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(wait));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            killed += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(
+        killed > 0,
+        "no round was interrupted (run takes {run_ms} ms)"
+    );
+    let o = bin().args(args(&cut)).arg("--resume").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a = std::fs::read(full.join("model.safetensors")).unwrap();
+    let b = std::fs::read(cut.join("model.safetensors")).unwrap();
+    assert!(
+        a == b,
+        "after {killed} kills the resumed model differs from the uninterrupted one"
+    );
+}
