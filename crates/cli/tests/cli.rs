@@ -680,3 +680,67 @@ fn kill_nine_at_random_moments_then_resume_reaches_the_same_model() {
         "after {killed} kills the resumed model differs from the uninterrupted one"
     );
 }
+
+/// A full disk in the middle of a run (injected: every write after the first few fails with
+/// ENOSPC): the run stops with exit code 1 and a message naming the file, the earlier
+/// checkpoint stays intact, and a resume on a healthy disk reaches the uninterrupted model.
+#[test]
+fn a_full_disk_fails_the_run_cleanly_and_keeps_earlier_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synthetic_dir(tmp.path());
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--preset",
+            "fmnist-mlp",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--epochs",
+            "4",
+            "--batch-size",
+            "32",
+            "--device",
+            "cpu",
+            "--progress",
+            "quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let full = tmp.path().join("full");
+    let o = bin().args(args(&full)).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cut = tmp.path().join("cut");
+    // Split, two checkpoint files and the sidecar of epoch 1, then the disk is full.
+    let o = bin()
+        .args(args(&cut))
+        .env("RUSTWORTHY_INJECT_ENOSPC_AFTER", "4")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("No space left on device") && e.contains(".tmp"),
+        "{e}"
+    );
+    assert!(!cut.join("model.safetensors").exists());
+    let ck = json(&cut.join("checkpoint").join("checkpoint.json"));
+    assert_eq!(ck["epoch"], 1, "{ck}");
+    let leftovers: Vec<String> = std::fs::read_dir(cut.join("checkpoint"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".tmp") || n.contains(".tmp."))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    let o = bin().args(args(&cut)).arg("--resume").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a = std::fs::read(full.join("model.safetensors")).unwrap();
+    let b = std::fs::read(cut.join("model.safetensors")).unwrap();
+    assert!(
+        a == b,
+        "the resumed model differs from the uninterrupted one"
+    );
+}

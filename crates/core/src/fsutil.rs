@@ -15,6 +15,20 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// Fault injection for tests of a full disk: with `RUSTWORTHY_INJECT_ENOSPC_AFTER=N` in the
+/// environment, the first N atomic writes of the process succeed and every later one fails as
+/// a full disk does (ENOSPC), after its temporary file was written and before the rename.
+fn injected_full_disk() -> Option<std::io::Error> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let limit: u64 = std::env::var("RUSTWORTHY_INJECT_ENOSPC_AFTER")
+        .ok()?
+        .parse()
+        .ok()?;
+    let n = WRITES.fetch_add(1, Ordering::SeqCst);
+    (n >= limit).then(|| std::io::Error::from_raw_os_error(28))
+}
+
 /// Runs `write` on a temporary path beside `path`, then renames it over `path`.
 /// The temporary file is removed if `write` fails.
 pub fn atomic_write_with<F>(path: &Path, write: F) -> Result<()>
@@ -44,6 +58,10 @@ where
     // The data must be on disk before the rename makes it visible: a sync failure (a full or
     // failing disk) fails the write and leaves the old file in place.
     let synced = std::fs::File::open(&tmp).and_then(|f| f.sync_all());
+    let synced = match injected_full_disk() {
+        Some(e) => Err(e),
+        None => synced,
+    };
     if let Err(e) = synced {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(&tmp, e));
