@@ -140,6 +140,10 @@ enum Pixels {
     Floats(Vec<f32>),
 }
 
+/// The largest image side a dataset image may have (per image, `MAX_SIDE` squared pixels).
+const MAX_SIDE: u64 = 8192;
+const MAX_PIXELS: u64 = MAX_SIDE * MAX_SIDE;
+
 /// Decodes one image, checks it against `reference` (the first image's layout and file), and
 /// appends its pixels, channel-major, to `out`.
 fn decode_into(
@@ -176,6 +180,16 @@ fn decode_into(
         .into_decoder()
         .map_err(|e| Error::corrupt(path, format!("unreadable image: {e}")))?;
     let (width, height) = decoder.dimensions();
+    // The header's size is checked before anything that size is allocated.
+    if u64::from(width) * u64::from(height) > MAX_PIXELS {
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "the image claims {width}x{height} pixels, more than the {MAX_SIDE}x{MAX_SIDE} \
+                 an image of a dataset may have (a damaged header?)"
+            ),
+        ));
+    }
     let color = decoder.color_type();
     let channels = channels_of(color)
         .ok_or_else(|| Error::corrupt(path, format!("unsupported pixel format {color:?}")))?;

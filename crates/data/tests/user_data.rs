@@ -1200,3 +1200,29 @@ fn npz_written_by_numpy() {
         assert_no_reader_crash(&e);
     }
 }
+
+/// Found by `rustworthy-fuzz`: a JPEG whose header claims 65535x65535 pixels made the decoder
+/// allocate 12 GB and take a minute. The header's size is now checked first.
+#[test]
+fn an_image_claiming_a_huge_size_is_refused_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(tmp.path().join(class)).unwrap();
+        GrayImage::from_pixel(8, 8, Luma([7u8]))
+            .save(tmp.path().join(class).join("ok.png"))
+            .unwrap();
+    }
+    let bad = tmp.path().join("a").join("big.jpg");
+    std::fs::copy(
+        rustworthy_testkit::workspace_root().join("tests/fixtures/fuzz/regress-huge-image.jpg"),
+        &bad,
+    )
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    let e = rustworthy_data::load_image_folder(tmp.path(), "huge")
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(t0.elapsed().as_secs_f64() < 5.0);
+    assert!(e.contains("big.jpg") && e.contains("claims"), "{e}");
+}

@@ -19,6 +19,8 @@ use rustworthy::data::cifar::{read_cifar_file, write_cifar_file, CifarKind, Cifa
 use rustworthy::data::idx::{read_idx, write_idx_u8};
 use rustworthy::datasets::load_pair;
 use rustworthy::models::{Arch, Model, ModelSpec};
+use rustworthy::train::checkpoint::{Checkpoint, CheckpointMeta, FORMAT};
+use rustworthy::train::optim::{OptimConfig, Optimizer};
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -92,6 +94,68 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
         .into_iter()
         .partition(|t| RunConfig::from_toml(std::str::from_utf8(t).unwrap(), "seed").is_ok());
 
+    // A checkpoint of a small MLP: the optimizer-state file is fuzzed under a sidecar without
+    // checksums (so its parser is reached), the sidecar itself with checksums.
+    tch::manual_seed(0);
+    let mlp = Model::new(
+        ModelSpec::fashion_mnist(Arch::Mlp).with_num_classes(3),
+        tch::Device::Cpu,
+    )
+    .unwrap();
+    let opt = || {
+        Optimizer::new(
+            OptimConfig::Sgd {
+                momentum: 0.9,
+                dampening: 0.0,
+                nesterov: false,
+                weight_decay: 5e-4,
+            },
+            mlp.parameters(),
+        )
+        .unwrap()
+    };
+    let ck_dir = d.join("checkpoint");
+    let ck = Checkpoint::new(&ck_dir);
+    let meta = CheckpointMeta {
+        format: FORMAT,
+        model_spec: mlp.spec.clone(),
+        config: serde_json::json!({}),
+        epoch: 1,
+        optimizer_steps: 3,
+        seeds: Default::default(),
+        metrics: serde_json::json!({}),
+        history: Vec::new(),
+        model_file: String::new(),
+        optim_file: None,
+        checksums: Default::default(),
+    };
+    ck.save(&mlp, &opt(), meta).unwrap();
+    let ck_sidecar = std::fs::read(ck_dir.join("checkpoint.json")).unwrap();
+    let ck_optim = std::fs::read(ck_dir.join("optim-e0001.safetensors")).unwrap();
+    let ck_model = std::fs::read(ck_dir.join("model-e0001.safetensors")).unwrap();
+    let mut unsummed: serde_json::Value = serde_json::from_slice(&ck_sidecar).unwrap();
+    unsummed["checksums"] = serde_json::json!({});
+    let ck_sidecar_unsummed = serde_json::to_vec_pretty(&unsummed).unwrap();
+    let restore = move |p: &Path| -> Result<()> {
+        let mut m = Model::new(
+            ModelSpec::fashion_mnist(Arch::Mlp).with_num_classes(3),
+            tch::Device::Cpu,
+        )?;
+        let mut o = Optimizer::new(
+            OptimConfig::Sgd {
+                momentum: 0.9,
+                dampening: 0.0,
+                nesterov: false,
+                weight_decay: 5e-4,
+            },
+            m.parameters(),
+        )?;
+        Checkpoint::new(p.parent().unwrap())
+            .restore(&mut m, &mut o)
+            .map(|_| ())
+    };
+    let restore2 = restore.clone();
+
     let data_reader = |p: &Path| -> Result<()> {
         load_pair(&format!("file:{}", p.display()), None, Some(0.5), 0).map(|_| ())
     };
@@ -162,6 +226,30 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
             }),
         },
         Target {
+            name: "checkpoint-sidecar",
+            file: "checkpoint.json",
+            seeds: vec![ck_sidecar.clone()],
+            text: true,
+            read: Box::new(restore),
+        },
+        Target {
+            name: "checkpoint-optim",
+            file: "optim-e0001.safetensors",
+            seeds: vec![ck_optim.clone()],
+            text: false,
+            read: Box::new(restore2),
+        },
+        Target {
+            name: "image-folder",
+            file: "x.png",
+            seeds: vec![fixture("img.png"), fixture("img.jpg")],
+            text: false,
+            read: Box::new(|p| {
+                let root = p.parent().unwrap().parent().unwrap();
+                rustworthy::data::load_image_folder(root, "fuzz").map(|_| ())
+            }),
+        },
+        Target {
             name: "run-config",
             file: "run.toml",
             seeds: run_presets,
@@ -210,6 +298,20 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
             }
             if t.name == "model-sidecar" {
                 std::fs::write(dir.join("model.safetensors"), &weights).unwrap();
+            }
+            if t.name.starts_with("checkpoint-") {
+                std::fs::write(dir.join("model-e0001.safetensors"), &ck_model).unwrap();
+                std::fs::write(dir.join("optim-e0001.safetensors"), &ck_optim).unwrap();
+                std::fs::write(dir.join("checkpoint.json"), &ck_sidecar_unsummed).unwrap();
+            }
+            if t.name == "image-folder" {
+                // Two classes; the fuzzed image is class `a`'s only one.
+                for class in ["a", "b"] {
+                    std::fs::create_dir_all(dir.join(class)).unwrap();
+                }
+                std::fs::write(dir.join("b").join("y.png"), fixture("img.png")).unwrap();
+                let dir = dir.join("a");
+                return (t, dir);
             }
             (t, dir)
         })
