@@ -154,7 +154,7 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
             .restore(&mut m, &mut o)
             .map(|_| ())
     };
-    let restore2 = restore.clone();
+    let restore2 = restore;
 
     let data_reader = |p: &Path| -> Result<()> {
         load_pair(&format!("file:{}", p.display()), None, Some(0.5), 0).map(|_| ())
