@@ -240,6 +240,24 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
             read: Box::new(restore2),
         },
         Target {
+            name: "torchscript",
+            file: "module.pt",
+            seeds: vec![std::fs::read(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../tests/fixtures/torchscript/small-cnn.pt"),
+            )
+            .unwrap()],
+            text: false,
+            read: Box::new(|p| {
+                rustworthy::model_source::open_model(
+                    &rustworthy::model_source::ModelSource::new(p),
+                    (1, (12, 12)),
+                    tch::Device::Cpu,
+                )
+                .map(|_| ())
+            }),
+        },
+        Target {
             name: "image-folder",
             file: "x.png",
             seeds: vec![fixture("img.png"), fixture("img.jpg")],
