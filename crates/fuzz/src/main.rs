@@ -10,8 +10,11 @@
 //! finding. Findings are written to `--save DIR` (default `runs/fuzz-findings`) and the exit code
 //! is 1.
 //!
-//! `rustworthy-fuzz --seconds 60` is the bounded run of the test command;
-//! `rustworthy-fuzz --runs 10000` is the release check (10,000 inputs per target).
+//! `rustworthy-fuzz --runs 4000` (seed 0: the same inputs every time, about 50 s) is the run of
+//! the test command; `rustworthy-fuzz --runs 10000 --seed S` is the release check. The
+//! `torchscript` target runs only with `--target torchscript`: libtorch's TorchScript loader
+//! can abort the process on a damaged archive (an exception it throws where it cannot be
+//! caught), so that target ends at its first such input instead of reporting it.
 
 use rustworthy::config::{all_presets, RunConfig};
 use rustworthy::core::{Result, SeedRng};
@@ -336,6 +339,9 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
         .collect()
 }
 
+/// Targets run only when named with `--target`.
+const OPT_IN: [&str; 1] = ["torchscript"];
+
 /// Values that break length, count, shape and offset fields.
 const EXTREME_U64: [u64; 10] = [
     0,
@@ -552,6 +558,10 @@ fn main() {
             eprintln!("unknown target `{o}`");
             std::process::exit(2);
         }
+    } else {
+        // Only on request: a damaged TorchScript archive can make libtorch's loader throw where
+        // the exception cannot be caught, which aborts the whole process (a known defect).
+        all.retain(|(t, _)| !OPT_IN.contains(&t.name));
     }
     // Every seed must be accepted as it is, or the target tests nothing.
     for (t, dir) in &all {

@@ -1971,6 +1971,23 @@ impl<'a> Unpickler<'a> {
             V::Storage(s) => PickleValue::Tensor(source(s)?),
             V::Tensor(t) => {
                 let storage = source(&t.storage)?;
+                // The view must lie inside its storage: checked here, with the file's name,
+                // before libtorch is asked for it.
+                let extent = view_extent(&t.size, &t.stride, t.offset).ok_or_else(|| {
+                    fail(&format!(
+                        "tensor view (size {:?}, stride {:?}, offset {}) is invalid",
+                        t.size, t.stride, t.offset
+                    ))
+                })?;
+                if extent > storage.numel() as u128 {
+                    return Err(fail(&format!(
+                        "tensor view (size {:?}, stride {:?}, offset {}) needs {extent} elements but its storage has {}",
+                        t.size,
+                        t.stride,
+                        t.offset,
+                        storage.numel()
+                    )));
+                }
                 PickleValue::Tensor(storage.f_as_strided(
                     t.size.as_slice(),
                     t.stride.as_slice(),
@@ -1982,6 +1999,26 @@ impl<'a> Unpickler<'a> {
             }
         })
     }
+}
+
+/// Elements of the storage a strided view touches (offset + the farthest element + 1; 0 for an
+/// empty view), or `None` for negative sizes, strides or offset, or mismatched ranks.
+fn view_extent(size: &[i64], stride: &[i64], offset: i64) -> Option<u128> {
+    if size.len() != stride.len() || offset < 0 {
+        return None;
+    }
+    if size.iter().any(|&s| s < 0) || stride.iter().any(|&s| s < 0) {
+        return None;
+    }
+    if size.contains(&0) {
+        return Some(0);
+    }
+    let far: u128 = size
+        .iter()
+        .zip(stride)
+        .map(|(&n, &s)| (n as u128 - 1) * s as u128)
+        .sum();
+    Some(offset as u128 + far + 1)
 }
 
 /// A LONG1/LONG4 payload: little-endian two's complement.

@@ -1183,3 +1183,20 @@ fn pytorch_malicious_pickles_are_refused_and_nothing_runs() {
     assert!(e.contains("TorchScript archive"), "{e}");
     assert!(!marker.exists(), "a refused pickle ran its payload");
 }
+
+/// Found by `rustworthy-fuzz`: `.pth` files whose tensor views reach past their storage were
+/// refused by libtorch with a message that did not name the file; the view is now checked
+/// against its storage first.
+#[test]
+fn pth_views_outside_their_storage_are_refused_naming_the_file() {
+    for name in ["regress-pth-view-1.pth", "regress-pth-view-2.pth"] {
+        let p = rustworthy_testkit::workspace_root()
+            .join("tests/fixtures/fuzz")
+            .join(name);
+        let e = rustworthy_models::pth::read_pth_state_dict(&p)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains(name) && e.contains("tensor view"), "{name}: {e}");
+    }
+}
