@@ -13,6 +13,28 @@ fn synthetic_dir(root: &Path) -> PathBuf {
     d
 }
 
+/// The arguments of a CPU `train` run of `preset` on `data` into `out`, quiet progress.
+fn train_args(
+    preset: &str,
+    data: &Path,
+    epochs: u32,
+    batch: Option<u32>,
+    out: &Path,
+) -> Vec<String> {
+    let mut a: Vec<String> = ["train", "--preset", preset, "--data-dir"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    a.push(data.display().to_string());
+    a.extend(["--epochs".to_string(), epochs.to_string()]);
+    if let Some(b) = batch {
+        a.extend(["--batch-size".to_string(), b.to_string()]);
+    }
+    a.extend(["--device", "cpu", "--progress", "quiet", "--out"].map(String::from));
+    a.push(out.display().to_string());
+    a
+}
+
 #[test]
 fn trains_on_real_fashion_mnist_and_reports() {
     if !fashion_mnist_present() {
@@ -82,28 +104,7 @@ fn trains_on_real_fashion_mnist_and_reports() {
 fn interrupted_cli_run_resumes_to_the_same_model() {
     let tmp = tempfile::tempdir().unwrap();
     let data = synthetic_dir(tmp.path());
-    let common = |out: &Path| -> Vec<String> {
-        [
-            "train",
-            "--preset",
-            "fmnist-lenet",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--epochs",
-            "3",
-            "--batch-size",
-            "32",
-            "--device",
-            "cpu",
-            "--progress",
-            "quiet",
-            "--out",
-            out.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
+    let common = |out: &Path| train_args("fmnist-lenet", &data, 3, Some(32), out);
     let full = tmp.path().join("full");
     let o = bin().args(common(&full)).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
@@ -572,19 +573,8 @@ fn a_run_folder_in_use_is_refused() {
     let out = tmp.path().join("run");
     std::fs::create_dir_all(&out).unwrap();
     let lock = out.join(".rustworthy.lock");
-    let args = [
-        "train",
-        "--preset",
-        "fmnist-mlp",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--device",
-        "cpu",
-        "--out",
-        out.to_str().unwrap(),
-    ];
+    let args = train_args("fmnist-mlp", &data, 1, None, &out);
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
     // pid 1 is always alive.
     std::fs::write(&lock, "1\n").unwrap();
     let o = run(&args);
@@ -611,29 +601,10 @@ fn kill_nine_at_random_moments_then_resume_reaches_the_same_model() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("synthetic");
     rustworthy::data::synthetic::write_synthetic_idx(&data, 4, 150, 20, 28, 0.3, 11).unwrap();
-    let args = |out: &Path| -> Vec<String> {
-        [
-            "train",
-            "--preset",
-            "fmnist-lenet",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--epochs",
-            "12",
-            "--batch-size",
-            "8",
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--progress",
-            "quiet",
-            "--out",
-            out.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    let args = |out: &Path| {
+        let mut a = train_args("fmnist-lenet", &data, 12, Some(8), out);
+        a.extend(["--threads".to_string(), "1".to_string()]);
+        a
     };
     let full = tmp.path().join("full");
     let t0 = std::time::Instant::now();
@@ -688,28 +659,7 @@ fn kill_nine_at_random_moments_then_resume_reaches_the_same_model() {
 fn a_full_disk_fails_the_run_cleanly_and_keeps_earlier_files() {
     let tmp = tempfile::tempdir().unwrap();
     let data = synthetic_dir(tmp.path());
-    let args = |out: &Path| -> Vec<String> {
-        [
-            "train",
-            "--preset",
-            "fmnist-mlp",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--epochs",
-            "4",
-            "--batch-size",
-            "32",
-            "--device",
-            "cpu",
-            "--progress",
-            "quiet",
-            "--out",
-            out.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
+    let args = |out: &Path| train_args("fmnist-mlp", &data, 4, Some(32), out);
     let full = tmp.path().join("full");
     let o = bin().args(args(&full)).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));

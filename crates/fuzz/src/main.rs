@@ -57,6 +57,22 @@ fn written(dir: &Path, name: &str, write: impl FnOnce(&Path) -> Result<()>) -> V
     std::fs::read(&p).unwrap()
 }
 
+/// The model and optimizer of the checkpoint targets (a 3-class MLP, SGD with momentum).
+fn checkpointed() -> Result<(Model, Optimizer)> {
+    let m = Model::new(
+        ModelSpec::fashion_mnist(Arch::Mlp).with_num_classes(3),
+        tch::Device::Cpu,
+    )?;
+    let cfg = OptimConfig::Sgd {
+        momentum: 0.9,
+        dampening: 0.0,
+        nesterov: false,
+        weight_decay: 5e-4,
+    };
+    let o = Optimizer::new(cfg, m.parameters())?;
+    Ok((m, o))
+}
+
 fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
     let seeds_dir = work.join("seeds");
     std::fs::create_dir_all(&seeds_dir).unwrap();
@@ -100,23 +116,7 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
     // A checkpoint of a small MLP: the optimizer-state file is fuzzed under a sidecar without
     // checksums (so its parser is reached), the sidecar itself with checksums.
     tch::manual_seed(0);
-    let mlp = Model::new(
-        ModelSpec::fashion_mnist(Arch::Mlp).with_num_classes(3),
-        tch::Device::Cpu,
-    )
-    .unwrap();
-    let opt = || {
-        Optimizer::new(
-            OptimConfig::Sgd {
-                momentum: 0.9,
-                dampening: 0.0,
-                nesterov: false,
-                weight_decay: 5e-4,
-            },
-            mlp.parameters(),
-        )
-        .unwrap()
-    };
+    let (mlp, opt) = checkpointed().unwrap();
     let ck_dir = d.join("checkpoint");
     let ck = Checkpoint::new(&ck_dir);
     let meta = CheckpointMeta {
@@ -132,32 +132,19 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
         optim_file: None,
         checksums: Default::default(),
     };
-    ck.save(&mlp, &opt(), meta).unwrap();
+    ck.save(&mlp, &opt, meta).unwrap();
     let ck_sidecar = std::fs::read(ck_dir.join("checkpoint.json")).unwrap();
     let ck_optim = std::fs::read(ck_dir.join("optim-e0001.safetensors")).unwrap();
     let ck_model = std::fs::read(ck_dir.join("model-e0001.safetensors")).unwrap();
     let mut unsummed: serde_json::Value = serde_json::from_slice(&ck_sidecar).unwrap();
     unsummed["checksums"] = serde_json::json!({});
     let ck_sidecar_unsummed = serde_json::to_vec_pretty(&unsummed).unwrap();
-    let restore = move |p: &Path| -> Result<()> {
-        let mut m = Model::new(
-            ModelSpec::fashion_mnist(Arch::Mlp).with_num_classes(3),
-            tch::Device::Cpu,
-        )?;
-        let mut o = Optimizer::new(
-            OptimConfig::Sgd {
-                momentum: 0.9,
-                dampening: 0.0,
-                nesterov: false,
-                weight_decay: 5e-4,
-            },
-            m.parameters(),
-        )?;
+    let restore = |p: &Path| -> Result<()> {
+        let (mut m, mut o) = checkpointed()?;
         Checkpoint::new(p.parent().unwrap())
             .restore(&mut m, &mut o)
             .map(|_| ())
     };
-    let restore2 = restore;
 
     let data_reader = |p: &Path| -> Result<()> {
         load_pair(&format!("file:{}", p.display()), None, Some(0.5), 0).map(|_| ())
@@ -240,7 +227,7 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
             file: "optim-e0001.safetensors",
             seeds: vec![ck_optim.clone()],
             text: false,
-            read: Box::new(restore2),
+            read: Box::new(restore),
         },
         Target {
             name: "torchscript",
