@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{bin, fashion_mnist_present, json, run, stderr};
+use common::{bin, fashion_mnist_present, json, run, stderr, train_args};
 use std::path::{Path, PathBuf};
 
 /// A small synthetic dataset in Fashion-MNIST's file layout.
@@ -11,28 +11,6 @@ fn synthetic_dir(root: &Path) -> PathBuf {
     let d = root.join("synthetic");
     rustworthy::data::synthetic::write_synthetic_idx(&d, 4, 60, 20, 28, 0.3, 11).unwrap();
     d
-}
-
-/// The arguments of a CPU `train` run of `preset` on `data` into `out`, quiet progress.
-fn train_args(
-    preset: &str,
-    data: &Path,
-    epochs: u32,
-    batch: Option<u32>,
-    out: &Path,
-) -> Vec<String> {
-    let mut a: Vec<String> = ["train", "--preset", preset, "--data-dir"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    a.push(data.display().to_string());
-    a.extend(["--epochs".to_string(), epochs.to_string()]);
-    if let Some(b) = batch {
-        a.extend(["--batch-size".to_string(), b.to_string()]);
-    }
-    a.extend(["--device", "cpu", "--progress", "quiet", "--out"].map(String::from));
-    a.push(out.display().to_string());
-    a
 }
 
 #[test]

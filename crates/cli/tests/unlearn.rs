@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{json, run, stderr};
+use common::{bin, json, run, stderr, train_args};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -11,23 +11,10 @@ fn trained(root: &Path) -> (PathBuf, PathBuf) {
     let data = root.join("data");
     rustworthy::data::synthetic::write_synthetic_idx(&data, 4, 60, 25, 28, 0.3, 5).unwrap();
     let out = root.join("orig");
-    let o = run(&[
-        "train",
-        "--preset",
-        "fmnist-mlp",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--epochs",
-        "4",
-        "--batch-size",
-        "32",
-        "--device",
-        "cpu",
-        "--progress",
-        "quiet",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = bin()
+        .args(train_args("fmnist-mlp", &data, 4, Some(32), &out))
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     (data, out.join("model.safetensors"))
 }

@@ -25,3 +25,25 @@ pub fn stderr(o: &Output) -> String {
 pub fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
+
+/// The arguments of a CPU `train` run of `preset` on `data` into `out`, quiet progress.
+pub fn train_args(
+    preset: &str,
+    data: &Path,
+    epochs: u32,
+    batch: Option<u32>,
+    out: &Path,
+) -> Vec<String> {
+    let mut a: Vec<String> = ["train", "--preset", preset, "--data-dir"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    a.push(data.display().to_string());
+    a.extend(["--epochs".to_string(), epochs.to_string()]);
+    if let Some(b) = batch {
+        a.extend(["--batch-size".to_string(), b.to_string()]);
+    }
+    a.extend(["--device", "cpu", "--progress", "quiet", "--out"].map(String::from));
+    a.push(out.display().to_string());
+    a
+}
