@@ -580,7 +580,7 @@ fn kill_nine_at_random_moments_then_resume_reaches_the_same_model() {
     let data = tmp.path().join("synthetic");
     rustworthy::data::synthetic::write_synthetic_idx(&data, 4, 150, 20, 28, 0.3, 11).unwrap();
     let args = |out: &Path| {
-        let mut a = train_args("fmnist-lenet", &data, 12, Some(8), out);
+        let mut a = train_args("fmnist-lenet", &data, 30, Some(8), out);
         a.extend(["--threads".to_string(), "1".to_string()]);
         a
     };
@@ -600,8 +600,10 @@ fn kill_nine_at_random_moments_then_resume_reaches_the_same_model() {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        // Anywhere from start-up to the end of a whole run.
-        let wait = 100 + state % run_ms.max(200);
+        // After a tenth of a run's time (start-up is about that), plus a share small enough
+        // that all rounds together cannot finish the run: every round is cut mid-run, in an
+        // epoch or in a checkpoint write.
+        let wait = run_ms / 10 + state % (run_ms / (rounds + 2)).max(1);
         let mut child = bin()
             .args(args(&cut))
             .arg("--resume")
