@@ -751,6 +751,44 @@ fn read_zip_pth(path: &Path, data: &[u8]) -> Result<PickleValue> {
     up.materialize(&root, &mut source, pickle.len())
 }
 
+/// Checks a TorchScript archive's pickle (`data.pkl` or `constants.pkl`) without building
+/// anything: it is run by the restricted interpreter in TorchScript mode (TorchScript classes
+/// become opaque objects), every tensor view is checked against its storage's declared size,
+/// and every storage's size against its record, whose size `record_size` gives by key.
+/// libtorch checks neither, and reads past a short record.
+pub(crate) fn check_script_pickle(
+    path: &Path,
+    name: &str,
+    pickle: &[u8],
+    record_size: &dyn Fn(&str) -> Option<u64>,
+) -> Result<()> {
+    let mut up = Unpickler::new(path, pickle, PidMode::Zip);
+    up.script = true;
+    up.load().map_err(|e| match e {
+        Error::Corrupt { msg, .. } => Error::corrupt(path, format!("`{name}`: {msg}")),
+        other => other,
+    })?;
+    for s in up.storages.values() {
+        let have = record_size(&s.key);
+        if have != s.nbytes() {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "`{name}`: storage `{}` declares {} element(s) of {} bytes but its record {}",
+                    s.key,
+                    s.numel,
+                    s.dtype.size(),
+                    match have {
+                        Some(n) => format!("holds {n} bytes"),
+                        None => "is missing".into(),
+                    }
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Legacy container
 // ---------------------------------------------------------------------------------------------
@@ -894,6 +932,11 @@ enum Global {
     FrozenSet,
     Bytes,
     Bytearray,
+    /// A TorchScript class (`__torch__.…`), in TorchScript mode only: an opaque object.
+    Class,
+    /// `torch.jit._pickle.build_*list` / `restore_type_tag`, in TorchScript mode only: they
+    /// return their first argument.
+    JitIdentity,
 }
 
 impl fmt::Display for Global {
@@ -912,6 +955,8 @@ impl fmt::Display for Global {
             Global::FrozenSet => "builtins.frozenset",
             Global::Bytes => "builtins.bytes",
             Global::Bytearray => "builtins.bytearray",
+            Global::Class => "a TorchScript class",
+            Global::JitIdentity => "torch.jit._pickle",
         };
         f.write_str(s)
     }
@@ -938,6 +983,8 @@ enum V {
     Tensor(Rc<TensorRef>),
     Dtype(Rc<str>),
     Device(Rc<str>),
+    /// An instance of a TorchScript class (TorchScript mode only); its state is not kept.
+    Object,
 }
 
 impl V {
@@ -958,6 +1005,7 @@ impl V {
             V::Tensor(_) => "tensor",
             V::Dtype(_) => "dtype",
             V::Device(_) => "device",
+            V::Object => "object",
         }
     }
 }
@@ -1060,6 +1108,8 @@ struct Unpickler<'a> {
     arena: Vec<V>,
     mode: PidMode,
     storages: HashMap<String, Rc<StorageRef>>,
+    /// TorchScript mode: TorchScript classes and `torch.jit._pickle` helpers are accepted.
+    script: bool,
 }
 
 impl Drop for Unpickler<'_> {
@@ -1105,6 +1155,7 @@ impl<'a> Unpickler<'a> {
             arena: Vec::new(),
             mode,
             storages: HashMap::new(),
+            script: false,
         }
     }
 
@@ -1317,6 +1368,23 @@ impl<'a> Unpickler<'a> {
                 Global::Storage(Dtype::from_storage_class(n).expect("checked"))
             }
             ("torch", n) if DTYPE_NAMES.contains(&n) => return Ok(V::Dtype(Rc::from(n))),
+            ("torch.jit._pickle", n)
+                if self.script
+                    && matches!(
+                        n,
+                        "build_intlist"
+                            | "build_doublelist"
+                            | "build_boollist"
+                            | "build_tensorlist"
+                            | "build_genericlist"
+                            | "restore_type_tag"
+                    ) =>
+            {
+                Global::JitIdentity
+            }
+            (m, _) if self.script && (m == "__torch__" || m.starts_with("__torch__.")) => {
+                Global::Class
+            }
             _ => return Err(Error::checkpoint(self.path, refused(module, name))),
         };
         Ok(V::Global(g))
@@ -1452,6 +1520,11 @@ impl<'a> Unpickler<'a> {
                 }
             }
             Global::Storage(_) => Err(self.corrupt(at, "a storage class cannot be called")),
+            Global::Class => Ok(V::Object),
+            Global::JitIdentity => match args.first() {
+                Some(v) => Ok(v.clone()),
+                None => Err(bad_args(self)),
+            },
         }
     }
 
@@ -1857,6 +1930,7 @@ impl<'a> Unpickler<'a> {
                     let target = self.top(at)?;
                     match (target, &state) {
                         (V::Dict(_), V::Dict(_) | V::None) => {}
+                        (V::Object, _) if self.script => {}
                         (t, s) => {
                             return Err(self.corrupt(
                                 at,
@@ -1969,6 +2043,7 @@ impl<'a> Unpickler<'a> {
                 PickleValue::Dict(out)
             }
             V::Storage(s) => PickleValue::Tensor(source(s)?),
+            V::Object => return Err(fail("a TorchScript object in a torch.save file")),
             V::Tensor(t) => {
                 let storage = source(&t.storage)?;
                 // The view must lie inside its storage: checked here, with the file's name,

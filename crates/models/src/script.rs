@@ -17,6 +17,17 @@
 //!   edit, so written files list them as buffers again. Buffers are followed as the tensors
 //!   the module holds: one that the forward replaces by a new tensor (instead of updating it in
 //!   place, as batch norm does) is not followed.
+//! * **Damaged archives.** Every entry is read and CRC-checked before libtorch sees the file,
+//!   so a damaged archive is refused with the entry named. The source-range tables
+//!   (`code/*.py.debug_pkl`, which map the archive's code back to the original Python lines)
+//!   are left out of what libtorch loads: libtorch reads them lazily while it formats an error
+//!   message, where an exception from a damaged table cannot be caught and aborts the process.
+//!   Errors in a module's code are therefore reported against the archive's code, and a module
+//!   written back by [`Model::save_torchscript`] carries tables for that code. libtorch also
+//!   compiles the code recursively, so the code is scanned first: brackets nested deeper than
+//!   200 levels (Python's own limit) are refused, and the loader runs on a thread whose stack
+//!   is sized from the code's operator and bracket count (real modules need about 100 MiB of
+//!   reserved, mostly untouched, stack; absurdly long code is refused).
 //! * **Copies.** The archive as loaded is kept in memory (about the file's size), so
 //!   [`Model::try_clone`] does not depend on the file still being there.
 //! * **Modes.** [`Model::forward_t`] switches the module to train or eval mode (recursively, as
@@ -128,6 +139,8 @@ impl ScriptOptions {
 struct Source {
     path: PathBuf,
     archive: Vec<u8>,
+    /// The stack libtorch's loader needs for this archive's code.
+    stack_bytes: usize,
     edits: archive::Edits,
     buffers: HashSet<String>,
 }
@@ -168,6 +181,24 @@ impl ScriptNet {
     }
 }
 
+/// Rewrites every entry of the zip archive `bytes` (a TorchScript module, say) with `edit`,
+/// which gets each entry's name and contents; the result has valid CRCs, so a reader sees the
+/// edited contents as intact. For tests and the fuzzer, which damage an archive's files behind
+/// its checksums. Errors for an archive that cannot be read (or is damaged already).
+#[doc(hidden)]
+pub fn rewrite_archive_entries(
+    bytes: &[u8],
+    mut edit: impl FnMut(&str, Vec<u8>) -> Vec<u8>,
+) -> std::result::Result<Vec<u8>, String> {
+    let mut files = Vec::new();
+    for e in archive::entries(bytes)? {
+        let data = archive::contents(bytes, &e)?;
+        let data = edit(&e.name, data);
+        files.push(archive::NewEntry { name: e.name, data });
+    }
+    archive::write(&files)
+}
+
 /// Checks that `out` holds float32 logits `[batch, classes]`.
 pub(crate) fn check_logits(out: &Tensor, batch: i64, classes: i64) -> Result<()> {
     let size = out.size();
@@ -187,8 +218,51 @@ pub(crate) fn check_logits(out: &Tensor, batch: i64, classes: i64) -> Result<()>
     Ok(())
 }
 
-fn load_module(bytes: &[u8], device: Device) -> std::result::Result<CModule, tch::TchError> {
-    CModule::load_data_on_device(&mut std::io::Cursor::new(bytes), device)
+/// Checks the pickles libtorch reads when it loads a module (`<root>/data.pkl`,
+/// `<root>/constants.pkl`) with the restricted pickle interpreter: tensor views inside their
+/// storages, storages the size of their records (`<root>/data/<key>`,
+/// `<root>/constants/<key>`). libtorch checks neither.
+fn check_pickles(path: &Path, bytes: &[u8]) -> Result<()> {
+    let corrupt = |m: String| Error::corrupt(path, m);
+    let list = archive::entries(bytes).map_err(corrupt)?;
+    let sizes: HashMap<&str, u64> = list.iter().map(|e| (e.name.as_str(), e.size())).collect();
+    for e in &list {
+        let Some((root, file)) = e.name.rsplit_once('/') else {
+            continue;
+        };
+        let dir = match file {
+            "data.pkl" => "data",
+            "constants.pkl" => "constants",
+            _ => continue,
+        };
+        if root.contains('/') {
+            continue;
+        }
+        let pickle = archive::contents(bytes, e).map_err(corrupt)?;
+        let record = |key: &str| sizes.get(format!("{root}/{dir}/{key}").as_str()).copied();
+        crate::pth::check_script_pickle(path, &e.name, &pickle, &record)?;
+    }
+    Ok(())
+}
+
+/// Loads the sanitized archive `bytes` with libtorch, on a thread with `stack` bytes of stack
+/// (libtorch compiles the module's code recursively; see `archive::sanitize`).
+fn load_module(
+    bytes: &[u8],
+    stack: usize,
+    device: Device,
+) -> std::result::Result<CModule, tch::TchError> {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("torchscript-load".into())
+            .stack_size(stack)
+            .spawn_scoped(s, || {
+                CModule::load_data_on_device(&mut std::io::Cursor::new(bytes), device)
+            })
+            .map_err(|e| tch::TchError::Torch(format!("cannot start the loader thread: {e}")))?
+            .join()
+            .map_err(|_| tch::TchError::Torch("the loader thread panicked".into()))?
+    })
 }
 
 /// Registers the module's tensors in a new var store and assembles the model.
@@ -279,10 +353,14 @@ impl Model {
                 "a zip archive without TorchScript code, e.g. a torch.save checkpoint",
             ));
         }
+        let archive::Sanitized { bytes, stack_bytes } = archive::sanitize(&bytes)
+            .map_err(|e| Error::checkpoint(path, format!("damaged TorchScript archive: {e}")))?;
+        check_pickles(path, &bytes)?;
         let torch_err = |what: &str, e: tch::TchError| {
             Error::checkpoint(path, format!("libtorch cannot {what}: {e}"))
         };
-        let plain = load_module(&bytes, device).map_err(|e| torch_err("load it", e))?;
+        let plain =
+            load_module(&bytes, stack_bytes, device).map_err(|e| torch_err("load it", e))?;
         let params: HashSet<String> = plain
             .named_parameters()?
             .into_iter()
@@ -294,7 +372,7 @@ impl Model {
             None => (plain, bytes, archive::Edits::new()),
             Some((archive, edits)) => {
                 drop(plain);
-                let m = load_module(&archive, device)
+                let m = load_module(&archive, stack_bytes, device)
                     .map_err(|e| torch_err("load it with its buffers listed", e))?;
                 (m, archive, edits)
             }
@@ -314,6 +392,7 @@ impl Model {
         let source = Arc::new(Source {
             path: path.to_path_buf(),
             archive,
+            stack_bytes,
             edits,
             buffers,
         });
@@ -415,9 +494,13 @@ impl Model {
             None => Model::new(self.spec.clone(), self.device())?,
             Some(net) => {
                 let device = self.device();
-                let module = load_module(&net.source.archive, device).map_err(|e| {
-                    Error::checkpoint(&net.source.path, format!("cannot reload the module: {e}"))
-                })?;
+                let module = load_module(&net.source.archive, net.source.stack_bytes, device)
+                    .map_err(|e| {
+                        Error::checkpoint(
+                            &net.source.path,
+                            format!("cannot reload the module: {e}"),
+                        )
+                    })?;
                 assemble(module, net.source.clone(), self.spec.clone(), device)?
             }
         };

@@ -638,3 +638,129 @@ fn committed_fixture_loads_without_python() {
     let (a, b) = tch::no_grad(|| (back.forward_t(&x, false), clone.forward_t(&x, false)));
     assert!(a.equal(&b));
 }
+
+/// An archive made from the committed fixture with `edit` applied to its entries (valid CRCs),
+/// written to `dir/name`.
+fn edited_fixture(
+    dir: &Path,
+    name: &str,
+    mut edit: impl FnMut(&str, Vec<u8>) -> Vec<u8>,
+) -> PathBuf {
+    let bytes = std::fs::read(small_cnn_fixture()).unwrap();
+    let out =
+        rustworthy_models::script::rewrite_archive_entries(&bytes, |n, d| edit(n, d)).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, out).unwrap();
+    p
+}
+
+/// A line inserted before the `return` of the linear layer's forward.
+fn with_line(text: Vec<u8>, line: &str) -> Vec<u8> {
+    let t = String::from_utf8(text).unwrap();
+    let at = t.find("    return").expect("a return in linear.py");
+    format!("{}    {line}\n{}", &t[..at], &t[at..]).into_bytes()
+}
+
+#[test]
+fn damaged_archives_are_refused_without_aborting() {
+    let _torch = torch_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = ScriptOptions::new(1, (12, 12));
+    let refuse = |p: &Path, why: &str| {
+        let e = Model::from_torchscript(p, opts.clone(), Device::Cpu).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains(&p.display().to_string()), "{msg}");
+        assert!(msg.contains(why), "expected `{why}` in: {msg}");
+    };
+    // Found by the fuzzer: a damaged code entry (its CRC no longer matches). libtorch used to
+    // fail to compile it and then, formatting the error, read a source-range table and abort.
+    let regress = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/fuzz/regress-torchscript-abort.pt");
+    refuse(&regress, "CRC mismatch");
+    // The same two faults behind valid CRCs: code that does not compile and a garbage table.
+    let p = edited_fixture(tmp.path(), "bad-code.pt", |n, d| {
+        if n.ends_with("modules/linear.py") {
+            with_line(d, "_x = (1 +")
+        } else if n.ends_with(".debug_pkl") {
+            vec![0x80, 0x02, 0x6f, 0x6f, 0x6f]
+        } else {
+            d
+        }
+    });
+    refuse(&p, "libtorch cannot load it");
+    // Nesting that would overflow any stack in libtorch's recursive compiler.
+    let p = edited_fixture(tmp.path(), "deep.pt", |n, d| {
+        if n.ends_with("modules/linear.py") {
+            with_line(
+                d,
+                &format!("_x = {}1{}", "[".repeat(50_000), "]".repeat(50_000)),
+            )
+        } else {
+            d
+        }
+    });
+    refuse(&p, "nested deeper than 200");
+    // A string length in data.pkl promising 2 GiB: refused before libtorch allocates it.
+    let p = edited_fixture(tmp.path(), "long-string.pt", |n, mut d| {
+        if n.ends_with("data.pkl") {
+            let at = d.iter().position(|&c| c == b'X').unwrap();
+            d[at + 1..at + 5].copy_from_slice(&0x7fff_fff0u32.to_le_bytes());
+        }
+        d
+    });
+    refuse(&p, "but");
+    // Found by the fuzzer: a tensor record cut short behind a valid CRC (libtorch read past it
+    // and crashed).
+    let p = edited_fixture(tmp.path(), "short-record.pt", |n, d| {
+        if n.ends_with("data/14") {
+            Vec::new()
+        } else {
+            d
+        }
+    });
+    refuse(
+        &p,
+        "storage `14` declares 4 element(s) of 4 bytes but its record holds 0 bytes",
+    );
+    // A tensor view reaching past its storage.
+    let p = edited_fixture(tmp.path(), "long-view.pt", |n, d| {
+        if n.ends_with("data.pkl") {
+            // conv1.weight's size (8, 1, 3, 3) becomes (9, 1, 3, 3).
+            let pat = [b'K', 8, b'K', 1, b'K', 3, b'K', 3];
+            let at = d.windows(8).position(|w| w == pat).expect("conv1's size");
+            let mut d = d;
+            d[at + 1] = 9;
+            d
+        } else {
+            d
+        }
+    });
+    refuse(&p, "reach past the storage's 72 elements");
+    // A long but valid expression: 3,000 chained additions overflow a 2 MiB thread stack in
+    // libtorch's compiler (this test runs on one); the loader's own thread has room for it.
+    let p = edited_fixture(tmp.path(), "long-expr.pt", |n, d| {
+        if n.ends_with("modules/linear.py") {
+            with_line(d, &format!("_x = 1{}", " + 1".repeat(3_000)))
+        } else {
+            d
+        }
+    });
+    let m = Model::from_torchscript(&p, opts.clone(), Device::Cpu).unwrap();
+    assert_eq!(m.spec.num_classes, 4);
+    // Source-range tables are left out of what libtorch loads; the module still works and is
+    // written back with tables of its own.
+    let saved = tmp.path().join("saved.pt");
+    m.save_torchscript(&saved).unwrap();
+    let mut tables = 0;
+    rustworthy_models::script::rewrite_archive_entries(&std::fs::read(&saved).unwrap(), |n, d| {
+        tables += n.ends_with(".debug_pkl") as usize;
+        d
+    })
+    .unwrap();
+    assert!(
+        tables > 0,
+        "libtorch writes source-range tables for the loaded code"
+    );
+    let back = Model::from_torchscript(&saved, opts, Device::Cpu).unwrap();
+    assert_eq!(back.spec.num_classes, 4);
+}

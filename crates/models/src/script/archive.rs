@@ -24,6 +24,13 @@ pub(crate) struct Entry {
     local_offset: u64,
 }
 
+impl Entry {
+    /// The uncompressed size the central directory gives.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+}
+
 fn u16_at(b: &[u8], at: usize) -> Result<u16, String> {
     b.get(at..at + 2)
         .map(|s| u16::from_le_bytes([s[0], s[1]]))
@@ -560,6 +567,244 @@ fn code_path(name: &str) -> Option<&str> {
     rest.ends_with(".py").then_some(rest)
 }
 
+/// Whether `name` is a TorchScript source-range table (`code/…/*.py.debug_pkl`).
+fn is_debug_table(name: &str) -> bool {
+    name.ends_with(".debug_pkl")
+}
+
+/// Deepest bracket nesting accepted in a code file (Python's own parser stops near 200).
+pub(crate) const MAX_NESTING: usize = 200;
+
+/// Most recursion units (see [`code_units`]) accepted in an archive's code.
+pub(crate) const MAX_CODE_UNITS: u64 = 250_000;
+
+/// Stack bytes per recursion unit given to libtorch's loader: measured need is 0.7-5.2 KiB
+/// (binary-operator chains, bracket nesting), so this leaves a margin of at least 1.5.
+pub(crate) const STACK_PER_UNIT: u64 = 8 * 1024;
+
+/// An upper bound on how deeply libtorch's recursive TorchScript compiler can recurse on
+/// `code`: every character outside strings and comments that is not a letter, digit,
+/// underscore, comma or space, plus every keyword operator (`not`, `and`, `or`, `if`, `else`,
+/// `is`, `in`, `lambda`). Errors for bracket nesting deeper than [`MAX_NESTING`] and for a
+/// string left open.
+pub(crate) fn code_units(code: &str) -> Result<u64, String> {
+    let b = code.as_bytes();
+    let (mut i, mut units, mut depth) = (0usize, 0u64, 0usize);
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'#' => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'\'' | b'"' => {
+                let triple = b.get(i..i + 3) == Some(&[c, c, c][..]);
+                let q = if triple { 3 } else { 1 };
+                i += q;
+                loop {
+                    match b.get(i) {
+                        None => return Err("a string literal is never closed".into()),
+                        Some(b'\\') => i += 2,
+                        Some(b'\n') if !triple => {
+                            return Err("a string literal is never closed".into())
+                        }
+                        Some(&x)
+                            if x == c && (!triple || b.get(i..i + 3) == Some(&[c, c, c][..])) =>
+                        {
+                            i += q;
+                            break;
+                        }
+                        Some(_) => i += 1,
+                    }
+                }
+                units += 1;
+                continue;
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(format!("brackets nested deeper than {MAX_NESTING} levels"));
+                }
+                units += 1;
+            }
+            b')' | b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                units += 1;
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let s = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                    i += 1;
+                }
+                if matches!(
+                    &code[s..i],
+                    "not" | "and" | "or" | "if" | "else" | "is" | "in" | "lambda"
+                ) {
+                    units += 1;
+                }
+                continue;
+            }
+            c if c.is_ascii_digit() || c.is_ascii_whitespace() || c == b',' => {}
+            _ => units += 1,
+        }
+        i += 1;
+    }
+    Ok(units)
+}
+
+/// Checks the pickle `p` opcode by opcode without running it: every opcode one libtorch's
+/// unpickler knows, every length inside the pickle, memo indices in the order a pickler writes
+/// them, and a final STOP. libtorch allocates a string's or a frame's declared length before
+/// reading it, so a damaged length word would otherwise cost gigabytes before the refusal.
+pub(crate) fn scan_pickle(p: &[u8]) -> Result<(), String> {
+    let mut i = 0usize;
+    let mut memo = 0u64;
+    let need = |i: usize, n: u64| -> Result<usize, String> {
+        let n = usize::try_from(n).map_err(|_| format!("length {n} at byte {i}"))?;
+        if n > p.len() - i {
+            return Err(format!(
+                "a length of {n} bytes at byte {i}, but {} remain",
+                p.len() - i
+            ));
+        }
+        Ok(i + n)
+    };
+    let uint = |at: usize, n: usize| -> Result<u64, String> {
+        let b = p
+            .get(at..at + n)
+            .ok_or_else(|| format!("truncated at byte {at}"))?;
+        Ok(b.iter().rev().fold(0u64, |v, &x| v << 8 | x as u64))
+    };
+    let line = |at: usize| -> Result<usize, String> {
+        p[at..]
+            .iter()
+            .position(|&c| c == b'\n')
+            .map(|k| at + k + 1)
+            .ok_or_else(|| format!("an unterminated line at byte {at}"))
+    };
+    while i < p.len() {
+        let op = p[i];
+        let at = i;
+        i += 1;
+        i = match op {
+            // No argument.
+            b'(' | b'0' | b'1' | b'2' | b'N' | b'Q' | b'R' | b'a' | b'b' | b'd' | b'}' | b'e'
+            | b'l' | b']' | b'o' | b's' | b't' | b')' | b'u' | 0x81 | 0x85 | 0x86 | 0x87 | 0x88
+            | 0x89 | 0x8f | 0x90 | 0x91 | 0x92 | 0x93 => i,
+            b'.' => {
+                return if i == p.len() {
+                    Ok(())
+                } else {
+                    Err(format!("{} bytes after STOP", p.len() - i))
+                }
+            }
+            0x94 => {
+                memo += 1;
+                i
+            }
+            // Fixed-size arguments.
+            b'K' | 0x80 => need(i, 1)?,
+            b'M' => need(i, 2)?,
+            b'J' => need(i, 4)?,
+            b'G' => need(i, 8)?,
+            b'h' | b'j' => {
+                let w = if op == b'h' { 1 } else { 4 };
+                let id = uint(i, w)?;
+                if id >= memo {
+                    return Err(format!(
+                        "memo entry {id} read at byte {at} before it is written"
+                    ));
+                }
+                i + w
+            }
+            b'q' | b'r' => {
+                let w = if op == b'q' { 1 } else { 4 };
+                let id = uint(i, w)?;
+                if id > memo {
+                    return Err(format!("memo entry {id} written at byte {at} out of order"));
+                }
+                memo = memo.max(id + 1);
+                i + w
+            }
+            // Length-prefixed arguments.
+            b'U' | b'C' | 0x8c | 0x8a => need(i + 1, uint(i, 1)?)?,
+            b'T' | b'X' | b'B' | 0x8b => need(i + 4, uint(i, 4)?)?,
+            0x8d | 0x8e | 0x96 => need(i + 8, uint(i, 8)?)?,
+            0x95 => need(i, 8)?,
+            // Newline-terminated arguments.
+            b'F' | b'I' | b'L' | b'P' | b'S' | b'V' | b'g' | b'p' => line(i)?,
+            b'c' | b'i' => line(line(i)?)?,
+            _ => return Err(format!("unknown opcode 0x{op:02x} at byte {at}")),
+        };
+        if i > p.len() {
+            return Err(format!("truncated at byte {at}"));
+        }
+    }
+    Err("no STOP opcode (truncated)".into())
+}
+
+/// The archive as libtorch is given it (see [`sanitize`]) and the stack its loader needs.
+pub(crate) struct Sanitized {
+    pub bytes: Vec<u8>,
+    pub stack_bytes: usize,
+}
+
+/// The archive `bytes` as it is handed to libtorch:
+///
+/// * every entry read and CRC-checked, so a damaged archive is refused here, with the entry
+///   named, before libtorch parses any of it;
+/// * every pickle scanned ([`scan_pickle`]), so that no length word makes libtorch allocate
+///   more than the file holds;
+/// * every code file scanned ([`code_units`]): libtorch compiles the code recursively, so
+///   absurd nesting or an absurdly long expression would overflow any stack and abort the
+///   process. Nesting beyond [`MAX_NESTING`] and code beyond [`MAX_CODE_UNITS`] are refused;
+///   for the rest, the loader runs on a thread whose stack covers the bound;
+/// * the source-range tables (`*.debug_pkl`) left out. libtorch reads them lazily, from
+///   inside `std::exception::what()` while it formats a compilation error; a damaged table
+///   then throws where nothing can catch it, and the process aborts. Without them an error in
+///   the module's code is reported against the archive's own code instead of the original
+///   Python lines, and nothing else changes: the tables hold only those line mappings.
+pub(crate) fn sanitize(bytes: &[u8]) -> Result<Sanitized, String> {
+    let list = entries(bytes)?;
+    let mut files = Vec::with_capacity(list.len());
+    let mut dropped = false;
+    let mut units = 0u64;
+    for e in &list {
+        let data = contents(bytes, e)?;
+        if is_debug_table(&e.name) {
+            dropped = true;
+            continue;
+        }
+        if e.name.ends_with(".pkl") {
+            scan_pickle(&data).map_err(|m| format!("`{}`: {m}", e.name))?;
+        }
+        if code_path(&e.name).is_some() {
+            let text = std::str::from_utf8(&data)
+                .map_err(|_| format!("`{}`: code that is not UTF-8 text", e.name))?;
+            units += code_units(text).map_err(|m| format!("`{}`: {m}", e.name))?;
+            if units > MAX_CODE_UNITS {
+                return Err(format!(
+                    "more code than a model's (over {MAX_CODE_UNITS} operators and brackets; \
+                     real modules have thousands)"
+                ));
+            }
+        }
+        files.push(NewEntry {
+            name: e.name.clone(),
+            data,
+        });
+    }
+    let stack_bytes = (32 * 1024 * 1024 + units * STACK_PER_UNIT) as usize;
+    let bytes = if dropped {
+        write(&files)?
+    } else {
+        bytes.to_vec()
+    };
+    Ok(Sanitized { bytes, stack_bytes })
+}
+
 /// Whether the archive holds TorchScript code (a `torch.save` checkpoint does not).
 pub(crate) fn has_code(entries: &[Entry]) -> bool {
     entries.iter().any(|e| code_path(&e.name).is_some())
@@ -710,5 +955,47 @@ mod tests {
         let back = unpatch(p, &edits).unwrap();
         let es = entries(&back).unwrap();
         assert_eq!(contents(&back, &es[0]).unwrap(), text.as_bytes());
+    }
+
+    #[test]
+    fn code_units_skip_strings_and_comments() {
+        let code = "def f(x: int) -> int:  # (((\n  s = \"((([\\\"\"\n  return x + 1\n";
+        // `(`, `:`, `)`, `-`, `>`, `:`, `=`, the string, `+`.
+        assert_eq!(code_units(code).unwrap(), 9);
+        let deep = format!("x = {}1{}", "(".repeat(201), ")".repeat(201));
+        assert!(code_units(&deep).unwrap_err().contains("deeper than 200"));
+        assert!(code_units(&format!("x = {}1{}", "(".repeat(200), ")".repeat(200))).is_ok());
+        assert!(code_units("x = 'open\n")
+            .unwrap_err()
+            .contains("never closed"));
+        assert_eq!(code_units("s = '''a\n(b'''\nif not x: pass\n").unwrap(), 5);
+    }
+
+    #[test]
+    fn pickle_scan_checks_opcodes_lengths_and_memo() {
+        // pickle.dumps(("ab", [1, 2.0]), protocol=2)
+        let good: &[u8] =
+            b"\x80\x02X\x02\x00\x00\x00abq\x00]q\x01(K\x01G@\x00\x00\x00\x00\x00\x00\x00e\x86q\x02.";
+        scan_pickle(good).unwrap();
+        let mut long = good.to_vec();
+        long[3..7].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(scan_pickle(&long).unwrap_err().contains("remain"));
+        assert!(scan_pickle(&good[..good.len() - 1])
+            .unwrap_err()
+            .contains("STOP"));
+        let mut unknown = good.to_vec();
+        unknown[9] = 0xff;
+        assert!(scan_pickle(&unknown)
+            .unwrap_err()
+            .contains("unknown opcode 0xff"));
+        let mut memo = good.to_vec();
+        memo[10] = 7;
+        assert!(scan_pickle(&memo).unwrap_err().contains("out of order"));
+        assert!(scan_pickle(b"\x80\x02h\x00.")
+            .unwrap_err()
+            .contains("before it is written"));
+        let mut after = good.to_vec();
+        after.push(b'N');
+        assert!(scan_pickle(&after).unwrap_err().contains("after STOP"));
     }
 }
