@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --no-run
 export RUSTWORTHY_REQUIRE_DATA=1 RUSTWORTHY_REQUIRE_PYTHON=1
 cargo test --workspace --release "$@"
-# Every file reader fuzzed: 4,000 mutated files each, the same every run (about 50 s; the
+# Every file reader fuzzed: 4,000 mutated files each, the same every run (about 80 s; the
 # release check runs `--runs 10000 --seed S`).
 cargo run --release --quiet -p rustworthy-fuzz -- --runs 4000 --save runs/fuzz-findings
 # The library examples, with small settings (they write under runs/example-*).

@@ -10,11 +10,11 @@
 //! finding. Findings are written to `--save DIR` (default `runs/fuzz-findings`) and the exit code
 //! is 1.
 //!
-//! `rustworthy-fuzz --runs 4000` (seed 0: the same inputs every time, about 50 s) is the run of
-//! the test command; `rustworthy-fuzz --runs 10000 --seed S` is the release check. The
-//! `torchscript` target runs only with `--target torchscript`: libtorch's TorchScript loader
-//! can abort the process on a damaged archive (an exception it throws where it cannot be
-//! caught), so that target ends at its first such input instead of reporting it.
+//! `rustworthy-fuzz --runs 4000` (seed 0: the same inputs every time, about 80 s on 2 cores) is the run of
+//! the test command; `rustworthy-fuzz --runs 10000 --seed S` is the release check. TorchScript
+//! archives get two targets: `torchscript` damages the file as a whole (the archive's CRCs
+//! catch most of it), `torchscript-entry` damages one entry (code, pickles, tensor data) and
+//! packs the archive again with valid CRCs, so libtorch's own parsers see the damage.
 
 use rustworthy::config::{all_presets, RunConfig};
 use rustworthy::core::{Result, SeedRng};
@@ -40,6 +40,9 @@ struct Target {
     seeds: Vec<Vec<u8>>,
     /// Text formats also get text mutations.
     text: bool,
+    /// A zip archive whose entries are mutated one at a time and packed again with valid CRCs,
+    /// so the damage reaches the reader behind the archive's checksums.
+    repack: bool,
     /// Reads the file at the given path.
     read: Reader,
 }
@@ -155,6 +158,7 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
             file: "images-idx3-ubyte",
             seeds: vec![idx_raw, idx_labels],
             text: false,
+            repack: false,
             read: Box::new(|p| read_idx(p).map(|_| ())),
         },
         Target {
@@ -162,6 +166,7 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
             file: "images-idx3-ubyte.gz",
             seeds: vec![idx_gz],
             text: false,
+            repack: false,
             read: Box::new(|p| read_idx(p).map(|_| ())),
         },
         Target {
@@ -169,6 +174,7 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
             file: "data_batch_1.bin",
             seeds: vec![cifar],
             text: false,
+            repack: false,
             read: Box::new(|p| read_cifar_file(p, CifarKind::Cifar10, &mut CifarRaw::default())),
         },
         Target {
@@ -176,6 +182,7 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
             file: "data.safetensors",
             seeds: vec![st_data],
             text: false,
+            repack: false,
             read: Box::new(data_reader),
         },
         Target {
@@ -183,6 +190,7 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
             file: "data.npz",
             seeds: vec![fixture("data.npz")],
             text: false,
+            repack: false,
             read: Box::new(data_reader),
         },
         Target {
@@ -190,6 +198,7 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
             file: "state.pth",
             seeds: vec![fixture("state.pth"), fixture("state-legacy.pth")],
             text: false,
+            repack: false,
             read: Box::new(|p| rustworthy::models::pth::read_pth_state_dict(p).map(|_| ())),
         },
         Target {
@@ -197,6 +206,7 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
             file: "model.safetensors",
             seeds: vec![weights.clone()],
             text: false,
+            repack: false,
             read: Box::new(|p| {
                 rustworthy::train::checkpoint::load_model(p, None, tch::Device::Cpu).map(|_| ())
             }),
@@ -206,6 +216,7 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
             file: "model.json",
             seeds: vec![sidecar.clone()],
             text: true,
+            repack: false,
             read: Box::new(|p| {
                 rustworthy::train::checkpoint::load_model(
                     &p.with_file_name("model.safetensors"),
@@ -220,6 +231,7 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
             file: "checkpoint.json",
             seeds: vec![ck_sidecar.clone()],
             text: true,
+            repack: false,
             read: Box::new(restore),
         },
         Target {
@@ -227,31 +239,31 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
             file: "optim-e0001.safetensors",
             seeds: vec![ck_optim.clone()],
             text: false,
+            repack: false,
             read: Box::new(restore),
         },
         Target {
             name: "torchscript",
             file: "module.pt",
-            seeds: vec![std::fs::read(
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("../../tests/fixtures/torchscript/small-cnn.pt"),
-            )
-            .unwrap()],
+            seeds: vec![script_seed()],
             text: false,
-            read: Box::new(|p| {
-                rustworthy::model_source::open_model(
-                    &rustworthy::model_source::ModelSource::new(p),
-                    (1, (12, 12)),
-                    tch::Device::Cpu,
-                )
-                .map(|_| ())
-            }),
+            repack: false,
+            read: Box::new(read_script),
+        },
+        Target {
+            name: "torchscript-entry",
+            file: "module.pt",
+            seeds: vec![script_seed()],
+            text: false,
+            repack: true,
+            read: Box::new(read_script),
         },
         Target {
             name: "image-folder",
             file: "x.png",
             seeds: vec![fixture("img.png"), fixture("img.jpg")],
             text: false,
+            repack: false,
             read: Box::new(|p| {
                 let root = p.parent().unwrap().parent().unwrap();
                 rustworthy::data::load_image_folder(root, "fuzz").map(|_| ())
@@ -262,6 +274,7 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
             file: "run.toml",
             seeds: run_presets,
             text: true,
+            repack: false,
             read: Box::new(|p| RunConfig::from_file(p)?.validate()),
         },
         Target {
@@ -269,6 +282,7 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
             file: "bench.toml",
             seeds: bench_presets,
             text: true,
+            repack: false,
             read: Box::new(|p| rustworthy::bench_unlearn::BenchConfig::from_file(p)?.validate()),
         },
         Target {
@@ -279,6 +293,7 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
                 b"batch_size = 128\nsaliency_batch_size = 64\n".to_vec(),
             ],
             text: true,
+            repack: false,
             read: Box::new(|p| {
                 rustworthy::unlearn_run::method_config("salun", Some(p), None, None).map(|_| ())
             }),
@@ -293,6 +308,7 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
                     .to_vec(),
             ],
             text: true,
+            repack: false,
             read: Box::new(|p| rustworthy::unlearn::scenario::read_index_file(p).map(|_| ())),
         },
     ];
@@ -326,8 +342,45 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
         .collect()
 }
 
-/// Targets run only when named with `--target`.
-const OPT_IN: [&str; 1] = ["torchscript"];
+/// The committed TorchScript module (1x12x12 inputs, 4 classes, batch norm and dropout).
+fn script_seed() -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/torchscript/small-cnn.pt"),
+    )
+    .unwrap()
+}
+
+fn read_script(p: &Path) -> Result<()> {
+    rustworthy::model_source::open_model(
+        &rustworthy::model_source::ModelSource::new(p),
+        (1, (12, 12)),
+        tch::Device::Cpu,
+    )
+    .map(|_| ())
+}
+
+/// One entry of the archive `seed` mutated (code files as text), the archive packed again with
+/// valid CRCs. Every entry is as likely as any other.
+fn mutate_entry(seed: &[u8], rng: &mut SeedRng) -> Vec<u8> {
+    let mut count = 0usize;
+    rustworthy::models::script::rewrite_archive_entries(seed, |_, d| {
+        count += 1;
+        d
+    })
+    .expect("the seed archive is readable");
+    let pick = rng.below(count);
+    let mut i = 0usize;
+    rustworthy::models::script::rewrite_archive_entries(seed, |name, d| {
+        let out = if i == pick {
+            mutate(&d, name.ends_with(".py"), rng)
+        } else {
+            d
+        };
+        i += 1;
+        out
+    })
+    .expect("the seed archive is readable")
+}
 
 /// Values that break length, count, shape and offset fields.
 const EXTREME_U64: [u64; 10] = [
@@ -545,10 +598,6 @@ fn main() {
             eprintln!("unknown target `{o}`");
             std::process::exit(2);
         }
-    } else {
-        // Only on request: a damaged TorchScript archive can make libtorch's loader throw where
-        // the exception cannot be caught, which aborts the whole process (a known defect).
-        all.retain(|(t, _)| !OPT_IN.contains(&t.name));
     }
     // Every seed must be accepted as it is, or the target tests nothing.
     for (t, dir) in &all {
@@ -580,7 +629,11 @@ fn main() {
                 _ => {}
             }
             let seed = &t.seeds[rng.below(t.seeds.len())];
-            let input = mutate(seed, t.text, &mut rng);
+            let input = if t.repack {
+                mutate_entry(seed, &mut rng)
+            } else {
+                mutate(seed, t.text, &mut rng)
+            };
             std::fs::write(&path, &input).unwrap();
             let t0 = Instant::now();
             let outcome = catch_unwind(AssertUnwindSafe(|| (t.read)(&path)));
