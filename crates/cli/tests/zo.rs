@@ -118,6 +118,24 @@ fn zo_check_matches_closed_forms() {
     }
     let mm = &m["min_max"];
     assert!(mm["gap_final"].as_f64().unwrap() < 0.01 * mm["gap_initial"].as_f64().unwrap());
+    // The output folder is locked while a run writes it (pid 1 is always alive).
+    let before = std::fs::read(dir.path().join("report.json")).unwrap();
+    std::fs::write(dir.path().join(".rustworthy.lock"), "1\n").unwrap();
+    let o = run(&[
+        "zo-check",
+        "--samples",
+        "20",
+        "--dim",
+        "4",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("(process 1)"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(dir.path().join("report.json")).unwrap(),
+        before
+    );
 }
 
 #[test]

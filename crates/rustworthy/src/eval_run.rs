@@ -153,6 +153,7 @@ pub fn eval(req: &EvalRequest) -> Result<EvalOutcome> {
         report.notes.push(format!("warning: {w}"));
     }
     report.finished_utc = Some(rustworthy_core::report::utc_now());
+    let _lock = crate::train_run::lock_out(&out)?;
     report.write(&out.join("report.json"))?;
     Ok(EvalOutcome {
         result: r,

@@ -382,6 +382,7 @@ pub fn prune_run(method: PruneMethod, sparsity: f64, common: &PruneCommon) -> Re
         probe.train.epochs = e;
     }
     cfg.validate(&probe.train)?;
+    let _lock = crate::train_run::lock_out(&out)?;
     let p = prepare(common)?;
     let row = run_one(&p, &cfg, Some(&out))?;
     let mut report = RunReport::new(
@@ -452,7 +453,7 @@ pub fn bench_prune(
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs/bench-prune"));
-    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    let _lock = crate::train_run::lock_out(&out)?;
     let p = prepare(common)?;
     let mut rows: Vec<PruneRow> = Vec::new();
     for m in &methods {

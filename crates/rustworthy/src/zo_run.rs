@@ -303,7 +303,7 @@ pub fn zo_check(a: &ZoCheckConfig) -> Result<ZoCheckOutcome> {
         .timings_s
         .insert("total".into(), t0.elapsed().as_secs_f64());
     report.finished_utc = Some(rustworthy_core::report::utc_now());
-    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+    let _lock = crate::train_run::lock_out(&a.out)?;
     report.write(&a.out.join("report.json"))?;
     Ok(ZoCheckOutcome { text, report })
 }
