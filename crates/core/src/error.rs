@@ -70,6 +70,10 @@ pub enum Error {
     /// Invalid argument to a library function.
     #[error("{0}")]
     Invalid(String),
+    /// The run was interrupted (Ctrl-C in an embedding application; see
+    /// [`crate::progress::set_interrupt_check`]).
+    #[error("interrupted")]
+    Interrupted,
     /// A query budget would be exceeded by the next evaluation.
     #[error("query budget exhausted: {used} of {budget} queries used, {needed} more needed")]
     BudgetExhausted {

@@ -4,6 +4,25 @@
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
+use std::sync::OnceLock;
+
+static INTERRUPT_CHECK: OnceLock<fn() -> bool> = OnceLock::new();
+
+/// Installs the check that long loops call between batches (training, unlearning and attack
+/// loops): when it returns `true`, the loop stops with [`crate::Error::Interrupted`]. For
+/// applications that embed the library and own the signal handling (the Python package checks
+/// for a pending Ctrl-C). The first installed check stays.
+pub fn set_interrupt_check(check: fn() -> bool) {
+    let _ = INTERRUPT_CHECK.set(check);
+}
+
+/// `Err(Interrupted)` if the installed check (if any) asks to stop.
+pub fn check_interrupt() -> crate::Result<()> {
+    match INTERRUPT_CHECK.get() {
+        Some(check) if check() => Err(crate::Error::Interrupted),
+        _ => Ok(()),
+    }
+}
 
 /// How long loops report their progress (`--progress bar|quiet|json`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -150,6 +150,7 @@ pub fn attack_dataset(
     let mut attacked_queries = 0i64;
     let mut unverified = 0i64;
     for (bi, lo) in (0..n).step_by(opts.batch_size).enumerate() {
+        rustworthy_core::progress::check_interrupt()?;
         let hi = (lo + opts.batch_size).min(n);
         let idx: Vec<usize> = (lo..hi).collect();
         let (x, y) = data.try_batch(&idx)?;

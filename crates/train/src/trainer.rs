@@ -287,6 +287,7 @@ pub fn fit_with(
         let mut shown = 0u64;
         let mut lr = cfg.lr.lr_at(epoch as f64, cfg.epochs);
         for step in 0..steps_per_epoch {
+            rustworthy_core::progress::check_interrupt()?;
             let lo = step * cfg.batch_size;
             let hi = (lo + cfg.batch_size).min(n);
             let (x, y) = train.batch(&order[lo..hi]);

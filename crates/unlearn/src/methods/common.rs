@@ -258,6 +258,7 @@ where
             nb as u64,
         );
         for i in 0..nb {
+            rustworthy_core::progress::check_interrupt()?;
             let loss = loss_at(epoch, i)?;
             opt.zero_grad();
             loss.f_backward()?;
