@@ -1048,6 +1048,31 @@ impl Model {
     }
 }
 
+impl Model {
+    /// [`Model::from_foreign`] for a state dict already in memory (named tensors, e.g. a
+    /// PyTorch `state_dict()` handed over from Python); `name` stands for the file in errors.
+    /// The tensors are copied into the model's own variables.
+    pub fn from_state_dict(
+        tensors: Vec<(String, Tensor)>,
+        name: impl AsRef<Path>,
+        arch: Arch,
+        rules: &MapRules,
+        device: Device,
+    ) -> Result<(Model, InferredSpec, LoadReport)> {
+        let path = name.as_ref();
+        let weights = Weights {
+            format: WeightsFormat::Safetensors,
+            tensors,
+            source_key: None,
+            skipped: Vec::new(),
+        };
+        let inferred = infer_from(path, &weights, arch, rules)?;
+        let mut model = Model::new(inferred.spec.clone(), device)?;
+        let report = load_weights(&mut model, path, &weights, rules)?;
+        Ok((model, inferred, report))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

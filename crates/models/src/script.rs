@@ -324,8 +324,7 @@ impl Model {
         device: Device,
     ) -> Result<Model> {
         let path = path.as_ref();
-        let mut spec = opts.spec();
-        spec.validate()?;
+        opts.spec().validate()?;
         if !path.is_file() {
             let why = if path.exists() {
                 "not a regular file"
@@ -335,6 +334,21 @@ impl Model {
             return Err(Error::checkpoint(path, why));
         }
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Model::from_torchscript_bytes(bytes, path, opts, device)
+    }
+
+    /// [`Model::from_torchscript`] for an archive already in memory (what `torch.jit.save`
+    /// writes to a `BytesIO`); `name` stands for the file in errors and in
+    /// [`Model::torchscript_path`].
+    pub fn from_torchscript_bytes(
+        bytes: Vec<u8>,
+        name: impl AsRef<Path>,
+        opts: ScriptOptions,
+        device: Device,
+    ) -> Result<Model> {
+        let path = name.as_ref();
+        let mut spec = opts.spec();
+        spec.validate()?;
         let not_script = |why: &str| {
             Error::checkpoint(
                 path,

@@ -64,6 +64,7 @@ pub mod model_source;
 pub mod prune_run;
 pub mod robust_run;
 pub mod table;
+pub mod tensors;
 pub mod train_run;
 pub mod trained;
 pub mod unlearn_run;

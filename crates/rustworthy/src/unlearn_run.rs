@@ -401,6 +401,33 @@ pub struct UnlearnOutcome {
     pub report: RunReport,
 }
 
+/// The batch size of every unlearning evaluation.
+pub(crate) const EVAL_BATCH: usize = 1000;
+
+/// Runs `cfg` once from `original` and evaluates the result (UA, RA, TA, MIA-Efficacy, RTE and,
+/// given Retrain's metrics, the Avg. Gap): what `unlearn` does without a learning-rate search.
+pub fn unlearn_once(
+    original: &Model,
+    cfg: &MethodConfig,
+    ctx: &UnlearnCtx,
+    retrain: Option<&UnlearnMetrics>,
+) -> Result<(MethodResult, Model)> {
+    let (m, rep, rte) = run_method(original, cfg, ctx)?;
+    let met = evaluate(&m, ctx.data, &SvcConfig::default(), EVAL_BATCH, rte)?;
+    let gap = retrain.map(|r| avg_gap(&met, r));
+    Ok((
+        MethodResult {
+            method: cfg.name().to_string(),
+            config: cfg.clone(),
+            metrics: met,
+            gap,
+            report: rep,
+            lr_grid: Vec::new(),
+        },
+        m,
+    ))
+}
+
 /// Runs one unlearning method on a trained model, evaluates it, and writes the run folder
 /// (`scenario.json`, `model.safetensors` + sidecar, `report.json`).
 pub fn unlearn(req: &UnlearnRequest) -> Result<UnlearnOutcome> {
@@ -416,7 +443,7 @@ pub fn unlearn(req: &UnlearnRequest) -> Result<UnlearnOutcome> {
     s.data.scenario.save(&out.join("scenario.json"))?;
     let load_s = t0.elapsed().as_secs_f64();
     let svc = SvcConfig::default();
-    let eval_batch = 1000;
+    let eval_batch = EVAL_BATCH;
     let mut masks: Option<Masks> = None;
     let mut prune_s = 0.0;
     if let Some(p) = req.prune {
@@ -456,22 +483,7 @@ pub fn unlearn(req: &UnlearnRequest) -> Result<UnlearnOutcome> {
                 reference_ta,
             )?
         }
-        None => {
-            let (m, rep, rte) = run_method(&s.original, cfg, &ctx)?;
-            let met = evaluate(&m, &s.data, &svc, eval_batch, rte)?;
-            let gap = retrain.map(|r| avg_gap(&met, r));
-            (
-                MethodResult {
-                    method: cfg.name().to_string(),
-                    config: cfg.clone(),
-                    metrics: met,
-                    gap,
-                    report: rep,
-                    lr_grid: Vec::new(),
-                },
-                m,
-            )
-        }
+        None => unlearn_once(&s.original, cfg, &ctx, retrain)?,
     };
 
     let model_path = out.join("model.safetensors");

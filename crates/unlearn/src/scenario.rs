@@ -30,6 +30,12 @@ pub enum ForgetSpec {
         /// The file holding the indices.
         file: PathBuf,
     },
+    /// An explicit list of training-file indices given in memory (the library and Python
+    /// calls); checked as a file's would be.
+    List {
+        /// The indices.
+        indices: Vec<usize>,
+    },
 }
 
 impl FromStr for ForgetSpec {
@@ -86,6 +92,7 @@ impl std::fmt::Display for ForgetSpec {
             ),
             ForgetSpec::Random { fraction } => write!(f, "random:{fraction}"),
             ForgetSpec::Indices { file } => write!(f, "indices:{}", file.display()),
+            ForgetSpec::List { indices } => write!(f, "list of {} indices", indices.len()),
         }
     }
 }
@@ -161,36 +168,10 @@ impl Scenario {
             }
             ForgetSpec::Indices { file } => {
                 let list = read_index_file(file)?;
-                let train: BTreeSet<usize> = train_idx.iter().copied().collect();
-                let mut seen = BTreeSet::new();
-                for &i in &list {
-                    if i >= labels.len() {
-                        return Err(Error::config(
-                            "forget",
-                            format!(
-                                "{}: index {i} is out of range (the training file has {} samples)",
-                                file.display(),
-                                labels.len()
-                            ),
-                        ));
-                    }
-                    if !train.contains(&i) {
-                        return Err(Error::config(
-                            "forget",
-                            format!(
-                                "{}: sample {i} is in the validation hold-out; the model never trained on it",
-                                file.display()
-                            ),
-                        ));
-                    }
-                    if !seen.insert(i) {
-                        return Err(Error::config(
-                            "forget",
-                            format!("{}: index {i} is listed twice", file.display()),
-                        ));
-                    }
-                }
-                seen.into_iter().collect()
+                checked_indices(&list, train_idx, labels.len(), &file.display().to_string())?
+            }
+            ForgetSpec::List { indices } => {
+                checked_indices(indices, train_idx, labels.len(), "forget list")?
             }
         };
         if forget.is_empty() {
@@ -267,6 +248,41 @@ pub fn read_index_file(path: &Path) -> Result<Vec<usize>> {
         })?);
     }
     Ok(out)
+}
+
+/// `list` sorted, each index checked: inside the training file (`n` samples), in the training
+/// split `train_idx`, and listed once. `what` names the list in errors.
+fn checked_indices(
+    list: &[usize],
+    train_idx: &[usize],
+    n: usize,
+    what: &str,
+) -> Result<Vec<usize>> {
+    let train: BTreeSet<usize> = train_idx.iter().copied().collect();
+    let mut seen = BTreeSet::new();
+    for &i in list {
+        if i >= n {
+            return Err(Error::config(
+                "forget",
+                format!("{what}: index {i} is out of range (the training file has {n} samples)"),
+            ));
+        }
+        if !train.contains(&i) {
+            return Err(Error::config(
+                "forget",
+                format!(
+                    "{what}: sample {i} is in the validation hold-out; the model never trained on it"
+                ),
+            ));
+        }
+        if !seen.insert(i) {
+            return Err(Error::config(
+                "forget",
+                format!("{what}: index {i} is listed twice"),
+            ));
+        }
+    }
+    Ok(seen.into_iter().collect())
 }
 
 #[cfg(test)]
