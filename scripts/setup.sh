@@ -10,7 +10,8 @@
 # the PyPI wheel torch==2.11.0 (libtorch for the `tch` crate; it runs on CPU and CUDA) plus
 # numpy and safetensors (reference scripts and fixtures) and torchvision and torchattacks (the
 # TorchScript parity tests), every pip install constrained by constraints.txt, and links ./libtorch to the wheel's
-# torch folder so plain `cargo build`, `cargo test` and `cargo run` work with no variables set.
+# torch folder so plain `cargo build`, `cargo test` and `cargo run` work with no variables set;
+# then builds the binaries and installs the rustworthy Python package (and pytest) into .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -81,7 +82,16 @@ command -v cargo >/dev/null 2>&1 || { say "cargo not found: install Rust (https:
 say "cargo build --release"
 cargo build --release --quiet
 
-# 4. The main job.
+# 4. The Python package: maturin builds the extension against the venv's torch (pip fetches
+# maturin into its build environment); pytest runs its tests.
+if ! .venv/bin/python -c "import pytest" 2>/dev/null; then
+    say "pip install pytest"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt pytest
+fi
+say "pip install . (the rustworthy Python package)"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt .
+
+# 5. The main job.
 if ((run_main == 1)); then
     say "main job: rustworthy bench unlearn --preset fmnist-lenet-random10"
     target/release/rustworthy bench unlearn --preset fmnist-lenet-random10

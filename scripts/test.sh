@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --no-run
 export RUSTWORTHY_REQUIRE_DATA=1 RUSTWORTHY_REQUIRE_PYTHON=1
 cargo test --workspace --release "$@"
+# The Python package (built and installed by the set-up above).
+.venv/bin/python -m pytest -q python/tests
 # Every file reader fuzzed: 4,000 mutated files each, the same every run (about 80 s; the
 # release check runs `--runs 10000 --seed S`).
 cargo run --release --quiet -p rustworthy-fuzz -- --runs 4000 --save runs/fuzz-findings
