@@ -143,7 +143,16 @@ pub fn attack_dataset(
     let n = data.len();
     let t0 = Instant::now();
     let mut ps = PerSample::default();
-    let mut kept = Vec::new();
+    // The adversarial images, written batch by batch into one host tensor (no second copy at
+    // the end).
+    let kept = if opts.keep_images && n > 0 {
+        Some(Tensor::f_empty(
+            data.images.size(),
+            (tch::Kind::Float, tch::Device::Cpu),
+        )?)
+    } else {
+        None
+    };
     let mut max_violation = 0f64;
     let mut attacked = 0usize;
     let mut attacked_total = 0usize;
@@ -236,8 +245,8 @@ pub fn attack_dataset(
             .to_device(tch::Device::Cpu);
         ps.linf.extend(Vec::<f64>::try_from(&li)?);
         ps.l2.extend(Vec::<f64>::try_from(&l2)?);
-        if opts.keep_images {
-            kept.push(x_adv.to_device(tch::Device::Cpu));
+        if let Some(k) = &kept {
+            k.narrow(0, lo as i64, (hi - lo) as i64).f_copy_(&x_adv)?;
         }
     }
     let seconds = t0.elapsed().as_secs_f64();
@@ -282,14 +291,9 @@ pub fn attack_dataset(
         seconds,
         examples_per_second: n as f64 / seconds.max(1e-9),
     };
-    let x_adv = if opts.keep_images && !kept.is_empty() {
-        Some(Tensor::cat(&kept, 0))
-    } else {
-        None
-    };
     Ok(AttackRun {
         summary,
         per_sample: ps,
-        x_adv,
+        x_adv: kept,
     })
 }
