@@ -47,6 +47,7 @@ __all__ = [
     "attack",
     "robust_eval",
     "unlearn",
+    "bench_unlearn",
     "prune",
     "zo",
     "AttackResult",
@@ -285,6 +286,27 @@ def unlearn(
     new, report = _native.unlearn(m, tx, ty, sx, sy, idx, method, _settings(kw), profile, seed, recipe, progress)
     r = json.loads(report)
     return UnlearnResult(dict(new.state_dict()), r["metrics"], r["before"], r, new)
+
+
+def bench_unlearn(
+    preset: str = "fmnist-lenet-random10",
+    *,
+    profile: Optional[str] = None,
+    data_dir: Optional[Union[str, os.PathLike]] = None,
+    fresh: bool = False,
+    progress: bool = False,
+    **settings: Any,
+) -> Dict[str, Any]:
+    """The unlearning benchmark of a preset, as ``rustworthy bench unlearn --preset`` runs it:
+    trains (or reuses) the original model, runs Retrain and the methods, and writes the run
+    folder (``results.md``, ``results.csv``, ``results.json``, plot). Config fields (``methods``,
+    ``out``, ``seed``, ``original_epochs``, ...) can be changed by keyword. Returns the Markdown
+    table, the original model's metrics, one dict per row and the output folder."""
+    if "out" in settings and settings["out"] is not None:
+        settings["out"] = os.fspath(settings["out"])
+    out = _native.bench_unlearn(preset, _settings(settings), profile,
+                                None if data_dir is None else os.fspath(data_dir), fresh, progress)
+    return json.loads(out)
 
 
 class PruneResult(NamedTuple):

@@ -53,6 +53,10 @@ def unlearn(
     model: Model, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
     forget: List[int], method: str, settings: str, profile: str, seed: int, recipe: str, progress: bool,
 ) -> Tuple[Model, str]: ...
+def bench_unlearn(
+    preset: str, settings: str, profile: Optional[str], data_dir: Optional[Union[str, PathLike]], fresh: bool,
+    progress: bool,
+) -> str: ...
 def prune(
     model: Model, method: str, sparsity: float, scope: str, x: Optional[torch.Tensor] = None,
     y: Optional[torch.Tensor] = None, seed: int = 0,

@@ -406,6 +406,55 @@ fn prune(
     Ok((out, json(&stats)?))
 }
 
+/// The unlearning benchmark of a preset (`rustworthy bench unlearn --preset NAME`), with
+/// config fields changed by `settings` (JSON) and the `profile`; writes its run folder and
+/// returns the table and every row as JSON.
+#[pyfunction]
+#[pyo3(signature = (preset, settings, profile, data_dir, fresh, progress))]
+fn bench_unlearn(
+    py: Python<'_>,
+    preset: &str,
+    settings: &str,
+    profile: Option<&str>,
+    data_dir: Option<PathBuf>,
+    fresh: bool,
+    progress: bool,
+) -> PyResult<String> {
+    use rustworthy::bench_unlearn::{
+        bench_preset, bench_unlearn as run, BenchConfig, BenchOptions,
+    };
+    let base = bench_preset(preset).map_err(py_err)?;
+    let mut v = serde_json::to_value(&base).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    for (k, val) in json_map(settings, "benchmark settings")? {
+        if v.get(&k).is_none() {
+            return Err(value_err(format!("unknown benchmark setting `{k}`")));
+        }
+        v[&k] = val;
+    }
+    let mut cfg: BenchConfig =
+        serde_json::from_value(v).map_err(|e| value_err(format!("benchmark settings: {e}")))?;
+    if let Some(p) = profile {
+        cfg = cfg.with_profile(parse::<Profile>(p)?);
+    }
+    let opts = BenchOptions {
+        data_dir,
+        fresh,
+        progress: if progress {
+            ProgressMode::Bar
+        } else {
+            ProgressMode::Quiet
+        },
+    };
+    let out = without_gil(py, || run(&cfg, &opts)).map_err(py_err)?;
+    json(&serde_json::json!({
+        "markdown": out.markdown,
+        "original": out.original,
+        "results": out.results,
+        "failed": out.failed,
+        "out": out.out,
+    }))
+}
+
 /// A Python callable as a black-box objective: one call per point, each returning a float.
 struct PyObjective {
     f: PyObject,
@@ -525,6 +574,7 @@ fn _rustworthy(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(attack, m)?)?;
     m.add_function(wrap_pyfunction!(robust_eval, m)?)?;
     m.add_function(wrap_pyfunction!(unlearn, m)?)?;
+    m.add_function(wrap_pyfunction!(bench_unlearn, m)?)?;
     m.add_function(wrap_pyfunction!(prune, m)?)?;
     m.add_function(wrap_pyfunction!(zo_minimize, m)?)?;
     m.add_function(wrap_pyfunction!(built_libtorch, m)?)?;

@@ -209,3 +209,15 @@ def test_ctrl_c_stops_a_long_call(fmnist, scripted):
     with pytest.raises(KeyboardInterrupt):
         rustworthy.attack(scripted, x, y, "pgd", eps=0.1, steps=50, batch_size=16, early_stop=False)
     timer.join()
+
+
+def test_bench_unlearn_writes_its_table(idx_dir, tmp_path):
+    out = tmp_path / "bench"
+    r = rustworthy.bench_unlearn("fmnist-lenet-random10", data_dir=idx_dir, out=str(out), methods=["ft"],
+                                 original_epochs=2, original_out=str(tmp_path / "original"))
+    names = [row["method"] for row in r["results"]]
+    assert names[0] == "retrain" and "ft" in names, names
+    assert (out / "results.md").is_file() and "ft" in r["markdown"]
+    assert 0 <= r["original"]["ta"] <= 100
+    with pytest.raises(ValueError, match="unknown benchmark setting"):
+        rustworthy.bench_unlearn("fmnist-lenet-random10", bogus=1)
