@@ -1040,12 +1040,22 @@ impl Model {
         device: Device,
     ) -> Result<(Model, InferredSpec, LoadReport)> {
         let path = path.as_ref();
-        let weights = read_weights(path)?;
-        let inferred = infer_from(path, &weights, arch, rules)?;
-        let mut model = Model::new(inferred.spec.clone(), device)?;
-        let report = load_weights(&mut model, path, &weights, rules)?;
-        Ok((model, inferred, report))
+        from_weights(path, &read_weights(path)?, arch, rules, device)
     }
+}
+
+/// A model of `arch` for `weights` (read from `path`, or named so): spec inferred, then loaded.
+fn from_weights(
+    path: &Path,
+    weights: &Weights,
+    arch: Arch,
+    rules: &MapRules,
+    device: Device,
+) -> Result<(Model, InferredSpec, LoadReport)> {
+    let inferred = infer_from(path, weights, arch, rules)?;
+    let mut model = Model::new(inferred.spec.clone(), device)?;
+    let report = load_weights(&mut model, path, weights, rules)?;
+    Ok((model, inferred, report))
 }
 
 impl Model {
@@ -1059,17 +1069,13 @@ impl Model {
         rules: &MapRules,
         device: Device,
     ) -> Result<(Model, InferredSpec, LoadReport)> {
-        let path = name.as_ref();
         let weights = Weights {
             format: WeightsFormat::Safetensors,
             tensors,
             source_key: None,
             skipped: Vec::new(),
         };
-        let inferred = infer_from(path, &weights, arch, rules)?;
-        let mut model = Model::new(inferred.spec.clone(), device)?;
-        let report = load_weights(&mut model, path, &weights, rules)?;
-        Ok((model, inferred, report))
+        from_weights(name.as_ref(), &weights, arch, rules, device)
     }
 }
 
