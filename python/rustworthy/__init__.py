@@ -182,6 +182,7 @@ def attack(
     batch_size: int = 500,
     seed: int = 0,
     attack_all: bool = False,
+    progress: bool = False,
     mean: Optional[Sequence[float]] = None,
     std: Optional[Sequence[float]] = None,
     device: str = "cpu",
@@ -193,7 +194,8 @@ def attack(
     ``zo-signsgd``, ``nes``, with the defaults of ``rustworthy attack`` (PGD: 10 steps of
     ``eps/4`` from a random start, stopping each sample at its first success). Further
     settings (``q``, ``mu``, ``momentum``, ``targets``, ``cw_c``, ``cw_search``) pass as keywords.
-    Only clean-correct samples are attacked unless ``attack_all``.
+    Only clean-correct samples are attacked unless ``attack_all``. ``progress`` draws a bar
+    over the samples (with the running count of fooled ones) on stderr.
     """
     x, y = _tensor("x", x), _tensor("y", y)
     m = load(model, x=x, mean=mean, std=std, device=device)
@@ -202,7 +204,7 @@ def attack(
         random_start=random_start, early_stop=early_stop, queries=queries, **settings,
     )
     x_adv, success, summary, per_sample = _native.attack(
-        m, x, y, method, eps, _settings(kw), batch_size, seed, attack_all
+        m, x, y, method, eps, _settings(kw), batch_size, seed, attack_all, progress
     )
     return AttackResult(x_adv, success, json.loads(summary), json.loads(per_sample))
 

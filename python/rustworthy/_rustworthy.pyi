@@ -43,7 +43,7 @@ class Model:
 
 def attack(
     model: Model, x: torch.Tensor, y: torch.Tensor, attack: str, eps: Optional[float], settings: str,
-    batch_size: int, seed: int, attack_all: bool,
+    batch_size: int, seed: int, attack_all: bool, progress: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor, str, str]: ...
 def robust_eval(
     model: Model, x: torch.Tensor, y: torch.Tensor, suite: str, norm: str, eps: float, batch_size: int,

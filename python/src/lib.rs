@@ -222,7 +222,7 @@ fn data(
 /// Attacks `(x, y)`; returns the adversarial images, per-sample success, and the summary and
 /// per-sample records as JSON.
 #[pyfunction]
-#[pyo3(signature = (model, x, y, attack, eps, settings, batch_size, seed, attack_all))]
+#[pyo3(signature = (model, x, y, attack, eps, settings, batch_size, seed, attack_all, progress=false))]
 #[allow(clippy::too_many_arguments)]
 fn attack(
     py: Python<'_>,
@@ -235,6 +235,7 @@ fn attack(
     batch_size: usize,
     seed: u64,
     attack_all: bool,
+    progress: bool,
 ) -> PyResult<(PyTensor, PyTensor, String, String)> {
     let kind: AttackKind = serde_json::from_value(serde_json::Value::String(attack.into()))
         .map_err(|_| {
@@ -255,7 +256,12 @@ fn attack(
     let ds = data("x", &x, &y, Some(model.model.spec.num_classes as usize))?;
     let m = &model.model;
     let run = without_gil(py, || {
-        rustworthy::tensors::attack(m, &ds, &spec, batch_size, seed, attack_all)
+        let mode = if progress {
+            ProgressMode::Bar
+        } else {
+            ProgressMode::Quiet
+        };
+        rustworthy::tensors::attack(m, &ds, &spec, batch_size, seed, attack_all, mode)
     })
     .map_err(py_err)?;
     let x_adv = run

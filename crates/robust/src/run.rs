@@ -83,6 +83,8 @@ pub struct RunOptions {
     /// Attack misclassified samples too (they count as successes at once); by default only
     /// the clean-correct samples are attacked.
     pub attack_all: bool,
+    /// Progress display, one step per sample (default quiet).
+    pub progress: rustworthy_core::progress::ProgressMode,
 }
 
 impl Default for RunOptions {
@@ -93,6 +95,7 @@ impl Default for RunOptions {
             target: None,
             keep_images: false,
             attack_all: false,
+            progress: rustworthy_core::progress::ProgressMode::Quiet,
         }
     }
 }
@@ -158,6 +161,7 @@ pub fn attack_dataset(
     let mut attacked_total = 0usize;
     let mut attacked_queries = 0i64;
     let mut unverified = 0i64;
+    let bar = rustworthy_core::progress::Progress::new(opts.progress, &attack.name(), n as u64);
     for (bi, lo) in (0..n).step_by(opts.batch_size).enumerate() {
         rustworthy_core::progress::check_interrupt()?;
         let hi = (lo + opts.batch_size).min(n);
@@ -248,7 +252,12 @@ pub fn attack_dataset(
         if let Some(k) = &kept {
             k.narrow(0, lo as i64, (hi - lo) as i64).f_copy_(&x_adv)?;
         }
+        bar.inc((hi - lo) as u64, || {
+            let fooled = ps.success.iter().filter(|&&s| s).count();
+            format!("fooled {fooled}/{}", ps.success.len())
+        });
     }
+    bar.finish(serde_json::json!({"n": n}));
     let seconds = t0.elapsed().as_secs_f64();
     let successes = ps.success.iter().filter(|s| **s).count();
     let clean = ps.clean_correct.iter().filter(|c| **c).count();

@@ -6,6 +6,7 @@ use crate::train_run::set_threads;
 use rustworthy_core::device::device_name;
 use rustworthy_core::fsutil::{atomic_write, atomic_write_with, write_json_atomic};
 use rustworthy_core::plot::Chart;
+use rustworthy_core::progress::ProgressMode;
 use rustworthy_core::report::RunReport;
 use rustworthy_core::{DeviceSpec, Error, Result};
 use rustworthy_data::Dataset;
@@ -345,6 +346,7 @@ pub fn attack(req: &AttackRequest) -> Result<AttackOutcome> {
         target: req.target,
         keep_images: req.save_images,
         attack_all: req.attack_all,
+        progress: ProgressMode::Quiet,
     };
     tracing::info!(
         "{} on {} {} test samples of {} on {}",

@@ -100,7 +100,7 @@ pub fn dataset(name: &str, x: &Tensor, y: &Tensor, num_classes: Option<usize>) -
 }
 
 /// Attacks `data` with `spec` (see [`AttackSpec`]); the adversarial images are kept in the
-/// result (`x_adv`, on the host, in data order).
+/// result (`x_adv`, on the host, in data order). `progress` shows a bar over the samples.
 pub fn attack(
     model: &Model,
     data: &Dataset,
@@ -108,6 +108,7 @@ pub fn attack(
     batch_size: usize,
     seed: u64,
     attack_all: bool,
+    progress: ProgressMode,
 ) -> Result<AttackRun> {
     let attack = spec.build()?;
     let data = data.to_device(model.device());
@@ -117,6 +118,7 @@ pub fn attack(
         target: None,
         keep_images: true,
         attack_all,
+        progress,
     };
     attack_dataset(attack.as_ref(), model, &data, &opts)
 }
