@@ -26,7 +26,7 @@
 //!   written back by [`Model::save_torchscript`] carries tables for that code. libtorch also
 //!   compiles the code recursively, so the code is scanned first: brackets nested deeper than
 //!   200 levels (Python's own limit) are refused, and the loader runs on a thread whose stack
-//!   is sized from the code's operator and bracket count (real modules need about 100 MiB of
+//!   is sized from the code's operator and bracket count (real modules need 70 to 80 MiB of
 //!   reserved, mostly untouched, stack; absurdly long code is refused).
 //! * **Copies.** The archive as loaded is kept in memory (about the file's size), so
 //!   [`Model::try_clone`] does not depend on the file still being there.
