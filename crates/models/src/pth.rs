@@ -1385,6 +1385,16 @@ impl<'a> Unpickler<'a> {
             (m, _) if self.script && (m == "__torch__" || m.starts_with("__torch__.")) => {
                 Global::Class
             }
+            _ if self.script => {
+                return Err(Error::checkpoint(
+                    self.path,
+                    format!(
+                        "TorchScript module holds `{module}.{name}`, which rustworthy does not \
+                         read (modules here hold float32, float64, integer and bool tensors; \
+                         quantized and complex tensors are not supported)"
+                    ),
+                ))
+            }
             _ => return Err(Error::checkpoint(self.path, refused(module, name))),
         };
         Ok(V::Global(g))
@@ -1591,6 +1601,12 @@ impl<'a> Unpickler<'a> {
                      {numel} elements"
                 )));
             }
+        }
+        // A 0-dim tensor (no loop above) still needs its one element.
+        if last >= numel {
+            return Err(bad(format!(
+                "offset {offset} is past the storage's {numel} elements"
+            )));
         }
         Ok(())
     }

@@ -736,6 +736,17 @@ fn damaged_archives_are_refused_without_aborting() {
         }
     });
     refuse(&p, "reach past the storage's 72 elements");
+    // A 0-dim tensor (a batch-norm step counter) at an offset past its one-element storage.
+    let p = edited_fixture(tmp.path(), "scalar-offset.pt", |n, mut d| {
+        if n.ends_with("data.pkl") {
+            let from = d.windows(11).position(|w| w == b"LongStorage").unwrap();
+            let pat = b"K\x00(t(t";
+            let at = from + d[from..].windows(pat.len()).position(|w| w == pat).unwrap();
+            d[at + 1] = 5;
+        }
+        d
+    });
+    refuse(&p, "offset 5 is past the storage's 1 elements");
     // A long but valid expression: 3,000 chained additions overflow a 2 MiB thread stack in
     // libtorch's compiler (this test runs on one); the loader's own thread has room for it.
     let p = edited_fixture(tmp.path(), "long-expr.pt", |n, d| {

@@ -361,8 +361,19 @@ const DIST_EXTRA: [u8; 30] = [
 ];
 
 /// Decompresses a raw deflate stream (RFC 1951).
-pub(crate) fn inflate(data: &[u8], size_hint: usize) -> Result<Vec<u8>, String> {
-    let mut out: Vec<u8> = Vec::with_capacity(size_hint);
+/// Inflates `data`, refusing output beyond `limit` bytes (the size the archive declares), so
+/// neither a false size nor a deflate bomb can allocate more than the entry claims, and the
+/// claim itself is not trusted for the first allocation.
+pub(crate) fn inflate(data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+    // Deflate expands at most about 1032:1.
+    let mut out: Vec<u8> = Vec::with_capacity(limit.min(data.len().saturating_mul(1032) + 64));
+    let over = |n: usize| -> Result<(), String> {
+        if n > limit {
+            Err(format!("inflates past its declared size of {limit} bytes"))
+        } else {
+            Ok(())
+        }
+    };
     let mut b = Bits {
         data,
         pos: 0,
@@ -379,6 +390,7 @@ pub(crate) fn inflate(data: &[u8], size_hint: usize) -> Result<Vec<u8>, String> 
                 if len != !nlen & 0xFFFF {
                     return Err("bad stored block length".into());
                 }
+                over(out.len() + len as usize)?;
                 for _ in 0..len {
                     out.push(b.bits(8)? as u8);
                 }
@@ -395,6 +407,7 @@ pub(crate) fn inflate(data: &[u8], size_hint: usize) -> Result<Vec<u8>, String> 
                 loop {
                     let sym = lit.decode(&mut b)? as usize;
                     if sym < 256 {
+                        over(out.len() + 1)?;
                         out.push(sym as u8);
                         continue;
                     }
@@ -415,6 +428,7 @@ pub(crate) fn inflate(data: &[u8], size_hint: usize) -> Result<Vec<u8>, String> 
                         return Err("distance too far back".into());
                     }
                     let start = out.len() - back;
+                    over(out.len() + len)?;
                     for k in 0..len {
                         out.push(out[start + k]);
                     }
@@ -570,6 +584,15 @@ fn code_path(name: &str) -> Option<&str> {
 /// Whether `name` is a TorchScript source-range table (`code/…/*.py.debug_pkl`).
 fn is_debug_table(name: &str) -> bool {
     name.ends_with(".debug_pkl")
+}
+
+/// Whether `name` is one of the pickles libtorch unpickles when it loads a module
+/// (`<root>/data.pkl`, `<root>/constants.pkl`); files under `extra/` are the user's own.
+pub(crate) fn is_object_pickle(name: &str) -> bool {
+    matches!(
+        name.split_once('/'),
+        Some((root, "data.pkl" | "constants.pkl")) if !root.is_empty()
+    )
 }
 
 /// Deepest bracket nesting accepted in a code file (Python's own parser stops near 200).
@@ -755,8 +778,8 @@ pub(crate) struct Sanitized {
 ///
 /// * every entry read and CRC-checked, so a damaged archive is refused here, with the entry
 ///   named, before libtorch parses any of it;
-/// * every pickle scanned ([`scan_pickle`]), so that no length word makes libtorch allocate
-///   more than the file holds;
+/// * the object pickles scanned ([`scan_pickle`]), so that no length word makes libtorch
+///   allocate more than the file holds;
 /// * every code file scanned ([`code_units`]): libtorch compiles the code recursively, so
 ///   absurd nesting or an absurdly long expression would overflow any stack and abort the
 ///   process. Nesting beyond [`MAX_NESTING`] and code beyond [`MAX_CODE_UNITS`] are refused;
@@ -777,7 +800,7 @@ pub(crate) fn sanitize(bytes: &[u8]) -> Result<Sanitized, String> {
             dropped = true;
             continue;
         }
-        if e.name.ends_with(".pkl") {
+        if is_object_pickle(&e.name) {
             scan_pickle(&data).map_err(|m| format!("`{}`: {m}", e.name))?;
         }
         if code_path(&e.name).is_some() {
@@ -926,9 +949,10 @@ mod tests {
     fn inflates_stored_and_fixed_blocks() {
         // zlib.compress(b"hello hello hello", 9)[2:-4] and a stored block of "abc".
         let fixed = [0xcb, 0x48, 0xcd, 0xc9, 0xc9, 0x57, 0xc8, 0x40, 0x90, 0x00];
-        assert_eq!(inflate(&fixed, 0).unwrap(), b"hello hello hello");
+        assert_eq!(inflate(&fixed, 17).unwrap(), b"hello hello hello");
+        assert!(inflate(&fixed, 16).unwrap_err().contains("declared size"));
         let stored = [0x01, 0x03, 0x00, 0xfc, 0xff, b'a', b'b', b'c'];
-        assert_eq!(inflate(&stored, 0).unwrap(), b"abc");
+        assert_eq!(inflate(&stored, 3).unwrap(), b"abc");
     }
 
     #[test]
@@ -969,6 +993,14 @@ mod tests {
             .unwrap_err()
             .contains("never closed"));
         assert_eq!(code_units("s = '''a\n(b'''\nif not x: pass\n").unwrap(), 5);
+    }
+
+    #[test]
+    fn only_the_object_pickles_are_scanned() {
+        assert!(is_object_pickle("m/data.pkl") && is_object_pickle("m/constants.pkl"));
+        assert!(!is_object_pickle("m/extra/labels.pkl"));
+        assert!(!is_object_pickle("m/code/__torch__.py.debug_pkl"));
+        assert!(!is_object_pickle("data.pkl") && !is_object_pickle("m/traced_inputs.pkl"));
     }
 
     #[test]
