@@ -32,7 +32,12 @@ if command -v apt-get >/dev/null 2>&1; then
     need=()
     [[ -d /usr/share/datasets/fashion-mnist ]] || need+=(dataset-fashion-mnist)
     command -v cc >/dev/null 2>&1 || need+=(build-essential)
-    command -v "$PYTHON" >/dev/null 2>&1 || need+=(python3 python3-venv)
+    command -v "$PYTHON" >/dev/null 2>&1 || need+=(python3 python3-venv python3-dev)
+    # The Python package's extension needs the headers of a Debian python3.
+    if [[ "$(command -v "$PYTHON" 2>/dev/null)" == /usr/bin/* ]] \
+        && ! "$PYTHON" -c 'import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null; then
+        need+=(python3-dev)
+    fi
     if ((${#need[@]})); then
         sudo=""
         [[ "$(id -u)" == 0 ]] || sudo=sudo
@@ -88,8 +93,19 @@ if ! .venv/bin/python -c "import pytest" 2>/dev/null; then
     say "pip install pytest"
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt pytest
 fi
+# The extension compiles against the venv's Python headers; torch-sys's build script asks
+# `python` (with VIRTUAL_ENV set) for them, so the venv comes first on PATH.
+if ! .venv/bin/python - <<'PY' 2>/dev/null
+import os, sys, sysconfig
+sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)
+PY
+then
+    say "Python.h missing for .venv's Python: install python3-dev (apt) or a Python with headers"
+    exit 1
+fi
 say "pip install . (the rustworthy Python package)"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt .
+PATH="$PWD/.venv/bin:$PATH" VIRTUAL_ENV="$PWD/.venv" PYO3_PYTHON="$PWD/.venv/bin/python" \
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt .
 
 # 5. The main job.
 if ((run_main == 1)); then

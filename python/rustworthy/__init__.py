@@ -92,6 +92,12 @@ def load(
     [0, 1] inputs (TorchScript default: none).
     """
     if isinstance(model, Model):
+        given = {"arch": arch, "mean": mean, "std": std, "num_classes": num_classes}
+        given = [k for k, v in given.items() if v is not None] + (["device"] if device != "cpu" else [])
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} cannot be changed on a loaded Model; pass them when loading it"
+            )
         return model
     if isinstance(model, torch.jit.ScriptModule):
         c, h, w = _geometry(x, input_shape)
@@ -147,6 +153,17 @@ def _pair(name: str, pair: Any) -> Tuple[torch.Tensor, torch.Tensor]:
     return _tensor(f"{name}[0]", pair[0]), _tensor(f"{name}[1]", pair[1])
 
 
+ATTACKS = ("fgsm", "pgd", "apgd", "apgd-t", "cw", "square", "zoo", "zo-signsgd", "nes")
+
+
+def _count(name: str, v: Any, least: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if v < least:
+        raise ValueError(f"{name} must be >= {least}, got {v}")
+    return v
+
+
 def _settings(kw: Mapping[str, Any]) -> str:
     return json.dumps({k: v for k, v in kw.items() if v is not None})
 
@@ -195,8 +212,15 @@ def attack(
     ``eps/4`` from a random start, stopping each sample at its first success). Further
     settings (``q``, ``mu``, ``momentum``, ``targets``, ``cw_c``, ``cw_search``) pass as keywords.
     Only clean-correct samples are attacked unless ``attack_all``. ``progress`` draws a bar
-    over the samples (with the running count of fooled ones) on stderr.
+    over the samples (with the running count of fooled ones) on stderr. ``x_adv`` comes back
+    on the CPU.
     """
+    if method not in ATTACKS:
+        raise ValueError(f"unknown attack `{method}`: {', '.join(ATTACKS)}")
+    if eps is not None and not (isinstance(eps, (int, float)) and eps > 0):
+        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    _count("batch_size", batch_size, 1)
+    _count("seed", seed, 0)
     x, y = _tensor("x", x), _tensor("y", y)
     m = load(model, x=x, mean=mean, std=std, device=device)
     kw = dict(
@@ -229,6 +253,8 @@ def robust_eval(
     Suite fields (``pgd_steps``, ``curve``, ...) can be changed by keyword. Returns the report
     as a dict (``clean_accuracy``, ``worst_case_accuracy``, ``ensemble``, ``curve``, ``flags``,
     ``samples``, ...)."""
+    _count("batch_size", batch_size, 1)
+    _count("seed", seed, 0)
     x, y = _tensor("x", x), _tensor("y", y)
     m = load(model, x=x, mean=mean, std=std, device=device)
     out = _native.robust_eval(m, x, y, suite, norm, float(eps), batch_size, seed, _settings(settings))
@@ -280,8 +306,12 @@ def unlearn(
     if isinstance(forget, torch.Tensor):
         forget = forget.flatten().tolist()
     idx = [int(i) for i in forget]
-    if any(i < 0 for i in idx):
-        raise ValueError("forget indices must be non-negative")
+    if not idx:
+        raise ValueError("the forget set is empty")
+    bad = [i for i in idx if not 0 <= i < len(tx)]
+    if bad:
+        raise ValueError(f"forget index {bad[0]} is out of range (train holds {len(tx)} samples)")
+    _count("seed", seed, 0)
     m = load(model, x=tx, mean=mean, std=std, device=device)
     kw = dict(settings)
     kw.update(lr=lr, epochs=epochs)
@@ -342,6 +372,9 @@ def prune(
     """Prunes ``model`` in one shot to ``sparsity`` with ``omp`` (magnitude), ``snip``,
     ``grasp`` (both score on ``data = (x, y)``), ``synflow`` or ``random``; ``scope`` is
     ``global`` or ``layer``. The model given is not changed (a copy is pruned)."""
+    if not 0 <= float(sparsity) < 1:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    _count("seed", seed, 0)
     x = y = None
     if data is not None:
         x, y = _pair("data", data)

@@ -61,6 +61,8 @@ def minimize(
         raise ValueError("x0 is empty")
     if not torch.isfinite(x0).all():
         raise ValueError("x0 holds NaN or infinite values")
+    if seed < 0:
+        raise ValueError("seed must be >= 0")
     if steps < 1 or lr <= 0 or q < 1 or mu <= 0:
         raise ValueError("need steps >= 1, lr > 0, q >= 1 and mu > 0")
     if budget is not None and budget < 1:
@@ -73,6 +75,7 @@ def minimize(
         g, x0.flatten(), estimator, optimizer, float(lr), int(steps), budget, int(q), float(mu), int(seed)
     )
     s = json.loads(summary)
+    f_best = float("nan") if s["f_best"] is None else s["f_best"]
     return ZoResult(
-        best.reshape(shape), s["f_best"], last.reshape(shape), s["queries"], s["steps"], s["stopped"], s["history"]
+        best.reshape(shape), f_best, last.reshape(shape), s["queries"], s["steps"], s["stopped"], s["history"]
     )

@@ -26,7 +26,11 @@ use std::path::PathBuf;
 fn py_err(e: Error) -> PyErr {
     let msg = e.to_string();
     match e {
-        Error::Interrupted => PyKeyboardInterrupt::new_err(msg),
+        Error::Interrupted => PENDING
+            .lock()
+            .ok()
+            .and_then(|mut p| p.take())
+            .unwrap_or_else(|| PyKeyboardInterrupt::new_err(msg)),
         Error::Config { .. } | Error::Shape { .. } | Error::Invalid(_) => {
             PyValueError::new_err(msg)
         }
@@ -57,12 +61,18 @@ fn json_map(text: &str, what: &str) -> PyResult<serde_json::Map<String, serde_js
     }
 }
 
-/// Runs `f` with the GIL released. The closure runs on this thread while the GIL is free;
-/// what it captures (a model, tensors) is touched by nobody else meanwhile, since every
-/// Python object it came from stays borrowed by this call.
-fn without_gil<T: Send>(py: Python<'_>, f: impl FnOnce() -> T) -> T {
+/// Runs `f` with the GIL released, on this thread.
+///
+/// # Safety
+/// `f` must capture no Python object (`Bound`, `Py`, `Python`): pyo3's `Ungil` check is
+/// bypassed because `Model` is not `Send`. The closures here capture a `&Model`, datasets and
+/// plain values. The model and the tensors stay owned by objects this call borrows, so they
+/// are not freed meanwhile; another Python thread could still change a tensor it shares (the
+/// caller's images, or `state_dict()` views) while the call runs, as it could with any
+/// PyTorch function that releases the GIL.
+unsafe fn without_gil<T: Send>(py: Python<'_>, f: impl FnOnce() -> T) -> T {
     struct AssertSend<F>(F);
-    // SAFETY: see above; the value never leaves this thread.
+    // SAFETY: the closure runs on this thread (allow_threads does not move it); see above.
     unsafe impl<F> Send for AssertSend<F> {}
     let f = AssertSend(f);
     py.allow_threads(move || {
@@ -71,10 +81,22 @@ fn without_gil<T: Send>(py: Python<'_>, f: impl FnOnce() -> T) -> T {
     })
 }
 
-/// The library's interrupt check while a call runs: a pending Ctrl-C stops the work at the
-/// next batch with `Error::Interrupted`.
+/// What a Python signal handler raised during a call (KeyboardInterrupt for Ctrl-C, or a
+/// handler's own exception), re-raised when the call returns `Error::Interrupted`.
+static PENDING: std::sync::Mutex<Option<PyErr>> = std::sync::Mutex::new(None);
+
+/// The library's interrupt check while a call runs: Python's signal handlers run, and if one
+/// raises, the work stops at the next batch with `Error::Interrupted`.
 fn check_ctrl_c() -> bool {
-    Python::with_gil(|py| py.check_signals().is_err())
+    Python::with_gil(|py| match py.check_signals() {
+        Ok(()) => false,
+        Err(e) => {
+            if let Ok(mut p) = PENDING.lock() {
+                p.get_or_insert(e);
+            }
+            true
+        }
+    })
 }
 
 /// A model the library can run: a TorchScript module, a saved model of any kind rustworthy
@@ -92,7 +114,7 @@ impl PyModel {
     #[pyo3(signature = (data, name, in_channels, height, width, mean=None, std=None, num_classes=None, device="cpu"))]
     #[allow(clippy::too_many_arguments)]
     fn from_script(
-        data: Vec<u8>,
+        data: &[u8],
         name: &str,
         in_channels: i64,
         height: i64,
@@ -106,7 +128,7 @@ impl PyModel {
         opts.mean = mean;
         opts.std = std;
         opts.num_classes = num_classes;
-        let model = Model::from_torchscript_bytes(data, name, opts, self::device(device)?)
+        let model = Model::from_torchscript_bytes(data.to_vec(), name, opts, self::device(device)?)
             .map_err(py_err)?;
         Ok(PyModel {
             model,
@@ -255,14 +277,17 @@ fn attack(
         serde_json::from_value(spec).map_err(|e| value_err(format!("attack settings: {e}")))?;
     let ds = data("x", &x, &y, Some(model.model.spec.num_classes as usize))?;
     let m = &model.model;
-    let run = without_gil(py, || {
-        let mode = if progress {
-            ProgressMode::Bar
-        } else {
-            ProgressMode::Quiet
-        };
-        rustworthy::tensors::attack(m, &ds, &spec, batch_size, seed, attack_all, mode)
-    })
+    let mode = if progress {
+        ProgressMode::Bar
+    } else {
+        ProgressMode::Quiet
+    };
+    // SAFETY: captures a &Model, a dataset and plain values.
+    let run = unsafe {
+        without_gil(py, || {
+            rustworthy::tensors::attack(m, &ds, &spec, batch_size, seed, attack_all, mode)
+        })
+    }
     .map_err(py_err)?;
     let x_adv = run
         .x_adv
@@ -310,7 +335,9 @@ fn robust_eval(
     cfg.validate().map_err(py_err)?;
     let ds = data("x", &x, &y, Some(model.model.spec.num_classes as usize))?;
     let m = &model.model;
-    let r = without_gil(py, || rustworthy::tensors::robust_eval(m, &ds, &cfg)).map_err(py_err)?;
+    // SAFETY: captures a &Model, a dataset and plain values.
+    let r = unsafe { without_gil(py, || rustworthy::tensors::robust_eval(m, &ds, &cfg)) }
+        .map_err(py_err)?;
     json(&r)
 }
 
@@ -350,9 +377,14 @@ fn unlearn(
     } else {
         ProgressMode::Quiet
     };
-    let out = without_gil(py, || {
-        rustworthy::tensors::unlearn(original, &train, &test, &spec, 0, &cfg, seed, recipe, mode)
-    })
+    // SAFETY: captures a model, datasets and plain values.
+    let out = unsafe {
+        without_gil(py, || {
+            rustworthy::tensors::unlearn(
+                original, &train, &test, &spec, 0, &cfg, seed, recipe, mode,
+            )
+        })
+    }
     .map_err(py_err)?;
     let report = serde_json::json!({
         "method": out.result.method,
@@ -398,9 +430,12 @@ fn prune(
         _ => return Err(value_err("pass both x and y, or neither")),
     };
     let m = &model.model;
-    let masks = without_gil(py, || {
-        rustworthy::tensors::prune(m, method, sparsity, scope, ds.as_ref(), seed)
-    })
+    // SAFETY: captures a &Model, a dataset and plain values.
+    let masks = unsafe {
+        without_gil(py, || {
+            rustworthy::tensors::prune(m, method, sparsity, scope, ds.as_ref(), seed)
+        })
+    }
     .map_err(py_err)?;
     let (layers, total) = rustworthy::train::mask::mask_stats(&masks);
     let stats = serde_json::json!({"layers": layers, "sparsity": total});
@@ -451,7 +486,8 @@ fn bench_unlearn(
             ProgressMode::Quiet
         },
     };
-    let out = without_gil(py, || run(&cfg, &opts)).map_err(py_err)?;
+    // SAFETY: captures plain values only.
+    let out = unsafe { without_gil(py, || run(&cfg, &opts)) }.map_err(py_err)?;
     json(&serde_json::json!({
         "markdown": out.markdown,
         "original": out.original,

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 
 import pytest
 import torch
@@ -98,6 +99,11 @@ def test_bad_inputs_raise_clear_errors(fmnist, scripted):
         (lambda: rustworthy.attack("/no/such/model.pt", x, y, eps=0.1), RuntimeError, "no such file"),
         (lambda: rustworthy.prune(scripted, "omp", 1.5, input_shape=(1, 28, 28)), ValueError, "sparsity"),
         (lambda: rustworthy.zo.minimize(lambda v: 0.0, [float("nan")]), ValueError, "NaN"),
+        (lambda: rustworthy.attack(scripted, x, y, eps=0.1, batch_size=0), ValueError, "batch_size"),
+        (lambda: rustworthy.attack(scripted, x, y, eps=0.1, seed=-1), ValueError, "seed"),
+        (lambda: rustworthy.unlearn(scripted, (x, y), [8], (x, y), "ft"), ValueError, "out of range"),
+        (lambda: rustworthy.attack(rustworthy.load(scripted, x=x), x, y, eps=0.1, mean=[0.5]), ValueError,
+         "loaded Model"),
     ]
     for f, exc, text in cases:
         with pytest.raises(exc) as e:
@@ -204,11 +210,31 @@ def test_ctrl_c_stops_a_long_call(fmnist, scripted):
     x, y = fmnist["test"]
     x = x.repeat(8, 1, 1, 1)
     y = y.repeat(8)
+    m = rustworthy.load(scripted, x=x)  # loaded before the timer starts
     timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
+    t0 = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):
-        rustworthy.attack(scripted, x, y, "pgd", eps=0.1, steps=50, batch_size=16, early_stop=False)
+        # About a minute of work if not stopped.
+        rustworthy.attack(m, x, y, "pgd", eps=0.1, steps=200, batch_size=16, early_stop=False)
     timer.join()
+    assert time.perf_counter() - t0 < 20
+
+    # A handler's own exception comes through as itself.
+    class Alarm(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Alarm()
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with pytest.raises(Alarm):
+            rustworthy.attack(m, x, y, "pgd", eps=0.1, steps=200, batch_size=16, early_stop=False)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def test_bench_unlearn_writes_its_table(idx_dir, tmp_path):
