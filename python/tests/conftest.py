@@ -4,6 +4,7 @@ Debian package's IDX files), scripted; the subset itself; and IDX copies of it f
 import gzip
 import os
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -69,21 +70,12 @@ class Cnn(nn.Module):
 
 @pytest.fixture(scope="session")
 def scripted(fmnist):
+    sys.path.insert(0, str(ROOT / "scripts" / "ref"))
+    from torchscript_attack_ref import train  # the parity fixtures' training loop
+
     torch.manual_seed(0)
-    m = Cnn()
     x, y = fmnist["train"]
-    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
-    g = torch.Generator().manual_seed(0)
-    m.train()
-    for _ in range(2):
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), 64):
-            idx = perm[i : i + 64]
-            opt.zero_grad()
-            F.cross_entropy(m(x[idx]), y[idx]).backward()
-            opt.step()
-    m.eval()
-    return torch.jit.script(m)
+    return torch.jit.script(train(Cnn(), x, y, epochs=2, lr=0.05, seed=0))
 
 
 @pytest.fixture(scope="session")
