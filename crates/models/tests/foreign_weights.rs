@@ -1197,6 +1197,11 @@ fn pth_views_outside_their_storage_are_refused_naming_the_file() {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(e.contains(name) && e.contains("tensor view"), "{name}: {e}");
+        // Refused by the view check while the pickle runs (or, for views it lets through, when
+        // the tensors are built), with the file named either way.
+        assert!(
+            e.contains(name) && (e.contains("tensor view") || e.contains("past the storage")),
+            "{name}: {e}"
+        );
     }
 }
