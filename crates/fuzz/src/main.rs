@@ -87,6 +87,25 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
     let idx_gz = written(d, "b-idx3-ubyte.gz", |p| {
         write_idx_u8(p, &[3, 4, 4], &pixels, true)
     });
+    let gguf = written(d, "m.gguf", |p| {
+        use rustworthy::llm::gguf::{write_f32, Value};
+        let w = tch::Tensor::arange(64, (tch::Kind::Float, tch::Device::Cpu)).reshape([2, 32]);
+        let b = tch::Tensor::ones([32], (tch::Kind::Float, tch::Device::Cpu));
+        write_f32(
+            p,
+            &[
+                ("general.architecture", Value::Str("llama".into())),
+                ("llama.block_count", Value::U32(1)),
+                ("llama.rope.freq_base", Value::F32(1e5)),
+                (
+                    "tokenizer.ggml.tokens",
+                    Value::Array(vec![Value::Str("a".into()), Value::Str("b".into())]),
+                ),
+                ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
+            ],
+            &[("blk.0.attn_q.weight", &w), ("blk.0.attn_norm.weight", &b)],
+        )
+    });
     let idx_labels = written(d, "c-idx1-ubyte", |p| {
         write_idx_u8(p, &[3], &[1, 0, 2], false)
     });
@@ -257,6 +276,20 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
             text: false,
             repack: true,
             read: Box::new(read_script),
+        },
+        Target {
+            name: "gguf",
+            file: "model.gguf",
+            seeds: vec![gguf],
+            text: false,
+            repack: false,
+            read: Box::new(|p| {
+                let g = rustworthy::llm::gguf::Gguf::open(p)?;
+                for t in &g.tensors {
+                    let _ = g.tensor(&t.name)?;
+                }
+                Ok(())
+            }),
         },
         Target {
             name: "image-folder",
