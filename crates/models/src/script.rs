@@ -219,28 +219,13 @@ pub(crate) fn check_logits(out: &Tensor, batch: i64, classes: i64) -> Result<()>
 }
 
 /// Checks the pickles libtorch reads when it loads a module (`<root>/data.pkl`,
-/// `<root>/constants.pkl`) with the restricted pickle interpreter: tensor views inside their
-/// storages, storages the size of their records (`<root>/data/<key>`,
-/// `<root>/constants/<key>`). libtorch checks neither.
-fn check_pickles(path: &Path, bytes: &[u8]) -> Result<()> {
-    let corrupt = |m: String| Error::corrupt(path, m);
-    let list = archive::entries(bytes).map_err(corrupt)?;
-    let sizes: HashMap<&str, u64> = list.iter().map(|e| (e.name.as_str(), e.size())).collect();
-    for e in &list {
-        let Some((root, file)) = e.name.rsplit_once('/') else {
-            continue;
-        };
-        let dir = match file {
-            "data.pkl" => "data",
-            "constants.pkl" => "constants",
-            _ => continue,
-        };
-        if root.contains('/') {
-            continue;
-        }
-        let pickle = archive::contents(bytes, e).map_err(corrupt)?;
-        let record = |key: &str| sizes.get(format!("{root}/{dir}/{key}").as_str()).copied();
-        crate::pth::check_script_pickle(path, &e.name, &pickle, &record)?;
+/// `<root>/constants.pkl`, as [`archive::sanitize`] read them) with the restricted pickle
+/// interpreter: tensor views inside their storages, storages the size of their records
+/// (`<root>/data/<key>`, `<root>/constants/<key>`). libtorch checks neither.
+fn check_pickles(path: &Path, s: &archive::Sanitized) -> Result<()> {
+    for p in &s.pickles {
+        let record = |key: &str| s.sizes.get(&format!("{}/{key}", p.records)).copied();
+        crate::pth::check_script_pickle(path, &p.name, &p.data, &record)?;
     }
     Ok(())
 }
@@ -367,9 +352,12 @@ impl Model {
                 "a zip archive without TorchScript code, e.g. a torch.save checkpoint",
             ));
         }
-        let archive::Sanitized { bytes, stack_bytes } = archive::sanitize(&bytes)
+        let sanitized = archive::sanitize(&bytes, &entries)
             .map_err(|e| Error::checkpoint(path, format!("damaged TorchScript archive: {e}")))?;
-        check_pickles(path, &bytes)?;
+        check_pickles(path, &sanitized)?;
+        let archive::Sanitized {
+            bytes, stack_bytes, ..
+        } = sanitized;
         let torch_err = |what: &str, e: tch::TchError| {
             Error::checkpoint(path, format!("libtorch cannot {what}: {e}"))
         };

@@ -11,7 +11,7 @@
 //! zip64 end records), an inflater, CRC-32, and a zip writer (stored entries, data aligned to 64
 //! bytes as PyTorch aligns them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 /// One file of a zip archive, as the central directory describes it.
@@ -22,13 +22,6 @@ pub(crate) struct Entry {
     comp_size: u64,
     size: u64,
     local_offset: u64,
-}
-
-impl Entry {
-    /// The uncompressed size the central directory gives.
-    pub(crate) fn size(&self) -> u64 {
-        self.size
-    }
 }
 
 fn u16_at(b: &[u8], at: usize) -> Result<u16, String> {
@@ -586,13 +579,16 @@ fn is_debug_table(name: &str) -> bool {
     name.ends_with(".debug_pkl")
 }
 
-/// Whether `name` is one of the pickles libtorch unpickles when it loads a module
-/// (`<root>/data.pkl`, `<root>/constants.pkl`); files under `extra/` are the user's own.
-pub(crate) fn is_object_pickle(name: &str) -> bool {
-    matches!(
-        name.split_once('/'),
-        Some((root, "data.pkl" | "constants.pkl")) if !root.is_empty()
-    )
+/// For one of the pickles libtorch unpickles when it loads a module (`<root>/data.pkl`,
+/// `<root>/constants.pkl`), the folder of its tensor records (`<root>/data`,
+/// `<root>/constants`); `None` for every other entry (files under `extra/` are the user's own).
+pub(crate) fn object_pickle_records(name: &str) -> Option<String> {
+    match name.split_once('/') {
+        Some((root, file @ ("data.pkl" | "constants.pkl"))) if !root.is_empty() => {
+            Some(format!("{root}/{}", file.trim_end_matches(".pkl")))
+        }
+        _ => None,
+    }
 }
 
 /// Deepest bracket nesting accepted in a code file (Python's own parser stops near 200).
@@ -768,10 +764,23 @@ pub(crate) fn scan_pickle(p: &[u8]) -> Result<(), String> {
     Err("no STOP opcode (truncated)".into())
 }
 
-/// The archive as libtorch is given it (see [`sanitize`]) and the stack its loader needs.
+/// One object pickle of an archive, as [`sanitize`] read it.
+pub(crate) struct ObjectPickle {
+    /// The entry's name (`<root>/data.pkl`).
+    pub name: String,
+    /// The folder of its tensor records (`<root>/data`).
+    pub records: String,
+    /// Its contents.
+    pub data: Vec<u8>,
+}
+
+/// The archive as libtorch is given it (see [`sanitize`]), the stack its loader needs, and
+/// what the further checks need: the object pickles and every entry's size.
 pub(crate) struct Sanitized {
     pub bytes: Vec<u8>,
     pub stack_bytes: usize,
+    pub pickles: Vec<ObjectPickle>,
+    pub sizes: HashMap<String, u64>,
 }
 
 /// The archive `bytes` as it is handed to libtorch:
@@ -789,19 +798,24 @@ pub(crate) struct Sanitized {
 ///   then throws where nothing can catch it, and the process aborts. Without them an error in
 ///   the module's code is reported against the archive's own code instead of the original
 ///   Python lines, and nothing else changes: the tables hold only those line mappings.
-pub(crate) fn sanitize(bytes: &[u8]) -> Result<Sanitized, String> {
-    let list = entries(bytes)?;
+pub(crate) fn sanitize(bytes: &[u8], list: &[Entry]) -> Result<Sanitized, String> {
     let mut files = Vec::with_capacity(list.len());
+    let mut pickles = Vec::new();
     let mut dropped = false;
     let mut units = 0u64;
-    for e in &list {
+    for e in list {
         let data = contents(bytes, e)?;
         if is_debug_table(&e.name) {
             dropped = true;
             continue;
         }
-        if is_object_pickle(&e.name) {
+        if let Some(records) = object_pickle_records(&e.name) {
             scan_pickle(&data).map_err(|m| format!("`{}`: {m}", e.name))?;
+            pickles.push(ObjectPickle {
+                name: e.name.clone(),
+                records,
+                data: data.clone(),
+            });
         }
         if code_path(&e.name).is_some() {
             let text = std::str::from_utf8(&data)
@@ -825,7 +839,13 @@ pub(crate) fn sanitize(bytes: &[u8]) -> Result<Sanitized, String> {
     } else {
         bytes.to_vec()
     };
-    Ok(Sanitized { bytes, stack_bytes })
+    let sizes = list.iter().map(|e| (e.name.clone(), e.size)).collect();
+    Ok(Sanitized {
+        bytes,
+        stack_bytes,
+        pickles,
+        sizes,
+    })
 }
 
 /// Whether the archive holds TorchScript code (a `torch.save` checkpoint does not).
@@ -997,10 +1017,18 @@ mod tests {
 
     #[test]
     fn only_the_object_pickles_are_scanned() {
-        assert!(is_object_pickle("m/data.pkl") && is_object_pickle("m/constants.pkl"));
-        assert!(!is_object_pickle("m/extra/labels.pkl"));
-        assert!(!is_object_pickle("m/code/__torch__.py.debug_pkl"));
-        assert!(!is_object_pickle("data.pkl") && !is_object_pickle("m/traced_inputs.pkl"));
+        assert_eq!(
+            object_pickle_records("m/data.pkl").as_deref(),
+            Some("m/data")
+        );
+        assert_eq!(
+            object_pickle_records("m/constants.pkl").as_deref(),
+            Some("m/constants")
+        );
+        assert!(object_pickle_records("m/extra/labels.pkl").is_none());
+        assert!(object_pickle_records("m/code/__torch__.py.debug_pkl").is_none());
+        assert!(object_pickle_records("data.pkl").is_none());
+        assert!(object_pickle_records("m/traced_inputs.pkl").is_none());
     }
 
     #[test]
