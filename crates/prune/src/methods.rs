@@ -693,22 +693,37 @@ fn recipe_weight_decay(recipe: &TrainConfig) -> f64 {
     }
 }
 
-/// Scores of a method that prunes a given model in one shot (for prune-then-unlearn).
+/// Scores of a method that prunes a given model in one shot (for prune-then-unlearn). SNIP and
+/// GraSP score on `train`, which they need; the other methods never read it.
 pub fn one_shot_masks(
     method: PruneMethod,
     model: &Model,
-    train: &Dataset,
+    train: Option<&Dataset>,
     sparsity: f64,
     scope: Scope,
     seed: u64,
 ) -> Result<Masks> {
+    let data = || {
+        train.ok_or_else(|| {
+            Error::config(
+                "data",
+                format!(
+                    "{} scores weights on data; pass the training data",
+                    method.name()
+                ),
+            )
+        })
+    };
     match method {
         PruneMethod::Omp => masks_from_scores(&scores::magnitude(model), sparsity, scope, None),
-        PruneMethod::Snip => {
-            masks_from_scores(&scores::snip(model, train, 256, 1)?, sparsity, scope, None)
-        }
+        PruneMethod::Snip => masks_from_scores(
+            &scores::snip(model, data()?, 256, 1)?,
+            sparsity,
+            scope,
+            None,
+        ),
         PruneMethod::Grasp => {
-            masks_from_scores(&scores::grasp(model, train, 256)?, sparsity, scope, None)
+            masks_from_scores(&scores::grasp(model, data()?, 256)?, sparsity, scope, None)
         }
         PruneMethod::Synflow => scores::synflow_masks(model, sparsity, scope, 100),
         PruneMethod::Random => {

@@ -182,7 +182,7 @@ fn prune_then_unlearn_keeps_the_mask() {
     let masks = one_shot_masks(
         PruneMethod::Omp,
         &dense.trained,
-        &train,
+        Some(&train),
         0.9,
         Scope::Global,
         0,

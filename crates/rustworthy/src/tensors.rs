@@ -187,25 +187,8 @@ pub fn prune(
     seed: u64,
 ) -> Result<Masks> {
     rustworthy_prune::check_sparsity(sparsity)?;
-    let needs_data = matches!(method, PruneMethod::Snip | PruneMethod::Grasp);
-    let data = match data {
-        Some(d) => d.to_device(model.device()),
-        None if needs_data => {
-            return Err(Error::config(
-                "data",
-                format!("{} scores weights on data; pass data=(x, y)", method.name()),
-            ))
-        }
-        // The data-free methods never read it.
-        None => Dataset::new(
-            "none",
-            Tensor::zeros([1, 1, 1, 1], (Kind::Float, model.device())),
-            Tensor::zeros([1], (Kind::Int64, model.device())),
-            2,
-            vec!["0".into(), "1".into()],
-        )?,
-    };
-    let masks = one_shot_masks(method, model, &data, sparsity, scope, seed)?;
+    let data = data.map(|d| d.to_device(model.device()));
+    let masks = one_shot_masks(method, model, data.as_ref(), sparsity, scope, seed)?;
     apply_masks(model, &masks)?;
     Ok(masks)
 }

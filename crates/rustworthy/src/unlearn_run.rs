@@ -257,7 +257,14 @@ pub fn prune_original(s: &UnlearnSetup, p: PruneSpec, seed: u64) -> Result<(Mode
     let t0 = Instant::now();
     let mut model = s.original.try_clone()?;
     rustworthy_core::seed::seed_torch(rustworthy_core::seed::derive(seed, "prune", 0));
-    let masks = one_shot_masks(p.method, &model, &s.train, p.sparsity, Scope::Global, seed)?;
+    let masks = one_shot_masks(
+        p.method,
+        &model,
+        Some(&s.train),
+        p.sparsity,
+        Scope::Global,
+        seed,
+    )?;
     let mut recipe = s.train_config.clone();
     recipe.epochs = PRUNE_FINETUNE_EPOCHS;
     recipe.lr.lr = 0.01;
