@@ -61,6 +61,34 @@ fn json_map(text: &str, what: &str) -> PyResult<serde_json::Map<String, serde_js
     }
 }
 
+/// `base` with the fields given in `settings` (a JSON dict) replaced. A field `base` does not
+/// have, or one of `fixed`, is an unknown `what` setting, and a value of the wrong type is
+/// refused by deserialization: both `ValueError`.
+fn with_settings<T: serde::Serialize + serde::de::DeserializeOwned>(
+    base: &T,
+    settings: &str,
+    what: &str,
+    fixed: &[&str],
+) -> PyResult<T> {
+    let mut v = serde_json::to_value(base).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    for (k, val) in json_map(settings, &format!("{what} settings"))? {
+        if v.get(&k).is_none() || fixed.contains(&k.as_str()) {
+            return Err(value_err(format!("unknown {what} setting `{k}`")));
+        }
+        v[&k] = val;
+    }
+    serde_json::from_value(v).map_err(|e| value_err(format!("{what} settings: {e}")))
+}
+
+/// Progress bars when `bar`, else nothing.
+fn progress_mode(bar: bool) -> ProgressMode {
+    if bar {
+        ProgressMode::Bar
+    } else {
+        ProgressMode::Quiet
+    }
+}
+
 /// Runs `f` with the GIL released, on this thread.
 ///
 /// # Safety
@@ -265,23 +293,10 @@ fn attack(
                 "unknown attack `{attack}`: fgsm, pgd, apgd, apgd-t, cw, square, zoo, zo-signsgd or nes"
             ))
         })?;
-    let mut spec = serde_json::to_value(AttackSpec::new(kind, eps))
-        .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-    for (k, v) in json_map(settings, "attack settings")? {
-        if spec.get(&k).is_none() {
-            return Err(value_err(format!("unknown attack setting `{k}`")));
-        }
-        spec[&k] = v;
-    }
-    let spec: AttackSpec =
-        serde_json::from_value(spec).map_err(|e| value_err(format!("attack settings: {e}")))?;
+    let spec = with_settings(&AttackSpec::new(kind, eps), settings, "attack", &[])?;
     let ds = data("x", &x, &y, Some(model.model.spec.num_classes as usize))?;
     let m = &model.model;
-    let mode = if progress {
-        ProgressMode::Bar
-    } else {
-        ProgressMode::Quiet
-    };
+    let mode = progress_mode(progress);
     // SAFETY: captures a &Model, a dataset and plain values.
     let run = unsafe {
         without_gil(py, || {
@@ -323,15 +338,7 @@ fn robust_eval(
     let mut cfg = SuiteConfig::preset(suite, threat).map_err(py_err)?;
     cfg.batch_size = batch_size;
     cfg.seed = seed;
-    let mut v = serde_json::to_value(&cfg).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-    for (k, val) in json_map(settings, "suite settings")? {
-        if v.get(&k).is_none() || k == "threat" {
-            return Err(value_err(format!("unknown suite setting `{k}`")));
-        }
-        v[&k] = val;
-    }
-    let cfg: SuiteConfig =
-        serde_json::from_value(v).map_err(|e| value_err(format!("suite settings: {e}")))?;
+    let cfg = with_settings(&cfg, settings, "suite", &["threat"])?;
     cfg.validate().map_err(py_err)?;
     let ds = data("x", &x, &y, Some(model.model.spec.num_classes as usize))?;
     let m = &model.model;
@@ -372,11 +379,7 @@ fn unlearn(
     .map_err(py_err)?;
     let original = model.model.try_clone().map_err(py_err)?;
     let spec = ForgetSpec::List { indices: forget };
-    let mode = if progress {
-        ProgressMode::Bar
-    } else {
-        ProgressMode::Quiet
-    };
+    let mode = progress_mode(progress);
     // SAFETY: captures a model, datasets and plain values.
     let out = unsafe {
         without_gil(py, || {
@@ -465,26 +468,14 @@ fn bench_unlearn(
         bench_preset, bench_unlearn as run, BenchConfig, BenchOptions,
     };
     let base = bench_preset(preset).map_err(py_err)?;
-    let mut v = serde_json::to_value(&base).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-    for (k, val) in json_map(settings, "benchmark settings")? {
-        if v.get(&k).is_none() {
-            return Err(value_err(format!("unknown benchmark setting `{k}`")));
-        }
-        v[&k] = val;
-    }
-    let mut cfg: BenchConfig =
-        serde_json::from_value(v).map_err(|e| value_err(format!("benchmark settings: {e}")))?;
+    let mut cfg: BenchConfig = with_settings(&base, settings, "benchmark", &[])?;
     if let Some(p) = profile {
         cfg = cfg.with_profile(parse::<Profile>(p)?);
     }
     let opts = BenchOptions {
         data_dir,
         fresh,
-        progress: if progress {
-            ProgressMode::Bar
-        } else {
-            ProgressMode::Quiet
-        },
+        progress: progress_mode(progress),
     };
     // SAFETY: captures plain values only.
     let out = unsafe { without_gil(py, || run(&cfg, &opts)) }.map_err(py_err)?;
