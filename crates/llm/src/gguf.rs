@@ -511,56 +511,60 @@ pub fn write_f32(
     out.extend_from_slice(&3u32.to_le_bytes());
     out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
     out.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
-    let s = |out: &mut Vec<u8>, s: &str| {
+    fn put_str(out: &mut Vec<u8>, s: &str) {
         out.extend_from_slice(&(s.len() as u64).to_le_bytes());
         out.extend_from_slice(s.as_bytes());
-    };
-    fn put(out: &mut Vec<u8>, v: &Value, with_type: bool) {
-        let (ty, body): (u32, Vec<u8>) = match v {
-            Value::U8(x) => (0, vec![*x]),
-            Value::I8(x) => (1, vec![*x as u8]),
-            Value::U16(x) => (2, x.to_le_bytes().to_vec()),
-            Value::I16(x) => (3, x.to_le_bytes().to_vec()),
-            Value::U32(x) => (4, x.to_le_bytes().to_vec()),
-            Value::I32(x) => (5, x.to_le_bytes().to_vec()),
-            Value::F32(x) => (6, x.to_le_bytes().to_vec()),
-            Value::Bool(x) => (7, vec![*x as u8]),
-            Value::Str(x) => {
-                let mut b = (x.len() as u64).to_le_bytes().to_vec();
-                b.extend_from_slice(x.as_bytes());
-                (8, b)
-            }
-            Value::Array(items) => {
-                let et = items.first().map(type_code).unwrap_or(4);
-                let mut b = et.to_le_bytes().to_vec();
-                b.extend_from_slice(&(items.len() as u64).to_le_bytes());
-                for it in items {
-                    put(&mut b, it, false);
-                }
-                (9, b)
-            }
-            Value::U64(x) => (10, x.to_le_bytes().to_vec()),
-            Value::I64(x) => (11, x.to_le_bytes().to_vec()),
-            Value::F64(x) => (12, x.to_le_bytes().to_vec()),
-        };
-        if with_type {
-            out.extend_from_slice(&ty.to_le_bytes());
-        }
-        out.extend_from_slice(&body);
     }
     fn type_code(v: &Value) -> u32 {
-        let mut b = Vec::new();
-        put(&mut b, v, true);
-        u32::from_le_bytes(b[..4].try_into().unwrap())
+        match v {
+            Value::U8(_) => 0,
+            Value::I8(_) => 1,
+            Value::U16(_) => 2,
+            Value::I16(_) => 3,
+            Value::U32(_) => 4,
+            Value::I32(_) => 5,
+            Value::F32(_) => 6,
+            Value::Bool(_) => 7,
+            Value::Str(_) => 8,
+            Value::Array(_) => 9,
+            Value::U64(_) => 10,
+            Value::I64(_) => 11,
+            Value::F64(_) => 12,
+        }
+    }
+    fn put_value(out: &mut Vec<u8>, v: &Value) {
+        match v {
+            Value::U8(x) => out.push(*x),
+            Value::I8(x) => out.push(*x as u8),
+            Value::U16(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::I16(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::U32(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::I32(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::Bool(x) => out.push(*x as u8),
+            Value::Str(x) => put_str(out, x),
+            Value::Array(items) => {
+                let et = items.first().map(type_code).unwrap_or(4);
+                out.extend_from_slice(&et.to_le_bytes());
+                out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+                for it in items {
+                    put_value(out, it);
+                }
+            }
+            Value::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        }
     }
     for (k, v) in metadata {
-        s(&mut out, k);
-        put(&mut out, v, true);
+        put_str(&mut out, k);
+        out.extend_from_slice(&type_code(v).to_le_bytes());
+        put_value(&mut out, v);
     }
     let mut offset = 0u64;
     let mut datas = Vec::new();
     for (name, t) in tensors {
-        s(&mut out, name);
+        put_str(&mut out, name);
         let shape = t.size();
         out.extend_from_slice(&(shape.len() as u32).to_le_bytes());
         for d in shape.iter().rev() {
