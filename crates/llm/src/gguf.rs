@@ -293,7 +293,12 @@ impl Gguf {
         })
     }
 
-    /// The metadata value of `key`.
+    /// The file this was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The metadata value under `key`.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }

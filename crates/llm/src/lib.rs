@@ -1,8 +1,16 @@
-//! rustworthy language models. Today: [`gguf`], a reader of GGUF v3 checkpoints (the format
-//! llama.cpp writes, and the one the offline SmolLM2-135M-Instruct ships in) that validates the
-//! header, metadata and tensor index against the file's size and dequantizes F32, F16, BF16,
-//! Q8_0, Q4_0 and Q4_1 tensors to float32, undoing llama.cpp's q/k row permutation on request.
+//! rustworthy language models: the causal-LM stack.
+//!
+//! - [`gguf`]: GGUF v3 checkpoints (the format llama.cpp writes, and the one the offline
+//!   SmolLM2-135M-Instruct ships in), validated and dequantized.
+//! - [`llama`]: Llama-family causal LMs (Llama 2/3, SmolLM, Qwen2) built from a config, a GGUF
+//!   file or a Hugging Face safetensors folder, with a KV cache.
+//! - [`tokenizer`]: byte-level BPE tokenizers from GGUF metadata or `tokenizer.json`, and chat
+//!   templates.
+//! - [`generate`]: greedy and sampled decoding with a KV cache, one prompt or a left-padded batch.
 
 #![warn(missing_docs)]
 
+pub mod generate;
 pub mod gguf;
+pub mod llama;
+pub mod tokenizer;

@@ -1,0 +1,887 @@
+//! Llama-family causal language models: RMSNorm, rotary position embeddings in Hugging Face's
+//! rotate-half layout (with llama3 frequency scaling), grouped-query attention, a SwiGLU MLP, and a
+//! tied or untied head; optional q/k/v (Qwen2) and output (Llama `attention_bias`) biases.
+//!
+//! Parameters live in a [`tch::nn::VarStore`] under Hugging Face's names
+//! (`model.layers.3.self_attn.q_proj.weight`, ...), so a safetensors checkpoint maps one to one
+//! and every parameter can be trained, masked or perturbed by name.
+
+use crate::gguf::{unpermute_qk, Gguf, Value};
+use rustworthy_core::fsutil::{atomic_write, atomic_write_with};
+use rustworthy_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use tch::{nn, Device, Kind, Tensor};
+
+/// llama3 rotary frequency scaling (Llama 3.1 and later).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Llama3Scaling {
+    /// Overall factor applied to the low frequencies.
+    pub factor: f64,
+    /// Wavelengths above `original / low_freq_factor` are divided by `factor`.
+    pub low_freq_factor: f64,
+    /// Wavelengths below `original / high_freq_factor` are kept.
+    pub high_freq_factor: f64,
+    /// The context length the model was trained on before scaling.
+    pub original_max_position_embeddings: f64,
+}
+
+/// Hyperparameters of a Llama-family model (Hugging Face's `config.json` names).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    /// Tokens in the vocabulary.
+    pub vocab_size: i64,
+    /// Width of the residual stream.
+    pub hidden_size: i64,
+    /// Width of the MLP.
+    pub intermediate_size: i64,
+    /// Transformer blocks.
+    pub num_hidden_layers: i64,
+    /// Query heads.
+    pub num_attention_heads: i64,
+    /// Key/value heads (grouped-query attention when fewer than query heads).
+    pub num_key_value_heads: i64,
+    /// Width of one head.
+    pub head_dim: i64,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// RoPE base.
+    pub rope_theta: f64,
+    /// llama3 frequency scaling, if any.
+    pub rope_scaling: Option<Llama3Scaling>,
+    /// Longest sequence (prompt and generated tokens) the model accepts.
+    pub max_position_embeddings: i64,
+    /// The output head shares the embedding matrix.
+    pub tie_word_embeddings: bool,
+    /// Biases on the q/k/v projections (Qwen2; Llama with `attention_bias`).
+    pub qkv_bias: bool,
+    /// Bias on the output projection (Llama with `attention_bias`).
+    pub o_bias: bool,
+}
+
+impl LlamaConfig {
+    /// Checks that the sizes fit together.
+    pub fn validate(&self) -> Result<()> {
+        let pos = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        for (k, v) in pos {
+            if v <= 0 || v > 1 << 24 {
+                return Err(Error::config(k, format!("must be in 1..=2^24, got {v}")));
+            }
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return Err(Error::config(
+                "num_key_value_heads",
+                format!(
+                    "{} query heads are not a multiple of {} key/value heads",
+                    self.num_attention_heads, self.num_key_value_heads
+                ),
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(Error::config(
+                "head_dim",
+                "must be even for rotary embeddings",
+            ));
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
+            return Err(Error::config("rms_norm_eps", "must be in (0, 1)"));
+        }
+        if !(self.rope_theta > 1.0 && self.rope_theta.is_finite()) {
+            return Err(Error::config(
+                "rope_theta",
+                "must be a finite number above 1",
+            ));
+        }
+        if let Some(s) = &self.rope_scaling {
+            let ok = s.factor >= 1.0
+                && s.low_freq_factor > 0.0
+                && s.high_freq_factor > s.low_freq_factor
+                && s.original_max_position_embeddings > 0.0;
+            if !ok {
+                return Err(Error::config(
+                    "rope_scaling",
+                    "llama3 scaling needs factor >= 1, 0 < low_freq_factor < high_freq_factor and a positive original length",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a Hugging Face `config.json` (model types `llama` and `qwen2`; old `rope_theta` /
+    /// `rope_scaling` keys and the newer `rope_parameters`).
+    pub fn from_hf_json(path: &Path) -> Result<LlamaConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::corrupt(path, format!("config.json does not parse: {e}")))?;
+        Self::from_hf_value(&v).map_err(|e| e.in_file(path))
+    }
+
+    /// [`LlamaConfig::from_hf_json`] on a parsed value.
+    pub fn from_hf_value(v: &serde_json::Value) -> Result<LlamaConfig> {
+        let model_type = v["model_type"].as_str().unwrap_or("llama");
+        if !matches!(model_type, "llama" | "qwen2") {
+            return Err(Error::config(
+                "model_type",
+                format!("`{model_type}` is not a Llama-family model (llama, qwen2)"),
+            ));
+        }
+        let int = |k: &str| -> Result<i64> {
+            v[k].as_i64()
+                .ok_or_else(|| Error::config(k, "missing or not an integer"))
+        };
+        if let Some(act) = v["hidden_act"].as_str() {
+            if act != "silu" {
+                return Err(Error::config(
+                    "hidden_act",
+                    format!("`{act}` is not supported (silu)"),
+                ));
+            }
+        }
+        if v["mlp_bias"].as_bool() == Some(true) {
+            return Err(Error::config("mlp_bias", "MLP biases are not supported"));
+        }
+        let hidden = int("hidden_size")?;
+        let heads = int("num_attention_heads")?;
+        let rope = v.get("rope_parameters").or_else(|| v.get("rope_scaling"));
+        let theta = v["rope_theta"]
+            .as_f64()
+            .or_else(|| rope.and_then(|r| r["rope_theta"].as_f64()))
+            .unwrap_or(10000.0);
+        let scaling = match rope.filter(|r| !r.is_null()) {
+            None => None,
+            Some(r) => {
+                let kind = r["rope_type"]
+                    .as_str()
+                    .or(r["type"].as_str())
+                    .unwrap_or("default");
+                match kind {
+                    "default" => None,
+                    "llama3" => {
+                        let f = |k: &str| {
+                            r[k].as_f64().ok_or_else(|| {
+                                Error::config(
+                                    format!("rope_scaling.{k}"),
+                                    "missing or not a number",
+                                )
+                            })
+                        };
+                        Some(Llama3Scaling {
+                            factor: f("factor")?,
+                            low_freq_factor: f("low_freq_factor")?,
+                            high_freq_factor: f("high_freq_factor")?,
+                            original_max_position_embeddings: f(
+                                "original_max_position_embeddings",
+                            )?,
+                        })
+                    }
+                    other => {
+                        return Err(Error::config(
+                            "rope_scaling",
+                            format!("rope type `{other}` is not supported (default, llama3)"),
+                        ))
+                    }
+                }
+            }
+        };
+        let qwen = model_type == "qwen2";
+        let attention_bias = v["attention_bias"].as_bool().unwrap_or(false);
+        let cfg = LlamaConfig {
+            vocab_size: int("vocab_size")?,
+            hidden_size: hidden,
+            intermediate_size: int("intermediate_size")?,
+            num_hidden_layers: int("num_hidden_layers")?,
+            num_attention_heads: heads,
+            num_key_value_heads: v["num_key_value_heads"].as_i64().unwrap_or(heads),
+            head_dim: v["head_dim"]
+                .as_i64()
+                .unwrap_or(if heads > 0 { hidden / heads } else { 0 }),
+            rms_norm_eps: v["rms_norm_eps"].as_f64().unwrap_or(1e-6),
+            rope_theta: theta,
+            rope_scaling: scaling,
+            max_position_embeddings: v["max_position_embeddings"].as_i64().unwrap_or(2048),
+            tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
+            qkv_bias: qwen || attention_bias,
+            o_bias: !qwen && attention_bias,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The `config.json` this model saves, readable by Hugging Face `transformers`.
+    pub fn to_hf_value(&self) -> serde_json::Value {
+        let qwen = self.qkv_bias && !self.o_bias;
+        let mut v = serde_json::json!({
+            "architectures": [if qwen { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
+            "model_type": if qwen { "qwen2" } else { "llama" },
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "hidden_act": "silu",
+            "torch_dtype": "float32",
+        });
+        if !qwen {
+            v["attention_bias"] = serde_json::json!(self.qkv_bias);
+        }
+        if let Some(s) = &self.rope_scaling {
+            v["rope_scaling"] = serde_json::json!({
+                "rope_type": "llama3",
+                "factor": s.factor,
+                "low_freq_factor": s.low_freq_factor,
+                "high_freq_factor": s.high_freq_factor,
+                "original_max_position_embeddings": s.original_max_position_embeddings,
+            });
+        }
+        v
+    }
+
+    /// Reads the hyperparameters of a `llama` GGUF file.
+    pub fn from_gguf(g: &Gguf) -> Result<LlamaConfig> {
+        let arch = g
+            .get("general.architecture")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if arch != "llama" && arch != "qwen2" {
+            return Err(Error::corrupt(
+                g.path(),
+                format!("GGUF architecture `{arch}` is not a Llama-family model (llama, qwen2)"),
+            ));
+        }
+        let int = |k: &str| -> Result<i64> {
+            g.get(&format!("{arch}.{k}"))
+                .and_then(Value::as_u64)
+                .map(|x| x as i64)
+                .ok_or_else(|| Error::corrupt(g.path(), format!("GGUF: missing `{arch}.{k}`")))
+        };
+        let heads = int("attention.head_count")?;
+        let hidden = int("embedding_length")?;
+        let vocab = match int("vocab_size") {
+            Ok(v) => v,
+            Err(_) => g
+                .get("tokenizer.ggml.tokens")
+                .and_then(Value::as_array)
+                .map(|a| a.len() as i64)
+                .ok_or_else(|| Error::corrupt(g.path(), "GGUF: no vocabulary size"))?,
+        };
+        let f = |k: &str, d: f64| {
+            g.get(&format!("{arch}.{k}"))
+                .and_then(Value::as_f64)
+                .unwrap_or(d)
+        };
+        let cfg = LlamaConfig {
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: int("feed_forward_length")?,
+            num_hidden_layers: int("block_count")?,
+            num_attention_heads: heads,
+            num_key_value_heads: int("attention.head_count_kv").unwrap_or(heads),
+            head_dim: int("attention.key_length").unwrap_or(if heads > 0 {
+                hidden / heads
+            } else {
+                0
+            }),
+            rms_norm_eps: f("attention.layer_norm_rms_epsilon", 1e-6),
+            rope_theta: f("rope.freq_base", 10000.0),
+            rope_scaling: None,
+            max_position_embeddings: int("context_length").unwrap_or(2048),
+            tie_word_embeddings: g.info("output.weight").is_none(),
+            qkv_bias: arch == "qwen2",
+            o_bias: false,
+        };
+        cfg.validate().map_err(|e| e.in_file(g.path()))?;
+        Ok(cfg)
+    }
+}
+
+struct Block {
+    attn_norm: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    q_b: Option<Tensor>,
+    k_b: Option<Tensor>,
+    v_b: Option<Tensor>,
+    o_b: Option<Tensor>,
+    mlp_norm: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+}
+
+/// Keys and values of the positions seen so far, per block, for incremental decoding.
+#[derive(Default)]
+pub struct KvCache {
+    kv: Vec<(Tensor, Tensor)>,
+    len: i64,
+}
+
+impl KvCache {
+    /// Positions held.
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A Llama-family causal language model.
+pub struct CausalLm {
+    /// Its hyperparameters.
+    pub config: LlamaConfig,
+    /// Its parameters, under Hugging Face's names.
+    pub vs: nn::VarStore,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    head: Option<Tensor>,
+    inv_freq: Tensor,
+}
+
+/// Buffers Hugging Face checkpoints may carry that are not parameters.
+fn is_buffer(name: &str) -> bool {
+    name.ends_with("rotary_emb.inv_freq") || name.ends_with(".masked_bias")
+}
+
+impl CausalLm {
+    /// A freshly initialized model (normal weights with std 0.02, unit norms, zero biases, as
+    /// Hugging Face initializes Llama), drawn from libtorch's generator: call
+    /// `tch::manual_seed` first for a reproducible model.
+    pub fn new(config: LlamaConfig, device: Device) -> Result<CausalLm> {
+        config.validate()?;
+        let vs = nn::VarStore::new(device);
+        let c = &config;
+        let root = vs.root();
+        let m = &root / "model";
+        let w = nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        };
+        let (d, hd) = (c.hidden_size, c.head_dim);
+        let (qd, kvd) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+        let embed = (&m / "embed_tokens").f_var("weight", &[c.vocab_size, d], w)?;
+        let mut blocks = Vec::new();
+        for i in 0..c.num_hidden_layers {
+            let l = &m / "layers" / i;
+            let a = &l / "self_attn";
+            let bias = |name: &str, n: i64, on: bool| -> Result<Option<Tensor>> {
+                Ok(if on {
+                    Some((&a / name).f_var("bias", &[n], nn::Init::Const(0.0))?)
+                } else {
+                    None
+                })
+            };
+            blocks.push(Block {
+                attn_norm: (&l / "input_layernorm").f_var("weight", &[d], nn::Init::Const(1.0))?,
+                q: (&a / "q_proj").f_var("weight", &[qd, d], w)?,
+                k: (&a / "k_proj").f_var("weight", &[kvd, d], w)?,
+                v: (&a / "v_proj").f_var("weight", &[kvd, d], w)?,
+                o: (&a / "o_proj").f_var("weight", &[d, qd], w)?,
+                q_b: bias("q_proj", qd, c.qkv_bias)?,
+                k_b: bias("k_proj", kvd, c.qkv_bias)?,
+                v_b: bias("v_proj", kvd, c.qkv_bias)?,
+                o_b: bias("o_proj", d, c.o_bias)?,
+                mlp_norm: (&l / "post_attention_layernorm").f_var(
+                    "weight",
+                    &[d],
+                    nn::Init::Const(1.0),
+                )?,
+                gate: (&l / "mlp" / "gate_proj").f_var("weight", &[c.intermediate_size, d], w)?,
+                up: (&l / "mlp" / "up_proj").f_var("weight", &[c.intermediate_size, d], w)?,
+                down: (&l / "mlp" / "down_proj").f_var("weight", &[d, c.intermediate_size], w)?,
+            });
+        }
+        let norm = (&m / "norm").f_var("weight", &[d], nn::Init::Const(1.0))?;
+        let head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some((&root / "lm_head").f_var("weight", &[c.vocab_size, d], w)?)
+        };
+        let inv_freq = rope_inv_freq(c).to_device(device);
+        Ok(CausalLm {
+            config,
+            vs,
+            embed,
+            blocks,
+            norm,
+            head,
+            inv_freq,
+        })
+    }
+
+    /// Copies `tensors` (Hugging Face names; a `model.` or `transformer.` prefix may be missing
+    /// or extra) into the parameters. Every parameter must be given with its exact shape;
+    /// unknown tensors are refused, so a checkpoint of another architecture is not half-loaded.
+    /// `source` names the checkpoint in errors.
+    pub fn load_named(&mut self, tensors: HashMap<String, Tensor>, source: &Path) -> Result<()> {
+        let mut given: HashMap<String, Tensor> = HashMap::new();
+        for (name, t) in tensors {
+            if is_buffer(&name) {
+                continue;
+            }
+            let canon = if name.starts_with("model.") || name.starts_with("lm_head.") {
+                name
+            } else if let Some(rest) = name.strip_prefix("transformer.") {
+                format!("model.{rest}")
+            } else {
+                format!("model.{name}")
+            };
+            given.insert(canon, t);
+        }
+        if self.config.tie_word_embeddings {
+            // A tied checkpoint may still store the head; it must then be the embedding.
+            if let Some(h) = given.remove("lm_head.weight") {
+                if let Some(e) = given.get("model.embed_tokens.weight") {
+                    if h.size() != e.size()
+                        || !h.to_kind(Kind::Float).equal(&e.to_kind(Kind::Float))
+                    {
+                        return Err(Error::corrupt(
+                            source,
+                            "the config ties the head to the embedding, but lm_head.weight differs from it",
+                        ));
+                    }
+                }
+            }
+        }
+        let vars = self.vs.variables();
+        let mut names: Vec<&String> = vars.keys().collect();
+        names.sort();
+        for name in names {
+            let var = &vars[name];
+            let src = given.remove(name.as_str()).ok_or_else(|| {
+                Error::corrupt(source, format!("checkpoint has no tensor `{name}`"))
+            })?;
+            if src.size() != var.size() {
+                return Err(Error::corrupt(
+                    source,
+                    format!(
+                        "`{name}` has shape {:?}, the config needs {:?}",
+                        src.size(),
+                        var.size()
+                    ),
+                ));
+            }
+            let src = src.to_kind(var.kind()).to_device(var.device());
+            if src.isfinite().all().int64_value(&[]) == 0 {
+                return Err(Error::corrupt(
+                    source,
+                    format!("`{name}` holds NaN or infinite values"),
+                ));
+            }
+            tch::no_grad(|| var.shallow_clone().copy_(&src));
+        }
+        if let Some(extra) = given.keys().min() {
+            return Err(Error::corrupt(
+                source,
+                format!(
+                    "checkpoint has {} tensor(s) the model does not, e.g. `{extra}`",
+                    given.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Loads a Hugging Face model folder: `config.json` and `model.safetensors`, or the shards
+    /// listed in `model.safetensors.index.json`; fp32, fp16 and bf16 tensors, converted to `kind`.
+    pub fn from_hf_dir(dir: &Path, device: Device, kind: Kind) -> Result<CausalLm> {
+        let cfg = LlamaConfig::from_hf_json(&dir.join("config.json"))?;
+        let mut model = CausalLm::new(cfg, device)?;
+        let tensors = read_safetensors_dir(dir)?;
+        model.load_named(tensors, dir)?;
+        model.set_kind(kind);
+        Ok(model)
+    }
+
+    /// Loads a `llama` (or `qwen2`) GGUF checkpoint, dequantized, with llama.cpp's q/k row
+    /// permutation undone.
+    pub fn from_gguf(g: &Gguf, device: Device) -> Result<CausalLm> {
+        let cfg = LlamaConfig::from_gguf(g)?;
+        let (h, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let mut t = HashMap::new();
+        t.insert(
+            "model.embed_tokens.weight".into(),
+            g.tensor("token_embd.weight")?,
+        );
+        t.insert("model.norm.weight".into(), g.tensor("output_norm.weight")?);
+        if !cfg.tie_word_embeddings {
+            t.insert("lm_head.weight".into(), g.tensor("output.weight")?);
+        }
+        let names = [
+            ("attn_norm.weight", "input_layernorm.weight"),
+            ("attn_v.weight", "self_attn.v_proj.weight"),
+            ("attn_output.weight", "self_attn.o_proj.weight"),
+            ("ffn_norm.weight", "post_attention_layernorm.weight"),
+            ("ffn_gate.weight", "mlp.gate_proj.weight"),
+            ("ffn_up.weight", "mlp.up_proj.weight"),
+            ("ffn_down.weight", "mlp.down_proj.weight"),
+        ];
+        for i in 0..cfg.num_hidden_layers {
+            let hf = |n: &str| format!("model.layers.{i}.{n}");
+            for (gn, hn) in names {
+                t.insert(hf(hn), g.tensor(&format!("blk.{i}.{gn}"))?);
+            }
+            let q = g.tensor(&format!("blk.{i}.attn_q.weight"))?;
+            let k = g.tensor(&format!("blk.{i}.attn_k.weight"))?;
+            t.insert(hf("self_attn.q_proj.weight"), unpermute_qk(&q, h)?);
+            t.insert(hf("self_attn.k_proj.weight"), unpermute_qk(&k, kvh)?);
+            if cfg.qkv_bias {
+                for (gn, hn) in [("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj")] {
+                    t.insert(
+                        hf(&format!("self_attn.{hn}.bias")),
+                        g.tensor(&format!("blk.{i}.attn_{gn}.bias"))?,
+                    );
+                }
+            }
+        }
+        let mut model = CausalLm::new(cfg, device)?;
+        model.load_named(t, g.path())?;
+        Ok(model)
+    }
+
+    /// Writes `config.json` and `model.safetensors` (fp32, Hugging Face names; the head left out
+    /// when tied), each atomically.
+    pub fn save_hf_dir(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let vars: BTreeMap<String, Tensor> = self.vs.variables().into_iter().collect();
+        let named: Vec<(String, Tensor)> = vars
+            .into_iter()
+            .map(|(n, t)| {
+                (
+                    n,
+                    t.to_kind(Kind::Float).to_device(Device::Cpu).contiguous(),
+                )
+            })
+            .collect();
+        atomic_write_with(&dir.join("model.safetensors"), |tmp| {
+            Tensor::write_safetensors(&named, tmp).map_err(Error::from)
+        })?;
+        let cfg = serde_json::to_vec_pretty(&self.config.to_hf_value())?;
+        atomic_write(&dir.join("config.json"), &cfg)
+    }
+
+    /// Converts every parameter to `kind` (float32, float16 or bfloat16).
+    pub fn set_kind(&mut self, kind: Kind) {
+        match kind {
+            Kind::Half => self.vs.half(),
+            Kind::BFloat16 => self.vs.bfloat16(),
+            _ => self.vs.float(),
+        }
+    }
+
+    /// The parameters' kind.
+    pub fn kind(&self) -> Kind {
+        self.embed.kind()
+    }
+
+    /// The device the parameters are on.
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// Logits `[B, T, vocab]` (float32) of token ids `[B, T]`.
+    ///
+    /// `mask` (`[B, S]`, 1 for a token, 0 for padding; `S` counts cached positions too) keeps
+    /// padding out of attention; `positions` (`[B, T]`) overrides the default `past..past+T`
+    /// (left-padded generation counts positions from each row's first token); `cache` makes
+    /// this an incremental step that reads and extends it.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        mask: Option<&Tensor>,
+        positions: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let h = self.hidden(ids, mask, positions, cache, None)?;
+        self.logits(&h)
+    }
+
+    /// The output head on final hidden states.
+    pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        let w = self.head.as_ref().unwrap_or(&self.embed);
+        Ok(h.f_linear::<&Tensor>(w, None)?.f_to_kind(Kind::Float)?)
+    }
+
+    /// Hidden states `[B, T, D]`: after the final norm, or, with `stop_after = Some(l)`, the
+    /// residual stream leaving block `l` (0-based; what RMU steers).
+    pub fn hidden(
+        &self,
+        ids: &Tensor,
+        mask: Option<&Tensor>,
+        positions: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+        stop_after: Option<usize>,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let size = ids.size();
+        if size.len() != 2 {
+            return Err(Error::invalid(format!(
+                "token ids must be [batch, time], got {size:?}"
+            )));
+        }
+        let (b, t) = (size[0], size[1]);
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        let s = past + t;
+        if s > c.max_position_embeddings {
+            return Err(Error::invalid(format!(
+                "{s} positions exceed the model's context of {}",
+                c.max_position_embeddings
+            )));
+        }
+        if let Some(m) = mask {
+            if m.size() != [b, s] {
+                return Err(Error::invalid(format!(
+                    "attention mask must be [{b}, {s}], got {:?}",
+                    m.size()
+                )));
+            }
+        }
+        let max_id = ids.max().int64_value(&[]);
+        let min_id = ids.min().int64_value(&[]);
+        if min_id < 0 || max_id >= c.vocab_size {
+            return Err(Error::invalid(format!(
+                "token id {} is outside the vocabulary of {}",
+                if min_id < 0 { min_id } else { max_id },
+                c.vocab_size
+            )));
+        }
+        let dev = ids.device();
+        let kind = self.kind();
+        let pos = match positions {
+            Some(p) => p.to_kind(Kind::Float),
+            None => Tensor::arange_start(past, s, (Kind::Float, dev))
+                .unsqueeze(0)
+                .expand([b, t], true),
+        };
+        let freqs = pos.unsqueeze(-1) * self.inv_freq.unsqueeze(0).unsqueeze(0);
+        let emb = Tensor::cat(&[&freqs, &freqs], -1);
+        let cos = emb.cos().unsqueeze(1).to_kind(kind);
+        let sin = emb.sin().unsqueeze(1).to_kind(kind);
+        // Attention mask [B, 1, T, S] (true: attend), or plain causal when nothing is padded.
+        let attn_mask = match mask {
+            // Nothing padded: plain causal attention (a one-token step sees every cached key).
+            None => None,
+            Some(m) => {
+                let j = Tensor::arange(s, (Kind::Int64, dev));
+                let i = Tensor::arange_start(past, s, (Kind::Int64, dev));
+                let causal = j.unsqueeze(0).le_tensor(&i.unsqueeze(1));
+                let own = j.unsqueeze(0).eq_tensor(&i.unsqueeze(1));
+                let keys = m.to_kind(Kind::Bool).view([b, 1, 1, s]);
+                let allowed = causal.unsqueeze(0).unsqueeze(0).logical_and(&keys);
+                // A query that may see no key at all (a left-padded row's padding) attends to
+                // itself instead of producing NaN; its output is never used.
+                let empty = allowed.any_dim(-1, true).logical_not();
+                Some(allowed.logical_or(&own.unsqueeze(0).unsqueeze(0).logical_and(&empty)))
+            }
+        };
+        let causal = attn_mask.is_none() && past == 0 && t > 1;
+        if past > 0 && mask.is_none() && t > 1 {
+            return Err(Error::invalid(
+                "several new tokens on a cache need an attention mask",
+            ));
+        }
+        let (hn, kvn, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let rep = hn / kvn;
+        let mut x = Tensor::f_embedding(&self.embed, ids, -1, false, false)?;
+        if let Some(cache) = cache.as_deref_mut() {
+            if cache.kv.is_empty() {
+                cache.kv = Vec::with_capacity(self.blocks.len());
+            }
+        }
+        for (l, blk) in self.blocks.iter().enumerate() {
+            let h = rms_norm(&x, &blk.attn_norm, c.rms_norm_eps);
+            let q = h
+                .linear(&blk.q, blk.q_b.as_ref())
+                .view([b, t, hn, hd])
+                .transpose(1, 2);
+            let k = h
+                .linear(&blk.k, blk.k_b.as_ref())
+                .view([b, t, kvn, hd])
+                .transpose(1, 2);
+            let v = h
+                .linear(&blk.v, blk.v_b.as_ref())
+                .view([b, t, kvn, hd])
+                .transpose(1, 2);
+            let q = &q * &cos + rotate_half(&q) * &sin;
+            let mut k = &k * &cos + rotate_half(&k) * &sin;
+            let mut v = v;
+            if let Some(cache) = cache.as_deref_mut() {
+                if let Some((pk, pv)) = cache.kv.get(l) {
+                    k = Tensor::cat(&[pk, &k], 2);
+                    v = Tensor::cat(&[pv, &v], 2);
+                }
+                if cache.kv.len() > l {
+                    cache.kv[l] = (k.shallow_clone(), v.shallow_clone());
+                } else {
+                    cache.kv.push((k.shallow_clone(), v.shallow_clone()));
+                }
+            }
+            let (k, v) = if rep > 1 {
+                (
+                    k.repeat_interleave_self_int(rep, 1, None),
+                    v.repeat_interleave_self_int(rep, 1, None),
+                )
+            } else {
+                (k, v)
+            };
+            let a = Tensor::f_scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                attn_mask.as_ref(),
+                0.0,
+                causal,
+                None,
+                false,
+            )?;
+            let a = a.transpose(1, 2).reshape([b, t, hn * hd]);
+            // Not `+=`: `x` may be saved for the backward pass.
+            x = &x + a.linear(&blk.o, blk.o_b.as_ref());
+            let h = rms_norm(&x, &blk.mlp_norm, c.rms_norm_eps);
+            let m =
+                h.linear::<&Tensor>(&blk.gate, None).silu() * h.linear::<&Tensor>(&blk.up, None);
+            x = &x + m.linear::<&Tensor>(&blk.down, None);
+            if stop_after == Some(l) {
+                return Ok(x);
+            }
+        }
+        if let Some(cache) = cache {
+            cache.len = s;
+        }
+        Ok(rms_norm(&x, &self.norm, c.rms_norm_eps))
+    }
+
+    /// A copy of the model with every parameter frozen (the reference model of NPO, DPO, KL
+    /// retain losses and RMU).
+    pub fn frozen_copy(&self) -> Result<CausalLm> {
+        let mut m = CausalLm::new(self.config.clone(), self.device())?;
+        m.set_kind(self.kind());
+        m.vs.copy(&self.vs)?;
+        m.vs.freeze();
+        Ok(m)
+    }
+
+    /// Parameters by Hugging Face name.
+    pub fn named_parameters(&self) -> HashMap<String, Tensor> {
+        self.vs.variables()
+    }
+
+    /// Parameter count.
+    pub fn num_parameters(&self) -> i64 {
+        self.vs
+            .trainable_variables()
+            .iter()
+            .map(Tensor::numel)
+            .sum::<usize>() as i64
+    }
+}
+
+/// Reads every tensor of a Hugging Face folder's safetensors checkpoint (single file or shards
+/// listed in `model.safetensors.index.json`).
+pub fn read_safetensors_dir(dir: &Path) -> Result<HashMap<String, Tensor>> {
+    let index = dir.join("model.safetensors.index.json");
+    let files: Vec<std::path::PathBuf> = if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::corrupt(&index, format!("does not parse: {e}")))?;
+        let map = v["weight_map"]
+            .as_object()
+            .ok_or_else(|| Error::corrupt(&index, "no `weight_map` object"))?;
+        let mut shards: Vec<String> = Vec::new();
+        for (name, f) in map {
+            let f = f
+                .as_str()
+                .ok_or_else(|| Error::corrupt(&index, format!("`{name}` maps to no file name")))?;
+            if f.contains('/') || f.contains('\\') || f.starts_with('.') {
+                return Err(Error::corrupt(
+                    &index,
+                    format!("shard name `{f}` leaves the folder"),
+                ));
+            }
+            if !shards.iter().any(|s| s == f) {
+                shards.push(f.to_string());
+            }
+        }
+        shards.sort();
+        shards.into_iter().map(|f| dir.join(f)).collect()
+    } else {
+        let single = dir.join("model.safetensors");
+        if !single.exists() {
+            return Err(Error::corrupt(
+                dir,
+                "no model.safetensors or model.safetensors.index.json in the folder",
+            ));
+        }
+        vec![single]
+    };
+    let mut out = HashMap::new();
+    for f in files {
+        let tensors = Tensor::read_safetensors(&f)
+            .map_err(|e| Error::corrupt(&f, format!("safetensors: {e}")))?;
+        for (name, t) in tensors {
+            if out.insert(name.clone(), t).is_some() {
+                return Err(Error::corrupt(
+                    &f,
+                    format!("tensor `{name}` is in two shards"),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Tensor {
+    let kind = x.kind();
+    let xf = x.to_kind(Kind::Float);
+    let var = xf.square().mean_dim(-1, true, Kind::Float);
+    let y = xf * (var + eps).rsqrt();
+    w * y.to_kind(kind)
+}
+
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size()[3] / 2;
+    let x1 = x.narrow(3, 0, half);
+    let x2 = x.narrow(3, half, half);
+    Tensor::cat(&[&x2.neg(), &x1], 3)
+}
+
+/// RoPE inverse frequencies, with llama3 scaling when configured (float32, CPU).
+pub fn rope_inv_freq(c: &LlamaConfig) -> Tensor {
+    let d = c.head_dim;
+    let exps = Tensor::arange_start_step(0, d, 2, (Kind::Int64, Device::Cpu)).to_kind(Kind::Float)
+        / d as f64;
+    let inv = Tensor::from(c.rope_theta as f32).pow(&exps).reciprocal();
+    let Some(s) = &c.rope_scaling else {
+        return inv;
+    };
+    let low_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
+    let high_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
+    let wavelen = inv.reciprocal() * (2.0 * std::f64::consts::PI);
+    let scaled = inv.where_self(&wavelen.le(low_wavelen), &(&inv / s.factor));
+    let smooth = (wavelen.reciprocal() * s.original_max_position_embeddings - s.low_freq_factor)
+        / (s.high_freq_factor - s.low_freq_factor);
+    let smoothed: Tensor = (1.0 - &smooth) * &scaled / s.factor + &smooth * &scaled;
+    let medium = wavelen
+        .ge(high_wavelen)
+        .logical_and(&wavelen.le(low_wavelen));
+    smoothed.where_self(&medium, &scaled)
+}
