@@ -89,6 +89,12 @@ if ! .venv/bin/python -c "import transformers, accelerate" 2>/dev/null; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt \
         transformers==5.24.0 accelerate==1.15.0
 fi
+# rouge_score (with nltk's Porter stemmer) and scipy are the references of the LLM metrics.
+if ! .venv/bin/python -c "import rouge_score, nltk, scipy" 2>/dev/null; then
+    say "pip install rouge_score nltk scipy"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt \
+        rouge_score==0.1.2 nltk==3.10.4 scipy
+fi
 .venv/bin/python - "$TORCH_VERSION" <<'PY'
 import sys, torch
 if torch.__version__.split("+")[0] != sys.argv[1]:

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 mod args;
+mod cmd_llm;
 mod cmd_prune;
 mod cmd_robust;
 mod cmd_train;
@@ -55,6 +56,12 @@ enum Command {
     /// Zeroth-order estimators, optimizers and min-max on problems with known answers: estimator
     /// variance against closed forms, convergence to known optima, and an exact duality gap.
     ZoCheck(cmd_zo::ZoCheckArgs),
+    /// Language models: generate with a GGUF checkpoint.
+    #[command(subcommand)]
+    Llm(LlmCommand),
+    /// Datasets that are generated: the TOFU-style `tofu-synth` benchmark.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Benchmarks: every method against the reference, in one run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -63,6 +70,20 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+/// The commands under `rustworthy llm`.
+#[derive(Subcommand)]
+enum LlmCommand {
+    /// Continue a prompt (greedy or sampled), in the model's chat template unless --raw.
+    Generate(cmd_llm::GenerateArgs),
+}
+
+/// The commands under `rustworthy data`.
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Write the tofu-synth benchmark (fictitious authors, TOFU's splits and fields) as JSON.
+    TofuSynth(cmd_llm::TofuSynthArgs),
 }
 
 /// The benchmarks under `rustworthy bench`.
@@ -81,6 +102,12 @@ enum BenchCommand {
     /// Training steps of a TorchScript module against the same architecture from the zoo,
     /// alternating in one run (`scripts/bench-torchscript.sh` exports the modules).
     Torchscript(cmd_zo::BenchScriptArgs),
+    /// TOFU-style LLM unlearning: target, oracle and every method on a preset's forget split,
+    /// with forget quality, model utility, forget ROUGE-L and PrivLeak (Markdown, CSV, JSON).
+    Llm(cmd_llm::BenchLlmArgs),
+    /// Zeroth-order fine-tuning (MeZO and variants) of SmolLM2 on a yes/no task: zero-shot and
+    /// tuned accuracy within a time budget, and peak memory against inference.
+    Mezo(cmd_llm::BenchMezoArgs),
 }
 
 /// Messages go to stderr: plain for information, prefixed for warnings and errors.
@@ -127,6 +154,10 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Prune(a)) => cmd_prune::bench_prune(*a),
         Command::Bench(BenchCommand::Zo(a)) => cmd_zo::bench_zo(a),
         Command::Bench(BenchCommand::Torchscript(a)) => cmd_zo::bench_script(a),
+        Command::Bench(BenchCommand::Llm(a)) => cmd_llm::bench_llm(a),
+        Command::Bench(BenchCommand::Mezo(a)) => cmd_llm::bench_mezo(a),
+        Command::Llm(LlmCommand::Generate(a)) => cmd_llm::llm_generate(a),
+        Command::Data(DataCommand::TofuSynth(a)) => cmd_llm::tofu_synth(a),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

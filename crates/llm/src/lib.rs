@@ -6,11 +6,31 @@
 //!   file or a Hugging Face safetensors folder, with a KV cache.
 //! - [`tokenizer`]: byte-level BPE tokenizers from GGUF metadata or `tokenizer.json`, and chat
 //!   templates.
+//! - [`score`]: padded prompt/answer batches, per-token log-probabilities and NLLs.
+//! - [`textmetrics`]: ROUGE (with `rouge_score`'s tokenizer and Porter stemmer), the two-sample
+//!   KS test, ROC AUC and the harmonic mean, as the TOFU and MUSE metrics use them.
+//! - [`tofu`]: the TOFU-style benchmark (`tofu-synth` generator, TOFU's JSON files).
+//! - [`tune`]: prompt formats and fine-tuning on question-answer items.
+//! - [`unlearn`]: GA, GradDiff, NPO, SimNPO, IdkDPO and RMU (OpenUnlearning's and WMDP's).
+//! - [`eval`]: the TOFU and MUSE-style metrics (forget quality, model utility, truth ratio,
+//!   Prob, ROUGE-L, extraction strength, Min-K%, Min-K%++, PrivLeak).
+//! - [`bench`]: the TOFU-style benchmark as one procedure, with its presets.
+//! - [`zo_tune`]: MeZO and other zeroth-order fine-tuning at inference memory.
+//! - [`zo_bench`]: zeroth-order fine-tuning measured on a yes/no task (accuracy, memory).
 //! - [`generate`]: greedy and sampled decoding with a KV cache, one prompt or a left-padded batch.
 
 #![warn(missing_docs)]
 
+pub mod bench;
+pub mod eval;
 pub mod generate;
 pub mod gguf;
 pub mod llama;
+pub mod score;
+pub mod textmetrics;
+pub mod tofu;
 pub mod tokenizer;
+pub mod tune;
+pub mod unlearn;
+pub mod zo_bench;
+pub mod zo_tune;

@@ -324,6 +324,65 @@ struct Block {
     gate: Tensor,
     up: Tensor,
     down: Tensor,
+    /// LoRA factors `(A [r, in], B [out, r])` per projection, in [`LORA_TARGETS`] order.
+    lora: Vec<Option<(Tensor, Tensor)>>,
+}
+
+/// The projections LoRA can adapt, by their Hugging Face names.
+pub const LORA_TARGETS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+/// LoRA adapters: `W x + (α/r)·B A x` on the target projections, `A` initialized as PEFT does
+/// (Kaiming-uniform) and `B` at zero, so an adapted model starts as the base model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    /// Rank `r`.
+    pub rank: i64,
+    /// Scale numerator `α`.
+    pub alpha: f64,
+    /// Target projections (names of [`LORA_TARGETS`]).
+    pub targets: Vec<String>,
+}
+
+impl LoraConfig {
+    /// Rank 8, α 16, on the query and value projections (PEFT's common setting).
+    pub fn default_qv() -> LoraConfig {
+        LoraConfig {
+            rank: 8,
+            alpha: 16.0,
+            targets: vec!["q_proj".into(), "v_proj".into()],
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.rank <= 0 || !(self.alpha > 0.0 && self.alpha.is_finite()) {
+            return Err(Error::config("lora", "rank and alpha must be positive"));
+        }
+        if self.targets.is_empty() {
+            return Err(Error::config(
+                "lora.targets",
+                "name at least one projection",
+            ));
+        }
+        if let Some(t) = self
+            .targets
+            .iter()
+            .find(|t| !LORA_TARGETS.contains(&t.as_str()))
+        {
+            return Err(Error::config(
+                "lora.targets",
+                format!("`{t}` is not a projection ({})", LORA_TARGETS.join(", ")),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Keys and values of the positions seen so far, per block, for incremental decoding.
@@ -355,6 +414,8 @@ pub struct CausalLm {
     norm: Tensor,
     head: Option<Tensor>,
     inv_freq: Tensor,
+    /// LoRA adapters, when added: their settings and their own parameters.
+    lora: Option<(LoraConfig, nn::VarStore)>,
 }
 
 /// Buffers Hugging Face checkpoints may carry that are not parameters.
@@ -408,6 +469,7 @@ impl CausalLm {
                 gate: (&l / "mlp" / "gate_proj").f_var("weight", &[c.intermediate_size, d], w)?,
                 up: (&l / "mlp" / "up_proj").f_var("weight", &[c.intermediate_size, d], w)?,
                 down: (&l / "mlp" / "down_proj").f_var("weight", &[d, c.intermediate_size], w)?,
+                lora: (0..LORA_TARGETS.len()).map(|_| None).collect(),
             });
         }
         let norm = (&m / "norm").f_var("weight", &[d], nn::Init::Const(1.0))?;
@@ -425,7 +487,77 @@ impl CausalLm {
             norm,
             head,
             inv_freq,
+            lora: None,
         })
+    }
+
+    /// Adds LoRA adapters (drawn from libtorch's generator: call `tch::manual_seed` first). The
+    /// base parameters are frozen; [`CausalLm::trainable`] is then the adapters' store.
+    pub fn add_lora(&mut self, cfg: LoraConfig) -> Result<()> {
+        cfg.validate()?;
+        if self.lora.is_some() {
+            return Err(Error::invalid("the model already has LoRA adapters"));
+        }
+        let lvs = nn::VarStore::new(self.device());
+        let root = lvs.root();
+        let c = &self.config;
+        let (d, hd) = (c.hidden_size, c.head_dim);
+        let dims = |name: &str| -> (i64, i64) {
+            match name {
+                "q_proj" => (d, c.num_attention_heads * hd),
+                "k_proj" | "v_proj" => (d, c.num_key_value_heads * hd),
+                "o_proj" => (c.num_attention_heads * hd, d),
+                "gate_proj" | "up_proj" => (d, c.intermediate_size),
+                _ => (c.intermediate_size, d),
+            }
+        };
+        for (i, blk) in self.blocks.iter_mut().enumerate() {
+            for (j, name) in LORA_TARGETS.iter().enumerate() {
+                if !cfg.targets.iter().any(|t| t == name) {
+                    continue;
+                }
+                let (fan_in, out) = dims(name);
+                let p = &root / "model" / "layers" / i as i64 / *name;
+                // Kaiming-uniform with a = sqrt(5): bound 1/sqrt(fan_in).
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                let a = (&p / "lora_A").f_var(
+                    "weight",
+                    &[cfg.rank, fan_in],
+                    nn::Init::Uniform {
+                        lo: -bound,
+                        up: bound,
+                    },
+                )?;
+                let b = (&p / "lora_B").f_var("weight", &[out, cfg.rank], nn::Init::Const(0.0))?;
+                blk.lora[j] = Some((a, b));
+            }
+        }
+        self.vs.freeze();
+        self.lora = Some((cfg, lvs));
+        Ok(())
+    }
+
+    /// The store of the parameters training updates: the LoRA adapters when there are some,
+    /// else every parameter.
+    pub fn trainable(&self) -> &nn::VarStore {
+        self.lora.as_ref().map_or(&self.vs, |(_, v)| v)
+    }
+
+    /// The LoRA settings, if adapters were added.
+    pub fn lora_config(&self) -> Option<&LoraConfig> {
+        self.lora.as_ref().map(|(c, _)| c)
+    }
+
+    /// A projection, with its LoRA update when adapted.
+    fn proj(&self, blk: &Block, j: usize, h: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+        let y = h.linear(w, b);
+        match (&blk.lora[j], &self.lora) {
+            (Some((a, bb)), Some((c, _))) => {
+                let scale = c.alpha / c.rank as f64;
+                y + h.linear::<&Tensor>(a, None).linear::<&Tensor>(bb, None) * scale
+            }
+            _ => y,
+        }
     }
 
     /// Copies `tensors` (Hugging Face names; a `model.` or `transformer.` prefix may be missing
@@ -709,16 +841,16 @@ impl CausalLm {
         }
         for (l, blk) in self.blocks.iter().enumerate() {
             let h = rms_norm(&x, &blk.attn_norm, c.rms_norm_eps);
-            let q = h
-                .linear(&blk.q, blk.q_b.as_ref())
+            let q = self
+                .proj(blk, 0, &h, &blk.q, blk.q_b.as_ref())
                 .view([b, t, hn, hd])
                 .transpose(1, 2);
-            let k = h
-                .linear(&blk.k, blk.k_b.as_ref())
+            let k = self
+                .proj(blk, 1, &h, &blk.k, blk.k_b.as_ref())
                 .view([b, t, kvn, hd])
                 .transpose(1, 2);
-            let v = h
-                .linear(&blk.v, blk.v_b.as_ref())
+            let v = self
+                .proj(blk, 2, &h, &blk.v, blk.v_b.as_ref())
                 .view([b, t, kvn, hd])
                 .transpose(1, 2);
             let q = &q * &cos + rotate_half(&q) * &sin;
@@ -755,11 +887,11 @@ impl CausalLm {
             )?;
             let a = a.transpose(1, 2).reshape([b, t, hn * hd]);
             // Not `+=`: `x` may be saved for the backward pass.
-            x = &x + a.linear(&blk.o, blk.o_b.as_ref());
+            x = &x + self.proj(blk, 3, &a, &blk.o, blk.o_b.as_ref());
             let h = rms_norm(&x, &blk.mlp_norm, c.rms_norm_eps);
-            let m =
-                h.linear::<&Tensor>(&blk.gate, None).silu() * h.linear::<&Tensor>(&blk.up, None);
-            x = &x + m.linear::<&Tensor>(&blk.down, None);
+            let m = self.proj(blk, 4, &h, &blk.gate, None).silu()
+                * self.proj(blk, 5, &h, &blk.up, None);
+            x = &x + self.proj(blk, 6, &m, &blk.down, None);
             if stop_after == Some(l) {
                 return Ok(x);
             }
@@ -770,12 +902,19 @@ impl CausalLm {
         Ok(rms_norm(&x, &self.norm, c.rms_norm_eps))
     }
 
-    /// A copy of the model with every parameter frozen (the reference model of NPO, DPO, KL
-    /// retain losses and RMU).
+    /// A copy of the model, LoRA adapters included, with every parameter frozen (the reference
+    /// model of NPO, DPO, KL retain losses and RMU).
     pub fn frozen_copy(&self) -> Result<CausalLm> {
         let mut m = CausalLm::new(self.config.clone(), self.device())?;
         m.set_kind(self.kind());
         m.vs.copy(&self.vs)?;
+        if let Some((cfg, lvs)) = &self.lora {
+            m.add_lora(cfg.clone())?;
+            if let Some((_, mine)) = &mut m.lora {
+                mine.copy(lvs)?;
+                mine.freeze();
+            }
+        }
         m.vs.freeze();
         Ok(m)
     }

