@@ -292,6 +292,37 @@ impl Setup {
         }
     }
 
+    /// Blocks of the model.
+    pub fn layers(&self) -> usize {
+        match (&self.source, &self.gguf) {
+            (ModelSource::Scratch { layers, .. }, _) => *layers as usize,
+            (_, Some(g)) => g
+                .get("llama.block_count")
+                .or_else(|| g.get("qwen2.block_count"))
+                .and_then(crate::gguf::Value::as_u64)
+                .unwrap_or(0) as usize,
+            _ => 0,
+        }
+    }
+
+    /// What identifies the pretrained file: its path, size and modification time.
+    pub fn model_file_id(&self) -> serde_json::Value {
+        match &self.gguf {
+            Some(g) => {
+                let meta = std::fs::metadata(g.path()).ok();
+                serde_json::json!({
+                    "path": g.path(),
+                    "bytes": meta.as_ref().map(|m| m.len()),
+                    "modified": meta
+                        .and_then(|m| m.modified().ok())
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs()),
+                })
+            }
+            None => serde_json::Value::Null,
+        }
+    }
+
     /// The encoder of prompts and answers.
     pub fn encoder(&self) -> Encoder<'_> {
         Encoder {
@@ -457,6 +488,10 @@ pub fn run(
     let retain = format!("retain{:02}", 100 - pct);
     let holdout = format!("holdout{pct:02}");
     let setup = Setup::new(&cfg.model, &bench)?;
+    // Every method's settings are checked before hours of fine-tuning.
+    for m in &cfg.methods {
+        m.validate(setup.layers())?;
+    }
     let enc = setup.encoder();
     let mut report = TofuBenchReport {
         config: cfg.clone(),
@@ -476,8 +511,10 @@ pub fn run(
             let mut f = ft.clone();
             f.seed = s;
             let key = serde_json::json!({
-                "synth": cfg.synth, "model": cfg.model, "finetune": f,
-                "train_paraphrases": cfg.train_paraphrases, "role": role,
+                "synth": cfg.synth, "model": cfg.model, "model_file": setup.model_file_id(),
+                "finetune": f, "train_paraphrases": cfg.train_paraphrases, "role": role,
+                "forget": cfg.forget, "vocab": setup.tok.vocab_size(), "format": setup.format,
+                "max_len": setup.max_len, "version": env!("CARGO_PKG_VERSION"),
             });
             let dir = out.map(|o| o.join(format!("seed{seed}")).join(role));
             if let Some(d) = &dir {
@@ -502,6 +539,14 @@ pub fn run(
             let logs = finetune(&mut m, &enc, items, &f)?;
             let secs = t.elapsed().as_secs_f64();
             if let Some(d) = &dir {
+                // The record goes first and comes back last, so weights are never paired with
+                // a record of other settings.
+                match std::fs::remove_file(d.join("trained_from.json")) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(Error::io(d.join("trained_from.json"), e))
+                    }
+                    _ => {}
+                }
                 m.save_hf_dir(d)?;
                 write_json_atomic(
                     &d.join("trained_from.json"),

@@ -20,13 +20,13 @@
 
 use crate::generate::{generate_batch, GenerateOptions};
 use crate::llama::CausalLm;
-use crate::score::{batch_logits, scored_logprobs, QaBatch};
+use crate::score::{scored_logprobs, QaBatch};
 use crate::textmetrics::{hmean, ks_2samp, roc_auc, rouge_l};
 use crate::tofu::{Benchmark, QaItem};
 use crate::tune::Encoder;
 use rustworthy_core::{Error, Result};
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::Kind;
 
 /// Items scored per forward pass.
 const EVAL_BATCH: usize = 32;
@@ -68,40 +68,43 @@ fn token_stats(model: &CausalLm, enc: &Encoder, pairs: &[(&str, &str)]) -> Resul
         zpp: Vec::new(),
         hit: Vec::new(),
     };
+    let eos = enc.tok.eos.map(i64::from);
     tch::no_grad(|| -> Result<()> {
         for chunk in pairs.chunks(EVAL_BATCH) {
             let b: QaBatch = enc.batch(chunk, model.device())?;
-            let logits = batch_logits(model, &b)?;
-            let t = logits.size()[1];
-            let lsm = logits.narrow(1, 0, t - 1).log_softmax(-1, Kind::Double);
+            // The head runs on the scored positions only: [N, V], not [B, T, V].
+            let h = model.hidden(&b.ids, Some(&b.mask), None, None, None)?;
+            let (_, t, d) = h.size3()?;
             let labels = b.labels.narrow(1, 1, t - 1);
             let scored = labels.ne(crate::score::IGNORE);
-            let safe = labels.where_self(&scored, &labels.zeros_like());
-            let lp = lsm.gather(-1, &safe.unsqueeze(-1), false).squeeze_dim(-1);
+            let idx = scored.reshape([-1]).nonzero().squeeze_dim(-1);
+            let hs = h.narrow(1, 0, t - 1).reshape([-1, d]).index_select(0, &idx);
+            let lab = labels.reshape([-1]).index_select(0, &idx);
+            let lsm = model.logits(&hs)?.log_softmax(-1, Kind::Float);
+            let lp = lsm.gather(-1, &lab.unsqueeze(-1), false).squeeze_dim(-1);
             let p = lsm.exp();
-            let mu = (&p * &lsm).sum_dim_intlist(-1, false, Kind::Double);
-            let var = ((&p * lsm.square()).sum_dim_intlist(-1, false, Kind::Double) - mu.square())
+            let mu = (&p * &lsm).sum_dim_intlist(-1, false, Kind::Float);
+            let var = ((&p * lsm.square()).sum_dim_intlist(-1, false, Kind::Float) - mu.square())
                 .clamp_min(1e-6);
             let z = (&lp - &mu) / var.sqrt();
-            let hit = lsm.argmax(-1, false).eq_tensor(&safe);
-            for r in 0..b.len() {
-                let mask = Vec::<bool>::try_from(scored.get(r))?;
-                let idx: Vec<usize> = mask
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, &m)| m)
-                    .map(|(i, _)| i)
-                    .collect();
-                // The closing EOS is not part of the answer's text.
-                let keep = &idx[..idx.len().saturating_sub(1).max(1)];
-                let take = |t: &Tensor| -> Result<Vec<f64>> {
-                    let v = Vec::<f64>::try_from(t.get(r))?;
-                    Ok(keep.iter().map(|&i| v[i]).collect())
+            let hit = Vec::<bool>::try_from(lsm.argmax(-1, false).eq_tensor(&lab))?;
+            let lp = Vec::<f64>::try_from(lp.to_kind(Kind::Double))?;
+            let z = Vec::<f64>::try_from(z.to_kind(Kind::Double))?;
+            let lab = Vec::<i64>::try_from(lab)?;
+            let counts = Vec::<i64>::try_from(scored.sum_dim_intlist(1, false, Kind::Int64))?;
+            let mut at = 0usize;
+            for n in counts {
+                let n = n as usize;
+                // A closing EOS is not part of the answer's text.
+                let keep = if n > 1 && eos == Some(lab[at + n - 1]) {
+                    n - 1
+                } else {
+                    n
                 };
-                s.logp.push(take(&lp)?);
-                s.zpp.push(take(&z)?);
-                let h = Vec::<bool>::try_from(hit.get(r))?;
-                s.hit.push(keep.iter().map(|&i| h[i]).collect());
+                s.logp.push(lp[at..at + keep].to_vec());
+                s.zpp.push(z[at..at + keep].to_vec());
+                s.hit.push(hit[at..at + keep].to_vec());
+                at += n;
             }
         }
         Ok(())

@@ -82,10 +82,12 @@ fn pick(logits: &Tensor, sampling: Option<&Sampling>, rng: &mut ChaCha8Rng) -> R
             p.truncate(s.top_k);
         }
         if s.top_p < 1.0 {
+            // Over the distribution renormalized after the top-k cut, as `transformers` does.
+            let kept: f64 = p.iter().map(|x| x.1).sum();
             let mut acc = 0.0;
             let mut keep = p.len();
             for (i, (_, q)) in p.iter().enumerate() {
-                acc += q;
+                acc += q / kept;
                 if acc >= s.top_p {
                     keep = i + 1;
                     break;

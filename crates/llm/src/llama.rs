@@ -534,6 +534,11 @@ impl CausalLm {
         }
         self.vs.freeze();
         self.lora = Some((cfg, lvs));
+        // Adapters take the model's kind.
+        let kind = self.kind();
+        if kind != Kind::Float {
+            self.set_kind(kind);
+        }
         Ok(())
     }
 
@@ -648,6 +653,13 @@ impl CausalLm {
     /// permutation undone.
     pub fn from_gguf(g: &Gguf, device: Device) -> Result<CausalLm> {
         let cfg = LlamaConfig::from_gguf(g)?;
+        if g.info("rope_freqs.weight").is_some() {
+            return Err(Error::corrupt(
+                g.path(),
+                "GGUF: rotary frequency factors (`rope_freqs.weight`, llama3 scaling) are not \
+                 supported from GGUF; load the Hugging Face safetensors checkpoint instead",
+            ));
+        }
         let (h, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         let mut t = HashMap::new();
         t.insert(
@@ -674,8 +686,14 @@ impl CausalLm {
             }
             let q = g.tensor(&format!("blk.{i}.attn_q.weight"))?;
             let k = g.tensor(&format!("blk.{i}.attn_k.weight"))?;
-            t.insert(hf("self_attn.q_proj.weight"), unpermute_qk(&q, h)?);
-            t.insert(hf("self_attn.k_proj.weight"), unpermute_qk(&k, kvh)?);
+            // llama.cpp's converter permutes q/k rows for Llama only; Qwen2 keeps HF's order.
+            let (q, k) = if cfg.qkv_bias && !cfg.o_bias {
+                (q, k)
+            } else {
+                (unpermute_qk(&q, h)?, unpermute_qk(&k, kvh)?)
+            };
+            t.insert(hf("self_attn.q_proj.weight"), q);
+            t.insert(hf("self_attn.k_proj.weight"), k);
             if cfg.qkv_bias {
                 for (gn, hn) in [("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj")] {
                     t.insert(
@@ -691,10 +709,30 @@ impl CausalLm {
     }
 
     /// Writes `config.json` and `model.safetensors` (fp32, Hugging Face names; the head left out
-    /// when tied), each atomically.
+    /// when tied; LoRA adapters merged into their weights), each atomically.
     pub fn save_hf_dir(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let vars: BTreeMap<String, Tensor> = self.vs.variables().into_iter().collect();
+        let mut vars: BTreeMap<String, Tensor> = self.vs.variables().into_iter().collect();
+        // LoRA adapters are merged into the weights they adapt: W + (α/r)·B·A.
+        if let Some((cfg, _)) = &self.lora {
+            let scale = cfg.alpha / cfg.rank as f64;
+            for (i, blk) in self.blocks.iter().enumerate() {
+                for (j, name) in LORA_TARGETS.iter().enumerate() {
+                    if let Some((a, b)) = &blk.lora[j] {
+                        let part = if j < 4 { "self_attn" } else { "mlp" };
+                        let key = format!("model.layers.{i}.{part}.{name}.weight");
+                        let w = vars.get(&key).ok_or_else(|| {
+                            Error::invalid(format!("no weight `{key}` to merge an adapter into"))
+                        })?;
+                        let merged = tch::no_grad(|| {
+                            w.to_kind(Kind::Float)
+                                + b.to_kind(Kind::Float).matmul(&a.to_kind(Kind::Float)) * scale
+                        });
+                        vars.insert(key, merged);
+                    }
+                }
+            }
+        }
         let named: Vec<(String, Tensor)> = vars
             .into_iter()
             .map(|(n, t)| {
@@ -713,10 +751,14 @@ impl CausalLm {
 
     /// Converts every parameter to `kind` (float32, float16 or bfloat16).
     pub fn set_kind(&mut self, kind: Kind) {
-        match kind {
-            Kind::Half => self.vs.half(),
-            Kind::BFloat16 => self.vs.bfloat16(),
-            _ => self.vs.float(),
+        let convert = |vs: &mut nn::VarStore| match kind {
+            Kind::Half => vs.half(),
+            Kind::BFloat16 => vs.bfloat16(),
+            _ => vs.float(),
+        };
+        convert(&mut self.vs);
+        if let Some((_, lvs)) = &mut self.lora {
+            convert(lvs);
         }
     }
 

@@ -209,7 +209,16 @@ impl Tokenizer {
             tok.bos = special("bos_token");
             tok.eos = special("eos_token");
             tok.pad = special("pad_token");
-            tok.add_bos = v["add_bos_token"].as_bool().unwrap_or(false);
+            tok.add_bos = match v["add_bos_token"].as_bool() {
+                Some(b) => b,
+                // Llama 3's files say nothing here and add BOS in tokenizer.json's
+                // post-processor: ask it.
+                None => tok.bos.is_some_and(|b| {
+                    tok.inner
+                        .encode("x", true)
+                        .is_ok_and(|e| e.get_ids().first() == Some(&b))
+                }),
+            };
             tok.chat_template = v["chat_template"].as_str().map(str::to_string);
         }
         Ok(tok)
@@ -288,8 +297,9 @@ impl Tokenizer {
         )
     }
 
-    /// Token ids of `text`; `add_bos` prepends BOS when the tokenizer says so. Special tokens
-    /// written in the text (`<|im_start|>`) become their ids.
+    /// Token ids of `text`; `add_bos` prepends BOS when the tokenizer says so and the text
+    /// does not start with it already (a chat template may write it). Special tokens written in
+    /// the text (`<|im_start|>`) become their ids.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
         let enc = self
             .inner
@@ -298,7 +308,9 @@ impl Tokenizer {
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if add_bos && self.add_bos {
             if let Some(b) = self.bos {
-                ids.push(b);
+                if enc.get_ids().first() != Some(&b) {
+                    ids.push(b);
+                }
             }
         }
         ids.extend_from_slice(enc.get_ids());

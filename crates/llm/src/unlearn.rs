@@ -6,6 +6,8 @@
 //! sequence-summed answer NLL, `pooled` Hugging Face's token-mean cross-entropy over the batch,
 //! `σ` the logistic function and `θ`/`ref` the model being unlearned and its frozen starting copy:
 //!
+//! Training is AdamW with one warm-up epoch, linear decay and the gradient norm clipped at 1.
+//!
 //! - GA: `−pooled(forget)`.
 //! - GradDiff: `γ·(−pooled(forget)) + α·retain`, where `retain` is `pooled(retain)` (NLL) or
 //!   `KL(p_ref ‖ p_θ)` over every position of the retain batch, flattened, divided by `B·T`.
@@ -141,8 +143,16 @@ pub struct LlmUnlearnConfig {
     pub rmu_layer: usize,
     /// RMU: the steering coefficient `c`.
     pub steering_coeff: f64,
+    /// Gradient norm clip (0: none; Hugging Face's trainer, which OpenUnlearning runs on,
+    /// clips at 1).
+    #[serde(default = "default_clip")]
+    pub clip: f64,
     /// Seed of the retain draws, the idk answers and RMU's direction.
     pub seed: u64,
+}
+
+fn default_clip() -> f64 {
+    1.0
 }
 
 impl LlmUnlearnConfig {
@@ -165,6 +175,7 @@ impl LlmUnlearnConfig {
             retain_loss: RetainLoss::Nll,
             rmu_layer: 7.min(layers.saturating_sub(1) / 2),
             steering_coeff: 2.0,
+            clip: 1.0,
             seed: 0,
         };
         match method {
@@ -198,6 +209,7 @@ impl LlmUnlearnConfig {
             ("weight_decay", self.weight_decay),
             ("warmup_epochs", self.warmup_epochs),
             ("steering_coeff", self.steering_coeff),
+            ("clip", self.clip),
         ] {
             if !(v >= 0.0 && v.is_finite()) {
                 return Err(Error::config(
@@ -395,6 +407,12 @@ pub fn unlearn(
     if forget.is_empty() || retain.is_empty() {
         return Err(Error::invalid("unlearning needs forget and retain items"));
     }
+    if cfg.method == LlmMethod::RmuWmdp && model.lora_config().is_some() {
+        return Err(Error::config(
+            "method",
+            "rmu-wmdp trains the MLP down-projections themselves; use rmu with LoRA adapters",
+        ));
+    }
     let dev = model.device();
     let reference = if cfg.method.uses_reference(cfg.retain_loss) {
         Some(model.frozen_copy()?)
@@ -482,6 +500,9 @@ pub fn unlearn(
                 opt.set_lr(lr);
                 opt.zero_grad();
                 loss.backward();
+                if cfg.clip > 0.0 {
+                    opt.clip_grad_norm(cfg.clip);
+                }
                 opt.step();
                 tch::no_grad(|| {
                     for (p, saved) in &frozen {

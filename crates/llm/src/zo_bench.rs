@@ -392,10 +392,10 @@ pub fn run(model: &mut CausalLm, enc: &Encoder, cfg: &ZoBenchConfig) -> Result<Z
     }
     // Inference and training are measured at the same number of sequences per forward pass.
     let per = (cfg.batch_size / 2).max(1);
-    reset_peak_rss();
+    let reset = reset_peak_rss();
     let zero = yes_no_accuracy(model, enc, &test, per)?;
-    let peak_inf = peak_rss();
-    reset_peak_rss();
+    let peak_inf = peak_rss().filter(|_| reset);
+    let reset = reset && reset_peak_rss();
     if let Some(l) = &cfg.lora {
         tch::manual_seed(cfg.seed as i64);
         model.add_lora(l.clone())?;
@@ -406,50 +406,44 @@ pub fn run(model: &mut CausalLm, enc: &Encoder, cfg: &ZoBenchConfig) -> Result<Z
         .iter()
         .map(|t| t.numel() as i64)
         .sum();
+    if !(cfg.time_budget_s > 0.0 && cfg.time_budget_s <= 7.0 * 86400.0) {
+        return Err(Error::config(
+            "time_budget_s",
+            format!("must be in (0, one week], got {}", cfg.time_budget_s),
+        ));
+    }
     let mut curve = vec![(0, zero)];
-    let mut logs = Vec::new();
-    let mut steps = 0usize;
-    let mut train_s = 0.0;
-    let chunk = if cfg.eval_every == 0 {
-        cfg.zo.steps
-    } else {
-        cfg.eval_every
-    };
     let mut order: Vec<usize> = (0..train.len()).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5a4f);
     let mut cursor = train.len();
     let dev = model.device();
-    while steps < cfg.zo.steps && train_s < cfg.time_budget_s {
-        let mut zc = cfg.zo.clone();
-        zc.steps = chunk.min(cfg.zo.steps - steps);
-        zc.seed = cfg.zo.seed.wrapping_add(steps as u64);
-        let t = Instant::now();
-        let deadline = t + std::time::Duration::from_secs_f64(cfg.time_budget_s - train_s);
-        let mut batch = |_: usize| {
-            let mut pairs = Vec::with_capacity(cfg.batch_size);
-            for _ in 0..cfg.batch_size {
-                if cursor == train.len() {
-                    order.shuffle(&mut rng);
-                    cursor = 0;
-                }
-                let q = &train[order[cursor]];
-                pairs.push((q.question.as_str(), q.answer.as_str()));
-                cursor += 1;
+    let mut batch = |_: usize| {
+        let mut pairs = Vec::with_capacity(cfg.batch_size);
+        for _ in 0..cfg.batch_size {
+            if cursor == train.len() {
+                order.shuffle(&mut rng);
+                cursor = 0;
             }
-            enc.batch(&pairs, dev)
-        };
-        let (l, taken) = zo_tune(model, &mut batch, &zc, 10, Some(deadline))?;
-        train_s += t.elapsed().as_secs_f64();
-        logs.extend(l.into_iter().map(|mut x| {
-            x.step += steps;
-            x
-        }));
-        steps += taken;
-        curve.push((steps, yes_no_accuracy(model, enc, &test, per)?));
-        if taken < zc.steps {
-            break;
+            let q = &train[order[cursor]];
+            pairs.push((q.question.as_str(), q.answer.as_str()));
+            cursor += 1;
         }
-    }
+        enc.batch(&pairs, dev)
+    };
+    // One run of the optimizer (its state and seed stream are never restarted); evaluations
+    // along the way are not counted in the training time.
+    let start = Instant::now();
+    let mut eval_s = 0.0;
+    let mut after = |step: usize, m: &CausalLm| -> Result<bool> {
+        if cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every) {
+            let t = Instant::now();
+            curve.push((step, yes_no_accuracy(m, enc, &test, per)?));
+            eval_s += t.elapsed().as_secs_f64();
+        }
+        Ok(start.elapsed().as_secs_f64() - eval_s >= cfg.time_budget_s)
+    };
+    let (logs, steps) = zo_tune(model, &mut batch, &cfg.zo, 10, Some(&mut after))?;
+    let train_s = start.elapsed().as_secs_f64() - eval_s;
     let final_accuracy = match curve.last() {
         Some(&(s, a)) if s == steps => a,
         _ => {
@@ -466,7 +460,7 @@ pub fn run(model: &mut CausalLm, enc: &Encoder, cfg: &ZoBenchConfig) -> Result<Z
         steps,
         train_seconds: train_s,
         peak_rss_inference: peak_inf,
-        peak_rss_training: peak_rss(),
+        peak_rss_training: peak_rss().filter(|_| reset),
         log: logs,
         trained_parameters,
     })

@@ -134,16 +134,21 @@ pub struct ZoLog {
     pub projected_grad: f64,
 }
 
-/// Fine-tunes `model` with zeroth-order steps; `batch(step)` gives each step's batch. Stops
-/// after `cfg.steps` steps, or before a step that would start after `deadline`. Returns the log
-/// and the steps taken.
+/// What to do after a step.
+pub type AfterStep<'a> = &'a mut dyn FnMut(usize, &CausalLm) -> Result<bool>;
+
+/// Fine-tunes `model` with zeroth-order steps; `batch(step)` gives each step's batch. After
+/// each step `after(step, model)` may evaluate, and stops the run by returning `true`. Stops
+/// after `cfg.steps` steps otherwise. Returns the log and the steps taken. An error in a step
+/// leaves the weights as they were before it.
 pub fn zo_tune(
     model: &mut CausalLm,
     batch: &mut dyn FnMut(usize) -> Result<QaBatch>,
     cfg: &ZoTuneConfig,
     log_every: usize,
-    deadline: Option<std::time::Instant>,
+    after: Option<AfterStep>,
 ) -> Result<(Vec<ZoLog>, usize)> {
+    let mut after = after;
     cfg.validate()?;
     let params = ordered(model);
     let mut state: Vec<(Tensor, Tensor)> = match cfg.optimizer {
@@ -168,25 +173,31 @@ pub fn zo_tune(
     tch::no_grad(|| -> Result<()> {
         for step in 1..=cfg.steps {
             rustworthy_core::progress::check_interrupt()?;
-            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-                break;
-            }
             let b = batch(step)?;
             let seed: u64 = rng.gen::<u64>() >> 1;
-            let (g, loss) = if cfg.two_sided {
-                perturb(&params, seed, cfg.eps);
-                let lp = loss_of(model, &b)?;
-                perturb(&params, seed, -2.0 * cfg.eps);
-                let lm = loss_of(model, &b)?;
-                perturb(&params, seed, cfg.eps);
-                ((lp - lm) / (2.0 * cfg.eps), 0.5 * (lp + lm))
-            } else {
-                let l0 = loss_of(model, &b)?;
-                perturb(&params, seed, cfg.eps);
-                let lp = loss_of(model, &b)?;
-                perturb(&params, seed, -cfg.eps);
-                ((lp - l0) / cfg.eps, l0)
+            // `at` is where the weights stand (in units of εz) while a loss is computed; on an
+            // error they are put back first.
+            let mut at = 0.0;
+            let moved = |to: f64, at: &mut f64| {
+                perturb(&params, seed, (to - *at) * cfg.eps);
+                *at = to;
             };
+            let sides = (|| -> Result<(f64, f64)> {
+                if cfg.two_sided {
+                    moved(1.0, &mut at);
+                    let lp = loss_of(model, &b)?;
+                    moved(-1.0, &mut at);
+                    let lm = loss_of(model, &b)?;
+                    Ok(((lp - lm) / (2.0 * cfg.eps), 0.5 * (lp + lm)))
+                } else {
+                    let l0 = loss_of(model, &b)?;
+                    moved(1.0, &mut at);
+                    let lp = loss_of(model, &b)?;
+                    Ok(((lp - l0) / cfg.eps, l0))
+                }
+            })();
+            moved(0.0, &mut at);
+            let (g, loss) = sides?;
             // The update regenerates z from the same seed, parameter by parameter.
             tch::manual_seed(seed as i64);
             let t = step as f64;
@@ -230,6 +241,11 @@ pub fn zo_tune(
                     loss,
                     projected_grad: g,
                 });
+            }
+            if let Some(f) = after.as_deref_mut() {
+                if f(step, model)? {
+                    break;
+                }
             }
         }
         Ok(())

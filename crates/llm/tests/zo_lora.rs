@@ -234,3 +234,123 @@ fn scoring_only_answer_positions_gives_the_full_log_probabilities() {
     let err = (a - c).abs().max().double_value(&[]);
     assert!(err < 1e-5, "{err}");
 }
+
+#[test]
+fn lora_adapters_are_merged_when_saved() {
+    let _t = torch_lock();
+    let mut m = tiny(4);
+    tch::manual_seed(8);
+    m.add_lora(LoraConfig {
+        rank: 2,
+        alpha: 4.0,
+        targets: vec!["q_proj".into(), "o_proj".into(), "up_proj".into()],
+    })
+    .unwrap();
+    // Move the adapters off zero so the merge matters.
+    tch::no_grad(|| {
+        for (_, t) in m.trainable().variables() {
+            let _ = t.shallow_clone().g_add_(&(t.randn_like() * 0.1));
+        }
+    });
+    let b = batch(1);
+    let adapted = tch::no_grad(|| batch_logits(&m, &b).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    m.save_hf_dir(dir.path()).unwrap();
+    let merged = CausalLm::from_hf_dir(dir.path(), Device::Cpu, tch::Kind::Float).unwrap();
+    let back = tch::no_grad(|| batch_logits(&merged, &b).unwrap());
+    let err = (back - adapted).abs().max().double_value(&[]);
+    assert!(err < 1e-4, "merged weights differ by {err}");
+}
+
+#[test]
+fn a_qwen2_gguf_keeps_its_qk_rows() {
+    use rustworthy_llm::gguf::{write_f32, Gguf, Value};
+    let _t = torch_lock();
+    let mut cfg = tiny(5).config.clone();
+    cfg.qkv_bias = true;
+    // GGUF stores the epsilon as f32.
+    cfg.rms_norm_eps = f64::from(1e-5f32);
+    tch::manual_seed(5);
+    let m = CausalLm::new(cfg.clone(), Device::Cpu).unwrap();
+    tch::no_grad(|| {
+        for (n, t) in m.named_parameters() {
+            if n.ends_with(".bias") {
+                let _ = t.shallow_clone().g_add_(&(t.randn_like() * 0.1));
+            }
+        }
+    });
+    let p = m.named_parameters();
+    let mut names: Vec<(String, Tensor)> = vec![
+        (
+            "token_embd.weight".into(),
+            p["model.embed_tokens.weight"].shallow_clone(),
+        ),
+        (
+            "output_norm.weight".into(),
+            p["model.norm.weight"].shallow_clone(),
+        ),
+        ("output.weight".into(), p["lm_head.weight"].shallow_clone()),
+    ];
+    let map = [
+        ("attn_norm.weight", "input_layernorm.weight"),
+        ("attn_q.weight", "self_attn.q_proj.weight"),
+        ("attn_k.weight", "self_attn.k_proj.weight"),
+        ("attn_v.weight", "self_attn.v_proj.weight"),
+        ("attn_q.bias", "self_attn.q_proj.bias"),
+        ("attn_k.bias", "self_attn.k_proj.bias"),
+        ("attn_v.bias", "self_attn.v_proj.bias"),
+        ("attn_output.weight", "self_attn.o_proj.weight"),
+        ("ffn_norm.weight", "post_attention_layernorm.weight"),
+        ("ffn_gate.weight", "mlp.gate_proj.weight"),
+        ("ffn_up.weight", "mlp.up_proj.weight"),
+        ("ffn_down.weight", "mlp.down_proj.weight"),
+    ];
+    for i in 0..cfg.num_hidden_layers {
+        for (g, h) in map {
+            names.push((
+                format!("blk.{i}.{g}"),
+                p[&format!("model.layers.{i}.{h}")].shallow_clone(),
+            ));
+        }
+    }
+    let meta = vec![
+        ("general.architecture", Value::Str("qwen2".into())),
+        (
+            "qwen2.block_count",
+            Value::U32(cfg.num_hidden_layers as u32),
+        ),
+        ("qwen2.embedding_length", Value::U32(cfg.hidden_size as u32)),
+        (
+            "qwen2.feed_forward_length",
+            Value::U32(cfg.intermediate_size as u32),
+        ),
+        (
+            "qwen2.attention.head_count",
+            Value::U32(cfg.num_attention_heads as u32),
+        ),
+        (
+            "qwen2.attention.head_count_kv",
+            Value::U32(cfg.num_key_value_heads as u32),
+        ),
+        ("qwen2.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+        ("qwen2.rope.freq_base", Value::F32(10000.0)),
+        (
+            "qwen2.context_length",
+            Value::U32(cfg.max_position_embeddings as u32),
+        ),
+        ("qwen2.vocab_size", Value::U32(cfg.vocab_size as u32)),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qwen2.gguf");
+    let refs: Vec<(&str, &Tensor)> = names.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    write_f32(&path, &meta, &refs).unwrap();
+    let loaded = CausalLm::from_gguf(&Gguf::open(&path).unwrap(), Device::Cpu).unwrap();
+    assert_eq!(loaded.config, cfg);
+    let b = batch(2);
+    let a = tch::no_grad(|| batch_logits(&m, &b).unwrap());
+    let c = tch::no_grad(|| batch_logits(&loaded, &b).unwrap());
+    assert!(
+        a.equal(&c),
+        "a Qwen2 GGUF must load with its q/k rows as stored"
+    );
+}
