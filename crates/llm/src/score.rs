@@ -129,26 +129,50 @@ pub fn mean_nll(logits: &Tensor, labels: &Tensor) -> Tensor {
         / m.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0)
 }
 
-/// [`label_logprobs`] of the model on a batch, computing the output head only where a label is
-/// scored (the prompt and padding positions of a QA batch never reach the vocabulary-sized
-/// matrix). The values are those of the full computation up to floating-point rounding.
-pub fn scored_logprobs(model: &CausalLm, batch: &QaBatch) -> Result<(Tensor, Tensor)> {
+/// The model's next-token log-distributions at the scored positions of a batch only: the
+/// output head never sees a prompt or padding position, so no `[B, T, V]` tensor is made.
+pub struct ScoredPositions {
+    /// Log-softmax over the vocabulary `[N, V]`, one row per scored position, in row-major
+    /// (batch, then time) order.
+    pub log_probs: Tensor,
+    /// The label scored at each row `[N]`.
+    pub labels: Tensor,
+    /// Each row's flat index into `[B·(T−1)]`.
+    pub index: Tensor,
+    /// The mask of scored positions `[B, T−1]` (float).
+    pub mask: Tensor,
+}
+
+/// [`ScoredPositions`] of the model on a batch.
+pub fn scored_positions(model: &CausalLm, batch: &QaBatch) -> Result<ScoredPositions> {
     let h = model.hidden(&batch.ids, Some(&batch.mask), None, None, None)?;
-    let (b, t, d) = h.size3()?;
+    let (_, t, d) = h.size3()?;
     let lb = batch.labels.narrow(1, 1, t - 1);
     let scored = lb.ne(IGNORE);
-    let m = scored.to_kind(Kind::Float);
-    let flat = scored.reshape([-1]);
-    let idx = flat.nonzero().squeeze_dim(-1);
-    let hs = h.narrow(1, 0, t - 1).reshape([-1, d]).index_select(0, &idx);
-    let labels = lb.reshape([-1]).index_select(0, &idx);
-    let lp_sel = model
-        .logits(&hs)?
-        .log_softmax(-1, Kind::Float)
-        .gather(-1, &labels.unsqueeze(-1), false)
+    let index = scored.reshape([-1]).nonzero().squeeze_dim(-1);
+    let hs = h
+        .narrow(1, 0, t - 1)
+        .reshape([-1, d])
+        .index_select(0, &index);
+    Ok(ScoredPositions {
+        log_probs: model.logits(&hs)?.log_softmax(-1, Kind::Float),
+        labels: lb.reshape([-1]).index_select(0, &index),
+        index,
+        mask: scored.to_kind(Kind::Float),
+    })
+}
+
+/// [`label_logprobs`] of the model on a batch, computed through [`scored_positions`]. The
+/// values are those of the full computation up to floating-point rounding.
+pub fn scored_logprobs(model: &CausalLm, batch: &QaBatch) -> Result<(Tensor, Tensor)> {
+    let s = scored_positions(model, batch)?;
+    let lp_sel = s
+        .log_probs
+        .gather(-1, &s.labels.unsqueeze(-1), false)
         .squeeze_dim(-1);
-    let lp = Tensor::zeros([b * (t - 1)], (Kind::Float, h.device()))
-        .index_put(&[Some(idx)], &lp_sel, false)
-        .view([b, t - 1]);
-    Ok((lp, m))
+    let (b, t1) = s.mask.size2()?;
+    let lp = Tensor::zeros([b * t1], (Kind::Float, s.mask.device()))
+        .index_put(&[Some(s.index)], &lp_sel, false)
+        .view([b, t1]);
+    Ok((lp, s.mask))
 }
