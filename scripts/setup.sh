@@ -89,11 +89,12 @@ if ! .venv/bin/python -c "import transformers, accelerate" 2>/dev/null; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt \
         transformers==5.24.0 accelerate==1.15.0
 fi
-# rouge_score (with nltk's Porter stemmer) and scipy are the references of the LLM metrics.
-if ! .venv/bin/python -c "import rouge_score, nltk, scipy" 2>/dev/null; then
-    say "pip install rouge_score nltk scipy"
+# rouge_score (with nltk's Porter stemmer), scipy and scikit-learn (roc_auc_score) are the
+# references of the LLM metrics.
+if ! .venv/bin/python -c "import rouge_score, nltk, scipy, sklearn" 2>/dev/null; then
+    say "pip install rouge_score nltk scipy scikit-learn"
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt \
-        rouge_score==0.1.2 nltk==3.10.4 scipy
+        rouge_score==0.1.2 nltk==3.10.4 scipy==1.17.1 scikit-learn==1.9.1
 fi
 .venv/bin/python - "$TORCH_VERSION" <<'PY'
 import sys, torch
