@@ -1,4 +1,5 @@
-//! `llm generate`, `data tofu-synth` and `bench llm`: thin shells over `rustworthy::llm`.
+//! `llm generate|score|eval|unlearn|finetune|relearn`, `data tofu-synth`, `bench llm` and
+//! `bench mezo`: thin shells over `rustworthy::llm`.
 
 use clap::Args;
 use rustworthy::core::Result;
@@ -296,5 +297,358 @@ pub fn bench_mezo(a: BenchMezoArgs) -> Result<()> {
         gib(r.peak_rss_training) / gib(r.peak_rss_inference)
     );
     println!("report {}", a.out.join("report.json").display());
+    Ok(())
+}
+
+/// The model and data every `llm` training or evaluation command reads.
+#[derive(Args, Debug)]
+pub struct ModelDataArgs {
+    /// The model: a GGUF file, or a folder with config.json, safetensors weights and
+    /// tokenizer.json (what `llm finetune|unlearn` write). Default: SmolLM2-135M-Instruct.
+    #[arg(long, default_value = "smollm2")]
+    pub model: PathBuf,
+    /// The benchmark folder (`data tofu-synth`'s output, or TOFU's JSON files).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The output folder (refused if it holds a finished run, unless --overwrite).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace a finished run in --out.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// CPU threads.
+    #[arg(long)]
+    pub threads: Option<i32>,
+}
+
+impl ModelDataArgs {
+    fn threads(&self) {
+        if let Some(t) = self.threads {
+            tch::set_num_threads(t);
+        }
+    }
+}
+
+/// LoRA flags.
+#[derive(Args, Debug)]
+pub struct LoraArgs {
+    /// Train LoRA adapters of this rank instead of every weight (merged into the weights
+    /// written).
+    #[arg(long)]
+    pub lora_rank: Option<i64>,
+    /// LoRA alpha (default 2 x rank).
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// LoRA target modules, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "q_proj,v_proj")]
+    pub lora_targets: Vec<String>,
+}
+
+impl LoraArgs {
+    fn config(&self) -> Option<rustworthy::llm::llama::LoraConfig> {
+        self.lora_rank.map(|r| rustworthy::llm::llama::LoraConfig {
+            rank: r,
+            alpha: self.lora_alpha.unwrap_or(2.0 * r as f64),
+            targets: self.lora_targets.clone(),
+        })
+    }
+}
+
+/// Flags of `rustworthy llm finetune`.
+#[derive(Args, Debug)]
+pub struct FinetuneArgs {
+    #[command(flatten)]
+    io: ModelDataArgs,
+    #[command(flatten)]
+    lora: LoraArgs,
+    /// Splits to train on, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "full,real_authors,world_facts"
+    )]
+    pub splits: Vec<String>,
+    /// Passes over the items.
+    #[arg(long, default_value_t = 5)]
+    pub epochs: usize,
+    /// Items per step.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Peak learning rate (AdamW; TOFU's 1e-5).
+    #[arg(long, default_value_t = 1e-5)]
+    pub lr: f64,
+    /// Weight decay.
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f64,
+    /// Warm-up, as a share of the steps (then cosine decay).
+    #[arg(long, default_value_t = 0.2)]
+    pub warmup: f64,
+    /// Gradient norm clip (0: none).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Seed of the data order (and the adapters' initialization).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Runs `llm finetune`.
+pub fn llm_finetune(a: FinetuneArgs) -> Result<()> {
+    use rustworthy::llm::tune::FinetuneConfig;
+    use rustworthy::llm::workflow::{finetune_run, FinetuneRun};
+    a.io.threads();
+    let cfg = FinetuneRun {
+        model: a.io.model.clone(),
+        data: a.io.data.clone(),
+        splits: a.splits.clone(),
+        finetune: FinetuneConfig {
+            epochs: a.epochs,
+            batch_size: a.batch_size,
+            lr: a.lr,
+            weight_decay: a.weight_decay,
+            warmup: a.warmup,
+            clip: a.clip,
+            seed: a.seed,
+        },
+        lora: a.lora.config(),
+    };
+    let logs = finetune_run(&cfg, &a.io.out, a.io.overwrite)?;
+    for l in &logs {
+        println!(
+            "epoch {:>3}: loss {:.4} ({:.1} s)",
+            l.epoch, l.loss, l.seconds
+        );
+    }
+    println!("model and report.json written to {}", a.io.out.display());
+    Ok(())
+}
+
+/// Flags of `rustworthy llm unlearn`.
+#[derive(Args, Debug)]
+pub struct UnlearnArgs {
+    #[command(flatten)]
+    io: ModelDataArgs,
+    #[command(flatten)]
+    lora: LoraArgs,
+    /// The method (ga, grad-diff, npo, sim-npo, idk-dpo, rmu, rmu-wmdp).
+    #[arg(long)]
+    pub method: String,
+    /// The forget split.
+    #[arg(long, default_value = "forget10")]
+    pub forget: String,
+    /// The retain split (default: the complement of the forget split, e.g. retain90).
+    #[arg(long)]
+    pub retain: Option<String>,
+    /// Settings over OpenUnlearning's defaults, `field=value` (lr, epochs, batch_size, alpha,
+    /// beta, gamma, delta, steering_coeff, rmu_layer, retain_loss, clip, seed, ...); repeatable.
+    #[arg(long = "set")]
+    pub sets: Vec<String>,
+}
+
+/// Runs `llm unlearn`.
+pub fn llm_unlearn(a: UnlearnArgs) -> Result<()> {
+    use rustworthy::llm::unlearn::LlmMethod;
+    use rustworthy::llm::workflow::{method_config, retain_of, unlearn_run, UnlearnRun};
+    a.io.threads();
+    let method = method_config(&a.io.model, LlmMethod::parse(&a.method)?, &a.sets)?;
+    let retain = match &a.retain {
+        Some(r) => r.clone(),
+        None => retain_of(&a.forget)?,
+    };
+    let cfg = UnlearnRun {
+        model: a.io.model.clone(),
+        data: a.io.data.clone(),
+        forget: a.forget.clone(),
+        retain,
+        method,
+        lora: a.lora.config(),
+    };
+    let logs = unlearn_run(&cfg, &a.io.out, a.io.overwrite)?;
+    for l in &logs {
+        println!(
+            "epoch {:>3}: loss {:.4} (forget {:.4}, retain {:.4}; {:.1} s)",
+            l.epoch.epoch, l.epoch.loss, l.forget, l.retain, l.epoch.seconds
+        );
+    }
+    println!("model and report.json written to {}", a.io.out.display());
+    Ok(())
+}
+
+/// Flags of `rustworthy llm eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    io: ModelDataArgs,
+    /// The forget split.
+    #[arg(long, default_value = "forget10")]
+    pub forget: String,
+    /// The holdout split of the membership statistics (default: holdoutNN of the forget split).
+    #[arg(long)]
+    pub holdout: Option<String>,
+    /// The report.json of an earlier `llm eval` of the retain-only model, for forget quality and
+    /// PrivLeak.
+    #[arg(long)]
+    pub oracle: Option<PathBuf>,
+}
+
+/// Runs `llm eval` and prints the summary.
+pub fn llm_eval(a: EvalArgs) -> Result<()> {
+    use rustworthy::llm::workflow::{eval_run, EvalRun};
+    a.io.threads();
+    let cfg = EvalRun {
+        model: a.io.model.clone(),
+        data: a.io.data.clone(),
+        forget: a.forget.clone(),
+        holdout: a.holdout.clone(),
+        oracle: a.oracle.clone(),
+    };
+    let r = eval_run(&cfg, &a.io.out, a.io.overwrite)?;
+    let e = &r.eval;
+    if let (Some(fq), Some(pl)) = (r.forget_quality, r.priv_leak) {
+        println!("forget quality   {fq:.3e}\nPrivLeak         {pl:.1}%");
+    }
+    println!(
+        "model utility    {:.4}\nforget ROUGE-L   {:.4}\nforget Prob      {:.4}\nforget exact     {:.1}%\nretain ROUGE-L   {:.4}\nextraction str.  {:.4}\nMin-K% AUC       {:.4}\nMin-K%++ AUC     {:.4}",
+        e.model_utility,
+        e.forget.rouge_l_recall,
+        e.forget.prob,
+        100.0 * e.forget_exact,
+        e.retain.rouge_l_recall,
+        e.extraction_strength,
+        e.mia.min_k_auc,
+        e.mia.min_k_pp_auc
+    );
+    println!("report {}", a.io.out.join("report.json").display());
+    Ok(())
+}
+
+/// Flags of `rustworthy llm score`.
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    /// The model (see `llm eval`).
+    #[arg(long, default_value = "smollm2")]
+    pub model: PathBuf,
+    /// A file of QA items (JSON array or JSON lines with `question` and `answer`), or a
+    /// benchmark folder with --split.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The split, when --data is a folder.
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Items per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// The output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace a finished run in --out.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+/// Runs `llm score`.
+pub fn llm_score(a: ScoreArgs) -> Result<()> {
+    use rustworthy::llm::workflow::{score_run, ScoreRun};
+    let cfg = ScoreRun {
+        model: a.model.clone(),
+        data: a.data.clone(),
+        split: a.split.clone(),
+        batch_size: a.batch_size,
+    };
+    let r = score_run(&cfg, &a.out, a.overwrite)?;
+    println!(
+        "{} items, {} answer tokens, mean NLL per token {:.4}",
+        r.items.len(),
+        r.tokens,
+        r.mean_nll
+    );
+    println!(
+        "per-token log-probs in {}",
+        a.out.join("report.json").display()
+    );
+    Ok(())
+}
+
+/// Flags of `rustworthy llm relearn`.
+#[derive(Args, Debug)]
+pub struct RelearnArgs {
+    #[command(flatten)]
+    io: ModelDataArgs,
+    /// The forget split.
+    #[arg(long, default_value = "forget10")]
+    pub forget: String,
+    /// The retain split (default: the complement of the forget split).
+    #[arg(long)]
+    pub retain: Option<String>,
+    /// Items the attacker trains on.
+    #[arg(long, default_value_t = 16)]
+    pub items: usize,
+    /// Train on retain items instead of a slice of the forget split.
+    #[arg(long)]
+    pub from_retain: bool,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 100)]
+    pub steps: usize,
+    /// Items per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1e-5)]
+    pub lr: f64,
+    /// Train with MeZO (zeroth-order) instead of AdamW, at this perturbation scale.
+    #[arg(long)]
+    pub zo_eps: Option<f64>,
+    /// Seed of the slice and the data order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Runs `llm relearn`.
+pub fn llm_relearn(a: RelearnArgs) -> Result<()> {
+    use rustworthy::llm::relearn::{RelearnConfig, RelearnOptimizer, RelearnSource};
+    use rustworthy::llm::workflow::{relearn_run, retain_of, RelearnRun};
+    use rustworthy::llm::zo_tune::ZoTuneConfig;
+    a.io.threads();
+    let optimizer = match a.zo_eps {
+        Some(eps) => RelearnOptimizer::ZerothOrder(ZoTuneConfig {
+            lr: a.lr,
+            eps,
+            seed: a.seed,
+            ..ZoTuneConfig::mezo(a.steps)
+        }),
+        None => RelearnOptimizer::FirstOrder { lr: a.lr },
+    };
+    let cfg = RelearnRun {
+        model: a.io.model.clone(),
+        data: a.io.data.clone(),
+        forget: a.forget.clone(),
+        retain: match &a.retain {
+            Some(r) => r.clone(),
+            None => retain_of(&a.forget)?,
+        },
+        attack: RelearnConfig {
+            items: a.items,
+            source: if a.from_retain {
+                RelearnSource::Retain
+            } else {
+                RelearnSource::Forget
+            },
+            steps: a.steps,
+            batch_size: a.batch_size,
+            optimizer,
+            seed: a.seed,
+        },
+    };
+    let r = relearn_run(&cfg, &a.io.out, a.io.overwrite)?;
+    println!(
+        "held-out forget items ({}): ROUGE-L recall {:.4} -> {:.4}, exact {:.1}% -> {:.1}% after {} steps ({:.1} s)",
+        r.measured.len(),
+        r.rouge_before,
+        r.rouge_after,
+        100.0 * r.exact_before,
+        100.0 * r.exact_after,
+        r.steps,
+        r.seconds
+    );
+    println!("model and report.json written to {}", a.io.out.display());
     Ok(())
 }

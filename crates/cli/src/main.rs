@@ -56,7 +56,7 @@ enum Command {
     /// Zeroth-order estimators, optimizers and min-max on problems with known answers: estimator
     /// variance against closed forms, convergence to known optima, and an exact duality gap.
     ZoCheck(cmd_zo::ZoCheckArgs),
-    /// Language models: generate with a GGUF checkpoint.
+    /// Language models: generate, score, evaluate, unlearn, fine-tune, relearning attack.
     #[command(subcommand)]
     Llm(LlmCommand),
     /// Datasets that are generated: the TOFU-style `tofu-synth` benchmark.
@@ -77,6 +77,16 @@ enum Command {
 enum LlmCommand {
     /// Continue a prompt (greedy or sampled), in the model's chat template unless --raw.
     Generate(cmd_llm::GenerateArgs),
+    /// Per-token log-probabilities and NLL of answers given their questions.
+    Score(cmd_llm::ScoreArgs),
+    /// The TOFU metrics of a model (forget quality and PrivLeak against an oracle's report).
+    Eval(cmd_llm::EvalArgs),
+    /// Unlearn a forget split from a model with one method; writes the model folder.
+    Unlearn(cmd_llm::UnlearnArgs),
+    /// Fine-tune a model on benchmark splits (all weights or LoRA); writes the model folder.
+    Finetune(cmd_llm::FinetuneArgs),
+    /// The relearning attack: train on a small slice, measure the held-out forget answers.
+    Relearn(cmd_llm::RelearnArgs),
 }
 
 /// The commands under `rustworthy data`.
@@ -157,6 +167,11 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Llm(a)) => cmd_llm::bench_llm(a),
         Command::Bench(BenchCommand::Mezo(a)) => cmd_llm::bench_mezo(a),
         Command::Llm(LlmCommand::Generate(a)) => cmd_llm::llm_generate(a),
+        Command::Llm(LlmCommand::Score(a)) => cmd_llm::llm_score(a),
+        Command::Llm(LlmCommand::Eval(a)) => cmd_llm::llm_eval(a),
+        Command::Llm(LlmCommand::Unlearn(a)) => cmd_llm::llm_unlearn(a),
+        Command::Llm(LlmCommand::Finetune(a)) => cmd_llm::llm_finetune(a),
+        Command::Llm(LlmCommand::Relearn(a)) => cmd_llm::llm_relearn(a),
         Command::Data(DataCommand::TofuSynth(a)) => cmd_llm::tofu_synth(a),
         Command::Completions { shell } => {
             clap_complete::generate(

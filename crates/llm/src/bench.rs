@@ -8,6 +8,7 @@
 use crate::eval::{evaluate, forget_quality, greedy_answers, priv_leak, TofuEval};
 use crate::gguf::Gguf;
 use crate::llama::{CausalLm, LlamaConfig, LoraConfig};
+use crate::relearn::{relearn, RelearnConfig, RelearnOptimizer, RelearnResult, RelearnSource};
 use crate::tofu::{self, Benchmark, SynthConfig};
 use crate::tokenizer::Tokenizer;
 use crate::tune::{finetune, Encoder, EpochLog, FinetuneConfig, PromptFormat};
@@ -69,6 +70,9 @@ pub struct TofuBenchConfig {
     /// Unlearn through LoRA adapters instead of every parameter.
     #[serde(default)]
     pub lora: Option<LoraConfig>,
+    /// The relearning attack run on every unlearned model and on the oracle (the control).
+    #[serde(default)]
+    pub relearn: Option<RelearnConfig>,
 }
 
 fn split_pct(forget: &str) -> Result<usize> {
@@ -133,6 +137,16 @@ pub fn preset(name: &str) -> Result<TofuBenchConfig> {
                 seeds: vec![0, 1, 2],
                 methods,
                 lora: None,
+                // 16 of the 80 forget items, 100 AdamW steps at the fine-tuning rate's third;
+                // the other 64 are measured.
+                relearn: Some(RelearnConfig {
+                    items: 16,
+                    source: RelearnSource::Forget,
+                    steps: 100,
+                    batch_size: 8,
+                    optimizer: RelearnOptimizer::FirstOrder { lr: 3e-4 },
+                    seed: 0,
+                }),
             })
         }
         "tofu-synth-smollm2" => Ok(TofuBenchConfig {
@@ -159,6 +173,15 @@ pub fn preset(name: &str) -> Result<TofuBenchConfig> {
                 .map(|m| LlmUnlearnConfig::defaults(m, 30))
                 .collect(),
             lora: None,
+            // 80 of the 400 forget10 items, 100 steps at TOFU's fine-tuning rate.
+            relearn: Some(RelearnConfig {
+                items: 80,
+                source: RelearnSource::Forget,
+                steps: 100,
+                batch_size: 8,
+                optimizer: RelearnOptimizer::FirstOrder { lr: 1e-5 },
+                seed: 0,
+            }),
         }),
         other => Err(Error::config(
             "preset",
@@ -178,23 +201,12 @@ pub fn apply_method_sets(cfg: &mut TofuBenchConfig, sets: &[String]) -> Result<(
         let (method, field) = key
             .split_once('.')
             .ok_or_else(|| Error::config(key, "expected method.field"))?;
-        let parsed: serde_json::Value = serde_json::from_str(value)
-            .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
         let mut hit = false;
         for m in &mut cfg.methods {
             if method != "*" && m.method.name() != method {
                 continue;
             }
-            let mut v = serde_json::to_value(&*m)?;
-            if v.get(field).is_none() {
-                return Err(Error::config(
-                    key,
-                    format!("methods have no field `{field}`"),
-                ));
-            }
-            v[field] = parsed.clone();
-            *m = serde_json::from_value(v)
-                .map_err(|e| Error::config(key, format!("`{value}` does not fit: {e}")))?;
+            m.set(field, value)?;
             hit = true;
         }
         if !hit {
@@ -387,6 +399,9 @@ pub struct MethodResult {
     pub log: Vec<UnlearnLog>,
     /// Every metric.
     pub eval: TofuEval,
+    /// The relearning attack on the unlearned model.
+    #[serde(default)]
+    pub relearn: Option<RelearnResult>,
 }
 
 /// One seed's models.
@@ -410,6 +425,9 @@ pub struct SeedResult {
     pub finetune_seconds: Vec<f64>,
     /// One row per method.
     pub methods: Vec<MethodResult>,
+    /// The relearning attack on the oracle: what the attacker's slice alone teaches.
+    #[serde(default)]
+    pub oracle_relearn: Option<RelearnResult>,
 }
 
 /// A whole run.
@@ -492,6 +510,9 @@ pub fn run(
     for m in &cfg.methods {
         m.validate(setup.layers())?;
     }
+    if let Some(r) = &cfg.relearn {
+        r.validate(bench.split(&cfg.forget)?.len())?;
+    }
     let enc = setup.encoder();
     let mut report = TofuBenchReport {
         config: cfg.clone(),
@@ -504,6 +525,10 @@ pub fn run(
         ft.seed = seed;
         // A fine-tuned model is kept in the output folder with what it was trained from; a rerun
         // with the same settings loads it instead of training it again.
+        let meta = crate::workflow::LmMeta {
+            format: setup.format,
+            max_len: setup.max_len,
+        };
         let train = |role: &str,
                      items: &[tofu::QaItem],
                      s: u64|
@@ -524,6 +549,11 @@ pub fn run(
                     .filter(|v| v["key"] == key);
                 if let Some(v) = record {
                     let m = CausalLm::from_hf_dir(d, device, tch::Kind::Float)?;
+                    if !d.join(crate::workflow::LM_META).exists() {
+                        // Folders of earlier versions lack the tokenizer the `llm` commands read.
+                        setup.tok.save(&d.join("tokenizer.json"))?;
+                        write_json_atomic(&d.join(crate::workflow::LM_META), &meta)?;
+                    }
                     let logs = serde_json::from_value(v["log"].clone())?;
                     let secs = v["seconds"].as_f64().unwrap_or(0.0);
                     log(&format!("seed {seed}: {role} loaded from {}", d.display()));
@@ -544,7 +574,8 @@ pub fn run(
                     }
                     _ => {}
                 }
-                m.save_hf_dir(d)?;
+                // A model folder the `llm` commands read: weights, tokenizer, prompt layout.
+                crate::workflow::save_model_folder(&m, &setup.tok, &meta, d)?;
                 write_json_atomic(
                     &d.join("trained_from.json"),
                     &serde_json::json!({"key": key, "log": logs, "seconds": secs}),
@@ -565,13 +596,29 @@ pub fn run(
             100.0 * target_full_exact
         ));
         let retain_items = training_items(&bench, &retain, cfg.train_paraphrases)?;
-        let (oracle, ol, os) = train("oracle", &retain_items, seed)?;
+        let (mut oracle, ol, os) = train("oracle", &retain_items, seed)?;
         let (oracle2, o2l, o2s) = train("oracle2", &retain_items, seed + 1000)?;
         let target_eval = evaluate(&target, &enc, &bench, &cfg.forget, &holdout)?;
         let oracle_eval = evaluate(&oracle, &enc, &bench, &cfg.forget, &holdout)?;
         let oracle2_eval = evaluate(&oracle2, &enc, &bench, &cfg.forget, &holdout)?;
-        drop(oracle);
         drop(oracle2);
+        let relearn_cfg = cfg.relearn.clone().map(|mut r| {
+            r.seed = seed;
+            r
+        });
+        let attack = |m: &mut CausalLm, who: &str| -> Result<Option<RelearnResult>> {
+            let Some(r) = &relearn_cfg else {
+                return Ok(None);
+            };
+            let res = relearn(m, &enc, bench.split(&cfg.forget)?, bench.split(&retain)?, r)?;
+            log(&format!(
+                "seed {seed}: {who:<9} relearning attack: held-out forget ROUGE-L {:.3} -> {:.3}",
+                res.rouge_before, res.rouge_after
+            ));
+            Ok(Some(res))
+        };
+        let oracle_relearn = attack(&mut oracle, "oracle")?;
+        drop(oracle);
         let mut methods = Vec::new();
         for mc in &cfg.methods {
             let mut mc = mc.clone();
@@ -599,6 +646,7 @@ pub fn run(
                 e.model_utility,
                 e.forget.rouge_l_recall
             ));
+            let relearn = attack(&mut m, mc.method.name())?;
             methods.push(MethodResult {
                 forget_quality: forget_quality(&e, &oracle_eval)?,
                 priv_leak: priv_leak(&e, &oracle_eval),
@@ -606,6 +654,7 @@ pub fn run(
                 seconds: secs,
                 log: ulog,
                 eval: e,
+                relearn,
             });
         }
         report.seeds.push(SeedResult {
@@ -618,6 +667,7 @@ pub fn run(
             finetune_logs: vec![tl, ol, o2l],
             finetune_seconds: vec![ts, os, o2s],
             methods,
+            oracle_relearn,
         });
         report.seconds = t0.elapsed().as_secs_f64();
         if let Some(o) = out {
@@ -644,6 +694,8 @@ pub struct TableRow {
     pub priv_leak: f64,
     /// Seconds of unlearning.
     pub seconds: f64,
+    /// ROUGE-L recall on the held-out forget items before and after the relearning attack.
+    pub relearn: Option<(f64, f64)>,
 }
 
 /// The method table of a report.
@@ -652,6 +704,13 @@ pub fn table(r: &TofuBenchReport) -> Vec<TableRow> {
     let avg = |f: &dyn Fn(&SeedResult) -> f64| r.seeds.iter().map(f).sum::<f64>() / n;
     let geo = |f: &dyn Fn(&SeedResult) -> f64| {
         (r.seeds.iter().map(|s| f(s).max(1e-300).ln()).sum::<f64>() / n).exp()
+    };
+    let rel = |f: &dyn Fn(&SeedResult) -> Option<&RelearnResult>| -> Option<(f64, f64)> {
+        let v: Vec<&RelearnResult> = r.seeds.iter().map(f).collect::<Option<_>>()?;
+        Some((
+            v.iter().map(|x| x.rouge_before).sum::<f64>() / n,
+            v.iter().map(|x| x.rouge_after).sum::<f64>() / n,
+        ))
     };
     let mut rows = vec![
         TableRow {
@@ -662,6 +721,7 @@ pub fn table(r: &TofuBenchReport) -> Vec<TableRow> {
             retain_rouge: avg(&|s| s.target.retain.rouge_l_recall),
             priv_leak: avg(&|s| priv_leak(&s.target, &s.oracle)),
             seconds: 0.0,
+            relearn: None,
         },
         TableRow {
             name: "oracle".into(),
@@ -671,6 +731,7 @@ pub fn table(r: &TofuBenchReport) -> Vec<TableRow> {
             retain_rouge: avg(&|s| s.oracle.retain.rouge_l_recall),
             priv_leak: 0.0,
             seconds: 0.0,
+            relearn: rel(&|s| s.oracle_relearn.as_ref()),
         },
     ];
     for (i, mc) in r.config.methods.iter().enumerate() {
@@ -682,6 +743,7 @@ pub fn table(r: &TofuBenchReport) -> Vec<TableRow> {
             retain_rouge: avg(&|s| s.methods[i].eval.retain.rouge_l_recall),
             priv_leak: avg(&|s| s.methods[i].priv_leak),
             seconds: avg(&|s| s.methods[i].seconds),
+            relearn: rel(&|s| s.methods[i].relearn.as_ref()),
         });
     }
     rows
@@ -690,11 +752,15 @@ pub fn table(r: &TofuBenchReport) -> Vec<TableRow> {
 /// The table as Markdown.
 pub fn table_markdown(rows: &[TableRow]) -> String {
     let mut s = String::from(
-        "| model | forget quality | model utility | forget ROUGE-L | retain ROUGE-L | PrivLeak % | seconds |\n|---|---:|---:|---:|---:|---:|---:|\n",
+        "| model | forget quality | model utility | forget ROUGE-L | retain ROUGE-L | PrivLeak % | seconds | relearn: held-out forget ROUGE-L |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
+        let rel = match r.relearn {
+            Some((b, a)) => format!("{b:.3} → {a:.3}"),
+            None => "".into(),
+        };
         s += &format!(
-            "| {} | {:.2e} | {:.3} | {:.3} | {:.3} | {:.1} | {:.1} |\n",
+            "| {} | {:.2e} | {:.3} | {:.3} | {:.3} | {:.1} | {:.1} | {rel} |\n",
             r.name,
             r.forget_quality,
             r.model_utility,
@@ -710,11 +776,15 @@ pub fn table_markdown(rows: &[TableRow]) -> String {
 /// The table as CSV.
 pub fn table_csv(rows: &[TableRow]) -> String {
     let mut s = String::from(
-        "model,forget_quality,model_utility,forget_rouge_l,retain_rouge_l,priv_leak,seconds\n",
+        "model,forget_quality,model_utility,forget_rouge_l,retain_rouge_l,priv_leak,seconds,relearn_rouge_before,relearn_rouge_after\n",
     );
     for r in rows {
+        let (b, a) = match r.relearn {
+            Some((b, a)) => (b.to_string(), a.to_string()),
+            None => (String::new(), String::new()),
+        };
         s += &format!(
-            "{},{:e},{},{},{},{},{}\n",
+            "{},{:e},{},{},{},{},{},{b},{a}\n",
             r.name,
             r.forget_quality,
             r.model_utility,
@@ -731,5 +801,27 @@ fn write_outputs(r: &TofuBenchReport, dir: &Path) -> Result<()> {
     write_json_atomic(&dir.join("report.json"), r)?;
     let rows = table(r);
     atomic_write(&dir.join("table.md"), table_markdown(&rows).as_bytes())?;
-    atomic_write(&dir.join("table.csv"), table_csv(&rows).as_bytes())
+    atomic_write(&dir.join("table.csv"), table_csv(&rows).as_bytes())?;
+    plot(&rows, &r.config.preset).write_png(&dir.join("plot.png"), 760, 520)
+}
+
+/// TOFU's picture: model utility against forget quality (log scale), one point per model.
+pub fn plot(rows: &[TableRow], preset: &str) -> rustworthy_core::plot::Chart {
+    use rustworthy_core::plot::{Chart, Point};
+    Chart {
+        title: format!("model utility vs forget quality ({preset})"),
+        x_label: "forget quality (KS p-value, log scale)".into(),
+        y_label: "model utility".into(),
+        log_x: true,
+        points: rows
+            .iter()
+            .filter(|r| r.forget_quality.is_finite() && r.model_utility.is_finite())
+            .map(|r| Point {
+                x: r.forget_quality.max(1e-300),
+                y: r.model_utility,
+                label: r.name.clone(),
+            })
+            .collect(),
+        lines: Vec::new(),
+    }
 }

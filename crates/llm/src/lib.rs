@@ -17,6 +17,9 @@
 //! - [`bench`]: the TOFU-style benchmark as one procedure, with its presets.
 //! - [`zo_tune`]: MeZO and other zeroth-order fine-tuning at inference memory.
 //! - [`zo_bench`]: zeroth-order fine-tuning measured on a yes/no task (accuracy, memory).
+//! - [`relearn`]: the relearning attack (does unlearned knowledge come back after a few steps?).
+//! - [`workflow`]: model folders and the `llm` commands as library calls (fine-tune, unlearn,
+//!   evaluate, score, relearn), each writing a report.
 //! - [`generate`]: greedy and sampled decoding with a KV cache, one prompt or a left-padded batch.
 
 #![warn(missing_docs)]
@@ -26,11 +29,13 @@ pub mod eval;
 pub mod generate;
 pub mod gguf;
 pub mod llama;
+pub mod relearn;
 pub mod score;
 pub mod textmetrics;
 pub mod tofu;
 pub mod tokenizer;
 pub mod tune;
 pub mod unlearn;
+pub mod workflow;
 pub mod zo_bench;
 pub mod zo_tune;

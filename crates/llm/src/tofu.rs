@@ -598,6 +598,37 @@ pub fn generate(cfg: &SynthConfig) -> Result<Benchmark> {
     })
 }
 
+/// Reads one file of QA items: a JSON array (tofu-synth) or JSON lines (TOFU's files). Items
+/// must have a question and an answer; a file that does not parse is an error naming it and the
+/// line.
+pub fn read_items(path: &Path) -> Result<Vec<QaItem>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let items: Vec<QaItem> = if text.trim_start().starts_with('[') {
+        serde_json::from_str(&text)
+            .map_err(|e| Error::corrupt(path, format!("not a list of QA items: {e}")))?
+    } else {
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| {
+                serde_json::from_str(l).map_err(|e| {
+                    Error::corrupt(path, format!("line {}: not a QA item: {e}", i + 1))
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    if let Some(i) = items
+        .iter()
+        .position(|q| q.question.is_empty() || q.answer.is_empty())
+    {
+        return Err(Error::corrupt(
+            path,
+            format!("item {i} has an empty question or answer"),
+        ));
+    }
+    Ok(items)
+}
+
 impl Benchmark {
     /// Items of `split`, or an error naming the splits there are.
     pub fn split(&self, name: &str) -> Result<&[QaItem]> {
@@ -635,30 +666,7 @@ impl Benchmark {
             if path.extension().and_then(|s| s.to_str()) != Some("json") || name == "config" {
                 continue;
             }
-            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-            let items: Vec<QaItem> = if text.trim_start().starts_with('[') {
-                serde_json::from_str(&text)
-                    .map_err(|e| Error::corrupt(&path, format!("not a list of QA items: {e}")))?
-            } else {
-                text.lines()
-                    .enumerate()
-                    .filter(|(_, l)| !l.trim().is_empty())
-                    .map(|(i, l)| {
-                        serde_json::from_str(l).map_err(|e| {
-                            Error::corrupt(&path, format!("line {}: not a QA item: {e}", i + 1))
-                        })
-                    })
-                    .collect::<Result<_>>()?
-            };
-            if let Some(i) = items
-                .iter()
-                .position(|q| q.question.is_empty() || q.answer.is_empty())
-            {
-                return Err(Error::corrupt(
-                    &path,
-                    format!("item {i} has an empty question or answer"),
-                ));
-            }
+            let items = read_items(&path)?;
             splits.insert(name.to_string(), items);
         }
         if splits.is_empty() {

@@ -192,6 +192,24 @@ impl LlmUnlearnConfig {
         c
     }
 
+    /// Changes one setting by its field name (`lr`, `epochs`, `alpha`, `steering_coeff`, ...),
+    /// the value parsed as JSON (or taken as a string). The result is checked by `validate`.
+    pub fn set(&mut self, field: &str, value: &str) -> Result<()> {
+        let parsed: serde_json::Value = serde_json::from_str(value)
+            .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+        let mut v = serde_json::to_value(&*self)?;
+        if v.get(field).is_none() || field == "method" {
+            return Err(Error::config(
+                field,
+                format!("unlearning settings have no field `{field}`"),
+            ));
+        }
+        v[field] = parsed;
+        *self = serde_json::from_value(v)
+            .map_err(|e| Error::config(field, format!("`{value}` does not fit: {e}")))?;
+        Ok(())
+    }
+
     /// Checks the ranges.
     pub fn validate(&self, layers: usize) -> Result<()> {
         if self.epochs == 0 || self.batch_size == 0 {

@@ -3,9 +3,11 @@
 //! micro configuration.
 
 use rustworthy_llm::bench::{self, ModelSource, TofuBenchConfig};
+use rustworthy_llm::relearn::{RelearnConfig, RelearnOptimizer, RelearnSource};
 use rustworthy_llm::tofu::{generate, Benchmark, SynthConfig};
 use rustworthy_llm::tune::FinetuneConfig;
 use rustworthy_llm::unlearn::{LlmMethod, LlmUnlearnConfig};
+use rustworthy_llm::workflow::{self, EvalRun, RelearnRun, ScoreRun, UnlearnRun};
 use rustworthy_testkit::torch_lock;
 use std::collections::HashSet;
 
@@ -159,6 +161,14 @@ fn the_benchmark_procedure_runs_end_to_end() {
         seeds: vec![0],
         methods: vec![method(LlmMethod::Ga), method(LlmMethod::Npo)],
         lora: None,
+        relearn: Some(RelearnConfig {
+            items: 5,
+            source: RelearnSource::Forget,
+            steps: 20,
+            batch_size: 5,
+            optimizer: RelearnOptimizer::FirstOrder { lr: 1e-3 },
+            seed: 0,
+        }),
     };
     let r = bench::run(&cfg, Some(dir.path()), tch::Device::Cpu, &|_| {}).unwrap();
     let s = &r.seeds[0];
@@ -191,4 +201,127 @@ fn the_benchmark_procedure_runs_end_to_end() {
     );
     let md = std::fs::read_to_string(dir.path().join("table.md")).unwrap();
     assert!(md.contains("| npo |") && md.contains("| target |"), "{md}");
+    assert!(dir.path().join("plot.png").exists());
+    // The relearning attack measures the same 15 held-out forget items on every model.
+    let control = s.oracle_relearn.as_ref().unwrap();
+    assert_eq!(control.measured.len(), 15);
+    assert_eq!(control.steps, 20);
+    for m in &s.methods {
+        let r = m.relearn.as_ref().unwrap();
+        assert_eq!(r.measured, control.measured);
+        assert!(r.rouge_before.is_finite() && r.rouge_after.is_finite());
+    }
+    assert!(md.contains(" → "), "{md}");
+
+    // The fine-tuned models are model folders the `llm` commands read.
+    let data = dir.path().join("data");
+    let target = dir.path().join("seed0/target");
+    let eval = |model: &std::path::Path, oracle: Option<std::path::PathBuf>, out: &str| {
+        workflow::eval_run(
+            &EvalRun {
+                model: model.to_path_buf(),
+                data: data.clone(),
+                forget: "forget10".into(),
+                holdout: None,
+                oracle,
+            },
+            &dir.path().join(out),
+            false,
+        )
+        .unwrap()
+    };
+    let oracle_eval = eval(&dir.path().join("seed0/oracle"), None, "eval-oracle");
+    assert_eq!(
+        oracle_eval.eval.forget_truth_ratios,
+        s.oracle.forget_truth_ratios
+    );
+    let target_eval = eval(
+        &target,
+        Some(dir.path().join("eval-oracle/report.json")),
+        "eval-target",
+    );
+    assert_eq!(
+        target_eval.eval.forget_truth_ratios,
+        s.target.forget_truth_ratios
+    );
+    assert_eq!(target_eval.forget_quality, Some(s.target_forget_quality));
+    // An output folder with a report is not replaced unless asked.
+    let again = workflow::eval_run(
+        &EvalRun {
+            model: target.clone(),
+            data: data.clone(),
+            forget: "forget10".into(),
+            holdout: None,
+            oracle: None,
+        },
+        &dir.path().join("eval-target"),
+        false,
+    );
+    assert!(again.err().unwrap().to_string().contains("finished run"));
+    // Scoring: the target knows the forget answers better than the oracle.
+    let score = |model: &std::path::Path, out: &str| {
+        workflow::score_run(
+            &ScoreRun {
+                model: model.to_path_buf(),
+                data: data.join("forget10.json"),
+                split: None,
+                batch_size: 7,
+            },
+            &dir.path().join(out),
+            false,
+        )
+        .unwrap()
+    };
+    let ts = score(&target, "score-target");
+    let os = score(&dir.path().join("seed0/oracle"), "score-oracle");
+    assert_eq!(ts.items.len(), 20);
+    assert!(
+        ts.mean_nll < 0.5 * os.mean_nll,
+        "{} vs {}",
+        ts.mean_nll,
+        os.mean_nll
+    );
+    let nll: f64 = -ts.items[3].logprobs.iter().sum::<f64>();
+    assert!((nll - ts.items[3].nll).abs() < 1e-9);
+    // Unlearning a model folder, then attacking the result.
+    let mut ga = method(LlmMethod::Ga);
+    ga.seed = 0;
+    workflow::unlearn_run(
+        &UnlearnRun {
+            model: target.clone(),
+            data: data.clone(),
+            forget: "forget10".into(),
+            retain: "retain90".into(),
+            method: ga,
+            lora: None,
+        },
+        &dir.path().join("ga"),
+        false,
+    )
+    .unwrap();
+    let ga_eval = eval(&dir.path().join("ga"), None, "eval-ga");
+    // The same method, seed and data as the benchmark's GA row: the same model.
+    assert_eq!(
+        ga_eval.eval.forget_truth_ratios,
+        s.methods[0].eval.forget_truth_ratios
+    );
+    let r = workflow::relearn_run(
+        &RelearnRun {
+            model: dir.path().join("ga"),
+            data: data.clone(),
+            forget: "forget10".into(),
+            retain: "retain90".into(),
+            attack: RelearnConfig {
+                seed: 0,
+                ..cfg.relearn.clone().unwrap()
+            },
+        },
+        &dir.path().join("ga-relearned"),
+        false,
+    )
+    .unwrap();
+    let bench_ga = s.methods[0].relearn.as_ref().unwrap();
+    assert_eq!(r.rouge_before, bench_ga.rouge_before);
+    assert_eq!(r.rouge_after, bench_ga.rouge_after);
+    assert!(dir.path().join("ga-relearned/tokenizer.json").exists());
 }
