@@ -6,8 +6,9 @@
                            varied strings, fp32 logits of a chat prompt, greedy continuations of 20
                            chat prompts (32 tokens), and the France answer as text.
   llm_ref.py random OUT    small random Llama models built from a config (tied and untied head,
-                           llama3 RoPE scaling, q/k/v/o biases, one sharded), saved as safetensors,
-                           with their logits on a padded batch.
+                           llama3 RoPE scaling, q/k/v/o biases, one sharded) and GPT-2 models
+                           (tied, and untied and sharded), saved as safetensors, with their
+                           logits on a padded batch.
 
 Everything goes to OUT/ref.json and OUT/*.safetensors.
 """
@@ -113,11 +114,13 @@ RANDOM = {
                              rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
                                               "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                               "original_max_position_embeddings": 16}),
+    "gpt2_tied": dict(tie_word_embeddings=True),
+    "gpt2_untied_sharded": dict(tie_word_embeddings=False),
 }
 
 
 def random_models(out):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     ref = {}
     torch.manual_seed(0)
@@ -126,11 +129,22 @@ def random_models(out):
     mask[1, 8:] = 0
     mask[2, 4:] = 0
     for name, extra in RANDOM.items():
-        cfg = LlamaConfig(vocab_size=101, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
-                          num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64,
-                          rms_norm_eps=1e-5, **extra)
         torch.manual_seed(1)
-        model = LlamaForCausalLM(cfg).eval()
+        if name.startswith("gpt2"):
+            # GPT-2 as transformers builds it (Conv1D weights, learned positions, gelu_new).
+            cfg = GPT2Config(vocab_size=101, n_embd=48, n_inner=80, n_layer=2, n_head=6,
+                             n_positions=64, **extra)
+            model = GPT2LMHeadModel(cfg).eval()
+            # Non-trivial LayerNorms and biases, so every parameter is exercised.
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if "ln_" in n or n.endswith(".bias"):
+                        p.add_(0.1 * torch.randn_like(p))
+        else:
+            cfg = LlamaConfig(vocab_size=101, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                              num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64,
+                              rms_norm_eps=1e-5, **extra)
+            model = LlamaForCausalLM(cfg).eval()
         d = out / name
         shard = "20KB" if "sharded" in name else "50GB"
         model.save_pretrained(str(d), safe_serialization=True, max_shard_size=shard)

@@ -375,6 +375,7 @@ impl Setup {
                         tie_word_embeddings: true,
                         qkv_bias: false,
                         o_bias: false,
+                        arch: Default::default(),
                     },
                     device,
                 )

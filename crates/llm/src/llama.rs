@@ -1,10 +1,16 @@
-//! Llama-family causal language models: RMSNorm, rotary position embeddings in Hugging Face's
-//! rotate-half layout (with llama3 frequency scaling), grouped-query attention, a SwiGLU MLP, and a
-//! tied or untied head; optional q/k/v (Qwen2) and output (Llama `attention_bias`) biases.
+//! Causal language models of two families.
+//!
+//! - Llama (Llama 2/3, SmolLM, Qwen2): RMSNorm, rotary position embeddings in Hugging Face's
+//!   rotate-half layout (with llama3 frequency scaling), grouped-query attention, a SwiGLU MLP,
+//!   and a tied or untied head; optional q/k/v (Qwen2) and output (Llama `attention_bias`)
+//!   biases.
+//! - GPT-2: learned absolute positions, LayerNorm with biases, fused q/k/v in Conv1D layout
+//!   (`[in, out]` weights), a tanh-approximated GELU MLP, and a (usually tied) head.
 //!
 //! Parameters live in a [`tch::nn::VarStore`] under Hugging Face's names
-//! (`model.layers.3.self_attn.q_proj.weight`, ...), so a safetensors checkpoint maps one to one
-//! and every parameter can be trained, masked or perturbed by name.
+//! (`model.layers.3.self_attn.q_proj.weight`, `transformer.h.3.attn.c_attn.weight`, ...), so a
+//! safetensors checkpoint maps one to one and every parameter can be trained, masked or
+//! perturbed by name.
 
 use crate::gguf::{unpermute_qk, Gguf, Value};
 use rustworthy_core::fsutil::{atomic_write, atomic_write_with};
@@ -27,9 +33,26 @@ pub struct Llama3Scaling {
     pub original_max_position_embeddings: f64,
 }
 
-/// Hyperparameters of a Llama-family model (Hugging Face's `config.json` names).
+/// The architecture family.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    /// Llama, SmolLM, Qwen2.
+    #[default]
+    Llama,
+    /// GPT-2.
+    Gpt2,
+}
+
+/// Hyperparameters of a causal LM (Hugging Face's Llama `config.json` names; a GPT-2 config is
+/// mapped onto them: `n_embd` is `hidden_size`, `n_inner` `intermediate_size`, `n_layer`
+/// `num_hidden_layers`, `n_head` both head counts, `layer_norm_epsilon` `rms_norm_eps`,
+/// `n_positions` `max_position_embeddings`; the RoPE fields are unused).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfig {
+    /// The architecture family.
+    #[serde(default)]
+    pub arch: Arch,
     /// Tokens in the vocabulary.
     pub vocab_size: i64,
     /// Width of the residual stream.
@@ -87,7 +110,16 @@ impl LlamaConfig {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if self.arch == Arch::Gpt2 {
+            if self.num_key_value_heads != self.num_attention_heads
+                || self.head_dim * self.num_attention_heads != self.hidden_size
+            {
+                return Err(Error::config(
+                    "n_head",
+                    "GPT-2 needs n_embd = n_head x head width and no grouped-query attention",
+                ));
+            }
+        } else if self.head_dim % 2 != 0 {
             return Err(Error::config(
                 "head_dim",
                 "must be even for rotary embeddings",
@@ -129,10 +161,13 @@ impl LlamaConfig {
     /// [`LlamaConfig::from_hf_json`] on a parsed value.
     pub fn from_hf_value(v: &serde_json::Value) -> Result<LlamaConfig> {
         let model_type = v["model_type"].as_str().unwrap_or("llama");
+        if model_type == "gpt2" {
+            return Self::from_gpt2_value(v);
+        }
         if !matches!(model_type, "llama" | "qwen2") {
             return Err(Error::config(
                 "model_type",
-                format!("`{model_type}` is not a Llama-family model (llama, qwen2)"),
+                format!("`{model_type}` is not a supported model (llama, qwen2, gpt2)"),
             ));
         }
         let int = |k: &str| -> Result<i64> {
@@ -196,6 +231,7 @@ impl LlamaConfig {
         let qwen = model_type == "qwen2";
         let attention_bias = v["attention_bias"].as_bool().unwrap_or(false);
         let cfg = LlamaConfig {
+            arch: Arch::Llama,
             vocab_size: int("vocab_size")?,
             hidden_size: hidden,
             intermediate_size: int("intermediate_size")?,
@@ -217,8 +253,76 @@ impl LlamaConfig {
         Ok(cfg)
     }
 
+    /// A GPT-2 `config.json` (`gelu_new` activation, Conv1D weights; the settings that change
+    /// the function, such as `scale_attn_by_inverse_layer_idx`, are refused when set).
+    fn from_gpt2_value(v: &serde_json::Value) -> Result<LlamaConfig> {
+        let int = |k: &str| -> Result<i64> {
+            v[k].as_i64()
+                .ok_or_else(|| Error::config(k, "missing or not an integer"))
+        };
+        if let Some(act) = v["activation_function"].as_str() {
+            if !matches!(act, "gelu_new" | "gelu_pytorch_tanh") {
+                return Err(Error::config(
+                    "activation_function",
+                    format!("`{act}` is not supported (gelu_new)"),
+                ));
+            }
+        }
+        for k in [
+            "scale_attn_by_inverse_layer_idx",
+            "reorder_and_upcast_attn",
+            "add_cross_attention",
+        ] {
+            if v[k].as_bool() == Some(true) {
+                return Err(Error::config(k, "is not supported"));
+            }
+        }
+        if v["scale_attn_weights"].as_bool() == Some(false) {
+            return Err(Error::config(
+                "scale_attn_weights",
+                "unscaled attention is not supported",
+            ));
+        }
+        let (d, heads) = (int("n_embd")?, int("n_head")?);
+        let cfg = LlamaConfig {
+            arch: Arch::Gpt2,
+            vocab_size: int("vocab_size")?,
+            hidden_size: d,
+            intermediate_size: v["n_inner"].as_i64().unwrap_or(4 * d),
+            num_hidden_layers: int("n_layer")?,
+            num_attention_heads: heads,
+            num_key_value_heads: heads,
+            head_dim: if heads > 0 { d / heads } else { 0 },
+            rms_norm_eps: v["layer_norm_epsilon"].as_f64().unwrap_or(1e-5),
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            max_position_embeddings: int("n_positions")?,
+            tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(true),
+            qkv_bias: true,
+            o_bias: true,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     /// The `config.json` this model saves, readable by Hugging Face `transformers`.
     pub fn to_hf_value(&self) -> serde_json::Value {
+        if self.arch == Arch::Gpt2 {
+            return serde_json::json!({
+                "architectures": ["GPT2LMHeadModel"],
+                "model_type": "gpt2",
+                "vocab_size": self.vocab_size,
+                "n_embd": self.hidden_size,
+                "n_inner": self.intermediate_size,
+                "n_layer": self.num_hidden_layers,
+                "n_head": self.num_attention_heads,
+                "n_positions": self.max_position_embeddings,
+                "layer_norm_epsilon": self.rms_norm_eps,
+                "activation_function": "gelu_new",
+                "tie_word_embeddings": self.tie_word_embeddings,
+                "torch_dtype": "float32",
+            });
+        }
         let qwen = self.qkv_bias && !self.o_bias;
         let mut v = serde_json::json!({
             "architectures": [if qwen { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
@@ -286,6 +390,7 @@ impl LlamaConfig {
                 .unwrap_or(d)
         };
         let cfg = LlamaConfig {
+            arch: Arch::Llama,
             vocab_size: vocab,
             hidden_size: hidden,
             intermediate_size: int("feed_forward_length")?,
@@ -326,6 +431,16 @@ struct Block {
     down: Tensor,
     /// LoRA factors `(A [r, in], B [out, r])` per projection, in [`LORA_TARGETS`] order.
     lora: Vec<Option<(Tensor, Tensor)>>,
+}
+
+/// One GPT-2 block: LayerNorms with biases, Conv1D (`[in, out]`) weights.
+struct Gpt2Block {
+    ln1: (Tensor, Tensor),
+    c_attn: (Tensor, Tensor),
+    attn_proj: (Tensor, Tensor),
+    ln2: (Tensor, Tensor),
+    c_fc: (Tensor, Tensor),
+    mlp_proj: (Tensor, Tensor),
 }
 
 /// The projections LoRA can adapt, by their Hugging Face names.
@@ -411,6 +526,10 @@ pub struct CausalLm {
     pub vs: nn::VarStore,
     embed: Tensor,
     blocks: Vec<Block>,
+    /// GPT-2's blocks (then `blocks` is empty), learned positions and final-norm bias.
+    gpt2: Vec<Gpt2Block>,
+    wpe: Option<Tensor>,
+    norm_b: Option<Tensor>,
     norm: Tensor,
     head: Option<Tensor>,
     inv_freq: Tensor,
@@ -418,9 +537,12 @@ pub struct CausalLm {
     lora: Option<(LoraConfig, nn::VarStore)>,
 }
 
-/// Buffers Hugging Face checkpoints may carry that are not parameters.
+/// Buffers Hugging Face checkpoints may carry that are not parameters (GPT-2's causal mask is
+/// `h.N.attn.bias`; its projections' biases are `h.N.attn.c_attn.bias` and the like).
 fn is_buffer(name: &str) -> bool {
-    name.ends_with("rotary_emb.inv_freq") || name.ends_with(".masked_bias")
+    name.ends_with("rotary_emb.inv_freq")
+        || name.ends_with(".masked_bias")
+        || (name.ends_with(".attn.bias") && !name.ends_with("self_attn.bias"))
 }
 
 impl CausalLm {
@@ -429,6 +551,9 @@ impl CausalLm {
     /// `tch::manual_seed` first for a reproducible model.
     pub fn new(config: LlamaConfig, device: Device) -> Result<CausalLm> {
         config.validate()?;
+        if config.arch == Arch::Gpt2 {
+            return Self::new_gpt2(config, device);
+        }
         let vs = nn::VarStore::new(device);
         let c = &config;
         let root = vs.root();
@@ -484,6 +609,9 @@ impl CausalLm {
             vs,
             embed,
             blocks,
+            gpt2: Vec::new(),
+            wpe: None,
+            norm_b: None,
             norm,
             head,
             inv_freq,
@@ -491,10 +619,82 @@ impl CausalLm {
         })
     }
 
+    /// A freshly initialized GPT-2 (normal weights with std 0.02, unit LayerNorms, zero biases).
+    fn new_gpt2(config: LlamaConfig, device: Device) -> Result<CausalLm> {
+        let vs = nn::VarStore::new(device);
+        let c = &config;
+        let root = vs.root();
+        let tr = &root / "transformer";
+        let w = nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        };
+        let (d, f) = (c.hidden_size, c.intermediate_size);
+        let ln = |p: nn::Path| -> Result<(Tensor, Tensor)> {
+            Ok((
+                p.f_var("weight", &[d], nn::Init::Const(1.0))?,
+                p.f_var("bias", &[d], nn::Init::Const(0.0))?,
+            ))
+        };
+        let conv = |p: nn::Path, i: i64, o: i64| -> Result<(Tensor, Tensor)> {
+            Ok((
+                p.f_var("weight", &[i, o], w)?,
+                p.f_var("bias", &[o], nn::Init::Const(0.0))?,
+            ))
+        };
+        let embed = (&tr / "wte").f_var("weight", &[c.vocab_size, d], w)?;
+        let wpe = (&tr / "wpe").f_var("weight", &[c.max_position_embeddings, d], w)?;
+        let mut gpt2 = Vec::new();
+        for i in 0..c.num_hidden_layers {
+            let h = &tr / "h" / i;
+            gpt2.push(Gpt2Block {
+                ln1: ln(&h / "ln_1")?,
+                c_attn: conv(&h / "attn" / "c_attn", d, 3 * d)?,
+                attn_proj: conv(&h / "attn" / "c_proj", d, d)?,
+                ln2: ln(&h / "ln_2")?,
+                c_fc: conv(&h / "mlp" / "c_fc", d, f)?,
+                mlp_proj: conv(&h / "mlp" / "c_proj", f, d)?,
+            });
+        }
+        let (norm, norm_b) = ln(&tr / "ln_f")?;
+        let head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some((&root / "lm_head").f_var("weight", &[c.vocab_size, d], w)?)
+        };
+        Ok(CausalLm {
+            config,
+            vs,
+            embed,
+            blocks: Vec::new(),
+            gpt2,
+            wpe: Some(wpe),
+            norm_b: Some(norm_b),
+            norm,
+            head,
+            inv_freq: Tensor::zeros([1], (Kind::Float, device)),
+            lora: None,
+        })
+    }
+
+    /// The name of block `l`'s MLP output weight (what WMDP's RMU trains).
+    pub fn mlp_out_weight_name(&self, l: usize) -> String {
+        match self.config.arch {
+            Arch::Llama => format!("model.layers.{l}.mlp.down_proj.weight"),
+            Arch::Gpt2 => format!("transformer.h.{l}.mlp.c_proj.weight"),
+        }
+    }
+
     /// Adds LoRA adapters (drawn from libtorch's generator: call `tch::manual_seed` first). The
     /// base parameters are frozen; [`CausalLm::trainable`] is then the adapters' store.
     pub fn add_lora(&mut self, cfg: LoraConfig) -> Result<()> {
         cfg.validate()?;
+        if self.config.arch == Arch::Gpt2 {
+            return Err(Error::config(
+                "lora",
+                "LoRA adapters are built for Llama-family models; train GPT-2's weights directly",
+            ));
+        }
         if self.lora.is_some() {
             return Err(Error::invalid("the model already has LoRA adapters"));
         }
@@ -575,19 +775,32 @@ impl CausalLm {
             if is_buffer(&name) {
                 continue;
             }
-            let canon = if name.starts_with("model.") || name.starts_with("lm_head.") {
+            // Llama keeps its body under `model.`, GPT-2 under `transformer.`; either prefix
+            // may be missing or be the other one.
+            let prefix = match self.config.arch {
+                Arch::Llama => "model.",
+                Arch::Gpt2 => "transformer.",
+            };
+            let canon = if name.starts_with(prefix) || name.starts_with("lm_head.") {
                 name
-            } else if let Some(rest) = name.strip_prefix("transformer.") {
-                format!("model.{rest}")
+            } else if let Some(rest) = name
+                .strip_prefix("transformer.")
+                .or_else(|| name.strip_prefix("model."))
+            {
+                format!("{prefix}{rest}")
             } else {
-                format!("model.{name}")
+                format!("{prefix}{name}")
             };
             given.insert(canon, t);
         }
         if self.config.tie_word_embeddings {
             // A tied checkpoint may still store the head; it must then be the embedding.
             if let Some(h) = given.remove("lm_head.weight") {
-                if let Some(e) = given.get("model.embed_tokens.weight") {
+                let embed = match self.config.arch {
+                    Arch::Llama => "model.embed_tokens.weight",
+                    Arch::Gpt2 => "transformer.wte.weight",
+                };
+                if let Some(e) = given.get(embed) {
                     if h.size() != e.size()
                         || !h.to_kind(Kind::Float).equal(&e.to_kind(Kind::Float))
                     {
@@ -846,10 +1059,6 @@ impl CausalLm {
                 .unsqueeze(0)
                 .expand([b, t], true),
         };
-        let freqs = pos.unsqueeze(-1) * self.inv_freq.unsqueeze(0).unsqueeze(0);
-        let emb = Tensor::cat(&[&freqs, &freqs], -1);
-        let cos = emb.cos().unsqueeze(1).to_kind(kind);
-        let sin = emb.sin().unsqueeze(1).to_kind(kind);
         // Attention mask [B, 1, T, S] (true: attend), or plain causal when nothing is padded.
         let attn_mask = match mask {
             // Nothing padded: plain causal attention (a one-token step sees every cached key).
@@ -878,27 +1087,17 @@ impl CausalLm {
         let mut x = Tensor::f_embedding(&self.embed, ids, -1, false, false)?;
         if let Some(cache) = cache.as_deref_mut() {
             if cache.kv.is_empty() {
-                cache.kv = Vec::with_capacity(self.blocks.len());
+                cache.kv = Vec::with_capacity(self.blocks.len().max(self.gpt2.len()));
             }
         }
-        for (l, blk) in self.blocks.iter().enumerate() {
-            let h = rms_norm(&x, &blk.attn_norm, c.rms_norm_eps);
-            let q = self
-                .proj(blk, 0, &h, &blk.q, blk.q_b.as_ref())
-                .view([b, t, hn, hd])
-                .transpose(1, 2);
-            let k = self
-                .proj(blk, 1, &h, &blk.k, blk.k_b.as_ref())
-                .view([b, t, kvn, hd])
-                .transpose(1, 2);
-            let v = self
-                .proj(blk, 2, &h, &blk.v, blk.v_b.as_ref())
-                .view([b, t, kvn, hd])
-                .transpose(1, 2);
-            let q = &q * &cos + rotate_half(&q) * &sin;
-            let mut k = &k * &cos + rotate_half(&k) * &sin;
-            let mut v = v;
-            if let Some(cache) = cache.as_deref_mut() {
+        // Keys and values joined with the cache (and stored back), then attention.
+        let attend = |l: usize,
+                      q: Tensor,
+                      mut k: Tensor,
+                      mut v: Tensor,
+                      cache: Option<&mut KvCache>|
+         -> Result<Tensor> {
+            if let Some(cache) = cache {
                 if let Some((pk, pv)) = cache.kv.get(l) {
                     k = Tensor::cat(&[pk, &k], 2);
                     v = Tensor::cat(&[pv, &v], 2);
@@ -927,7 +1126,60 @@ impl CausalLm {
                 None,
                 false,
             )?;
-            let a = a.transpose(1, 2).reshape([b, t, hn * hd]);
+            Ok(a.transpose(1, 2).reshape([b, t, hn * hd]))
+        };
+        if let Some(wpe) = &self.wpe {
+            // GPT-2: learned absolute positions, LayerNorm, fused Conv1D q/k/v, GELU (tanh).
+            x = &x + Tensor::f_embedding(wpe, &pos.to_kind(Kind::Int64), -1, false, false)?;
+            let eps = c.rms_norm_eps;
+            let d = c.hidden_size;
+            let ln = |x: &Tensor, (w, bias): &(Tensor, Tensor)| {
+                x.layer_norm([d], Some(w), Some(bias), eps, false)
+            };
+            let conv = |x: &Tensor, (w, bias): &(Tensor, Tensor)| x.matmul(w) + bias;
+            for (l, blk) in self.gpt2.iter().enumerate() {
+                let qkv = conv(&ln(&x, &blk.ln1), &blk.c_attn).split(d, -1);
+                let heads = |t: &Tensor| t.view([b, t.size()[1], hn, hd]).transpose(1, 2);
+                let a = attend(
+                    l,
+                    heads(&qkv[0]),
+                    heads(&qkv[1]),
+                    heads(&qkv[2]),
+                    cache.as_deref_mut(),
+                )?;
+                x = &x + conv(&a, &blk.attn_proj);
+                let m = conv(&ln(&x, &blk.ln2), &blk.c_fc).gelu("tanh");
+                x = &x + conv(&m, &blk.mlp_proj);
+                if stop_after == Some(l) {
+                    return Ok(x);
+                }
+            }
+            if let Some(cache) = cache {
+                cache.len = s;
+            }
+            return Ok(x.layer_norm([d], Some(&self.norm), self.norm_b.as_ref(), eps, false));
+        }
+        let freqs = pos.unsqueeze(-1) * self.inv_freq.unsqueeze(0).unsqueeze(0);
+        let emb = Tensor::cat(&[&freqs, &freqs], -1);
+        let cos = emb.cos().unsqueeze(1).to_kind(kind);
+        let sin = emb.sin().unsqueeze(1).to_kind(kind);
+        for (l, blk) in self.blocks.iter().enumerate() {
+            let h = rms_norm(&x, &blk.attn_norm, c.rms_norm_eps);
+            let q = self
+                .proj(blk, 0, &h, &blk.q, blk.q_b.as_ref())
+                .view([b, t, hn, hd])
+                .transpose(1, 2);
+            let k = self
+                .proj(blk, 1, &h, &blk.k, blk.k_b.as_ref())
+                .view([b, t, kvn, hd])
+                .transpose(1, 2);
+            let v = self
+                .proj(blk, 2, &h, &blk.v, blk.v_b.as_ref())
+                .view([b, t, kvn, hd])
+                .transpose(1, 2);
+            let q = &q * &cos + rotate_half(&q) * &sin;
+            let k = &k * &cos + rotate_half(&k) * &sin;
+            let a = attend(l, q, k, v, cache.as_deref_mut())?;
             // Not `+=`: `x` may be saved for the backward pass.
             x = &x + self.proj(blk, 3, &a, &blk.o, blk.o_b.as_ref());
             let h = rms_norm(&x, &blk.mlp_norm, c.rms_norm_eps);

@@ -444,7 +444,7 @@ pub fn unlearn(
     let trained = |name: &str| {
         cfg.method != LlmMethod::RmuWmdp
             || (cfg.rmu_layer.saturating_sub(2)..=cfg.rmu_layer)
-                .any(|l| name == format!("model.layers.{l}.mlp.down_proj.weight"))
+                .any(|l| *name == model.mlp_out_weight_name(l))
     };
     // Frozen parameters get no gradient; they are also put back after every step, since a
     // gradient left from earlier training would let AdamW's weight decay move them.

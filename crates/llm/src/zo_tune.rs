@@ -99,7 +99,8 @@ impl ZoTuneConfig {
 }
 
 fn decays(name: &str) -> bool {
-    !(name.ends_with(".bias") || name.contains("norm"))
+    // Llama's norms are `*norm.weight`, GPT-2's `ln_1`, `ln_2`, `ln_f`.
+    !(name.ends_with(".bias") || name.contains("norm") || name.contains(".ln_"))
 }
 
 /// The trained parameters (the LoRA adapters when there are some) in a fixed order (sorted by name), with whether weight decay applies.

@@ -43,6 +43,15 @@ fn random_llamas_match_transformers() {
     let ids = ids_tensor(&r["ids"]);
     let mask = ids_tensor(&r["mask"]);
     let real = mask.to_kind(Kind::Bool).unsqueeze(-1);
+    let names: Vec<&String> = r["models"].as_object().unwrap().keys().collect();
+    assert!(
+        names.iter().filter(|n| n.starts_with("gpt2")).count() == 2,
+        "{names:?}"
+    );
+    assert!(
+        names.iter().filter(|n| n.starts_with("llama")).count() == 3,
+        "{names:?}"
+    );
     for (name, m) in r["models"].as_object().unwrap() {
         let d = Path::new(m["dir"].as_str().unwrap());
         assert_eq!(
@@ -89,6 +98,20 @@ fn random_llamas_match_transformers() {
         let inc = Tensor::cat(&steps, 1);
         let max = (inc - full).abs().max().double_value(&[]);
         assert!(max < 1e-5, "{name}: cached decoding differs by {max}");
+        // Every parameter takes part: a loss reaches each one's gradient.
+        let loss = model
+            .forward(&ids, Some(&mask), None, None)
+            .unwrap()
+            .log_softmax(-1, Kind::Float)
+            .mean(Kind::Float);
+        loss.backward();
+        for (pn, p) in model.named_parameters() {
+            let g = p.grad();
+            assert!(
+                g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+                "{name}: no gradient reaches {pn}"
+            );
+        }
     }
 }
 
@@ -111,6 +134,7 @@ fn checkpoints_that_do_not_fit_are_refused() {
         tie_word_embeddings: true,
         qkv_bias: false,
         o_bias: false,
+        arch: Default::default(),
     };
     tch::manual_seed(0);
     let model = CausalLm::new(cfg.clone(), Device::Cpu).unwrap();

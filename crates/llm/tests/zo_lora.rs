@@ -27,6 +27,7 @@ fn tiny(seed: i64) -> CausalLm {
             tie_word_embeddings: false,
             qkv_bias: false,
             o_bias: false,
+            arch: Default::default(),
         },
         Device::Cpu,
     )
