@@ -652,3 +652,58 @@ pub fn llm_relearn(a: RelearnArgs) -> Result<()> {
     println!("model and report.json written to {}", a.io.out.display());
     Ok(())
 }
+
+/// Flags of `rustworthy bench llm-step`.
+#[derive(Args, Debug)]
+pub struct BenchLlmStepArgs {
+    /// The model (GGUF file or model folder; default SmolLM2-135M-Instruct).
+    #[arg(long, default_value = "smollm2")]
+    pub model: PathBuf,
+    /// The method (ga, grad-diff, npo, sim-npo, rmu).
+    #[arg(long, default_value = "npo")]
+    pub method: String,
+    /// Items per forget (and retain) batch.
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 8)]
+    pub steps: usize,
+    /// Output folder (batches.json for the reference, rustworthy.json).
+    #[arg(long, default_value = "runs/bench-llm-step")]
+    pub out: PathBuf,
+    /// CPU threads.
+    #[arg(long)]
+    pub threads: Option<i32>,
+}
+
+/// Runs `bench llm-step`: times unlearning steps and writes the batches for the reference.
+pub fn bench_llm_step(a: BenchLlmStepArgs) -> Result<()> {
+    use rustworthy::llm::speed::{step_bench, StepBenchConfig};
+    use rustworthy::llm::unlearn::LlmMethod;
+    if let Some(t) = a.threads {
+        tch::set_num_threads(t);
+    }
+    let r = step_bench(
+        &StepBenchConfig {
+            model: a.model.clone(),
+            method: LlmMethod::parse(&a.method)?,
+            batch_size: a.batch_size,
+            warmup: a.warmup,
+            steps: a.steps,
+        },
+        &a.out,
+    )?;
+    println!(
+        "{}: first loss {:.6}, median step {:.3} s over {} steps ({} threads)",
+        a.method,
+        r.first_loss,
+        r.median_step_s,
+        r.step_seconds.len(),
+        r.threads
+    );
+    println!("report {}", a.out.join("rustworthy.json").display());
+    Ok(())
+}

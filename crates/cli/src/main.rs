@@ -118,6 +118,9 @@ enum BenchCommand {
     /// Zeroth-order fine-tuning (MeZO and variants) of SmolLM2 on a yes/no task: zero-shot and
     /// tuned accuracy within a time budget, and peak memory against inference.
     Mezo(cmd_llm::BenchMezoArgs),
+    /// Seconds per LLM unlearning step (NPO by default) on SmolLM2; `scripts/bench-llm-step.sh`
+    /// runs it beside the PyTorch/transformers reference on the same batches.
+    LlmStep(cmd_llm::BenchLlmStepArgs),
 }
 
 /// Messages go to stderr: plain for information, prefixed for warnings and errors.
@@ -166,6 +169,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Torchscript(a)) => cmd_zo::bench_script(a),
         Command::Bench(BenchCommand::Llm(a)) => cmd_llm::bench_llm(a),
         Command::Bench(BenchCommand::Mezo(a)) => cmd_llm::bench_mezo(a),
+        Command::Bench(BenchCommand::LlmStep(a)) => cmd_llm::bench_llm_step(a),
         Command::Llm(LlmCommand::Generate(a)) => cmd_llm::llm_generate(a),
         Command::Llm(LlmCommand::Score(a)) => cmd_llm::llm_score(a),
         Command::Llm(LlmCommand::Eval(a)) => cmd_llm::llm_eval(a),

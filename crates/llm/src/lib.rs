@@ -20,6 +20,7 @@
 //! - [`relearn`]: the relearning attack (does unlearned knowledge come back after a few steps?).
 //! - [`workflow`]: model folders and the `llm` commands as library calls (fine-tune, unlearn,
 //!   evaluate, score, relearn), each writing a report.
+//! - [`speed`]: one unlearning step on a real model, timed beside a PyTorch reference.
 //! - [`generate`]: greedy and sampled decoding with a KV cache, one prompt or a left-padded batch.
 
 #![warn(missing_docs)]
@@ -31,6 +32,7 @@ pub mod gguf;
 pub mod llama;
 pub mod relearn;
 pub mod score;
+pub mod speed;
 pub mod textmetrics;
 pub mod tofu;
 pub mod tokenizer;

@@ -176,3 +176,24 @@ pub fn scored_logprobs(model: &CausalLm, batch: &QaBatch) -> Result<(Tensor, Ten
         .view([b, t1]);
     Ok((lp, s.mask))
 }
+
+/// [`sequence_nll`] of the model on a batch, with the output head at the scored positions only
+/// (equal up to floating-point rounding, and what training steps use).
+pub fn sequence_nll_of(model: &CausalLm, batch: &QaBatch) -> Result<Tensor> {
+    let (lp, _) = scored_logprobs(model, batch)?;
+    Ok(-lp.sum_dim_intlist(1, false, Kind::Float))
+}
+
+/// [`pooled_nll`] of the model on a batch, with the output head at the scored positions only.
+pub fn pooled_nll_of(model: &CausalLm, batch: &QaBatch) -> Result<Tensor> {
+    let s = scored_positions(model, batch)?;
+    let n = s.labels.size()[0];
+    if n == 0 {
+        return Err(Error::invalid("a batch with no answer token to score"));
+    }
+    let lp = s
+        .log_probs
+        .gather(-1, &s.labels.unsqueeze(-1), false)
+        .squeeze_dim(-1);
+    Ok(-lp.sum(Kind::Float) / n as f64)
+}

@@ -3,7 +3,7 @@
 //! scores the answer only.
 
 use crate::llama::CausalLm;
-use crate::score::{batch_logits, pooled_nll, QaBatch};
+use crate::score::{pooled_nll_of, QaBatch};
 use crate::tofu::QaItem;
 use crate::tokenizer::{Message, Tokenizer};
 use rand::seq::SliceRandom;
@@ -180,7 +180,7 @@ pub fn finetune(
             let batch: Vec<(Vec<i64>, Vec<i64>)> =
                 chunk.iter().map(|&i| pairs[i].clone()).collect();
             let b = QaBatch::new(&batch, pad, enc.max_len, model.device())?;
-            let loss = pooled_nll(&batch_logits(model, &b)?, &b.labels);
+            let loss = pooled_nll_of(model, &b)?;
             let l = loss.double_value(&[]);
             if !l.is_finite() {
                 return Err(Error::Numerical(format!(

@@ -23,7 +23,7 @@
 //!   included, and trains only the MLP down-projections of blocks `layer−2 ..= layer`.
 
 use crate::llama::CausalLm;
-use crate::score::{batch_logits, pooled_nll, sequence_nll, QaBatch, IGNORE};
+use crate::score::{batch_logits, pooled_nll_of, sequence_nll_of, QaBatch, IGNORE};
 use crate::tofu::QaItem;
 use crate::tune::{Encoder, EpochLog};
 use rand::seq::SliceRandom;
@@ -95,7 +95,8 @@ impl LlmMethod {
             })
     }
 
-    fn uses_reference(self, retain: RetainLoss) -> bool {
+    /// Whether the method needs the frozen reference model (NPO, IdkDPO, RMU, GradDiff with KL).
+    pub fn uses_reference(self, retain: RetainLoss) -> bool {
         match self {
             LlmMethod::Npo | LlmMethod::IdkDpo | LlmMethod::Rmu | LlmMethod::RmuWmdp => true,
             LlmMethod::GradDiff => retain == RetainLoss::Kl,
@@ -319,23 +320,16 @@ pub fn method_loss(
     };
     let ref_nll = |batch: &QaBatch| -> Result<Tensor> {
         let r = need_ref()?;
-        tch::no_grad(|| -> Result<Tensor> {
-            Ok(sequence_nll(&batch_logits(r, batch)?, &batch.labels))
-        })
+        tch::no_grad(|| -> Result<Tensor> { sequence_nll_of(r, batch) })
     };
-    let retain_nll = || -> Result<Tensor> {
-        Ok(pooled_nll(
-            &batch_logits(model, b.retain)?,
-            &b.retain.labels,
-        ))
-    };
+    let retain_nll = || -> Result<Tensor> { pooled_nll_of(model, b.retain) };
     let (forget, retain) = match cfg.method {
         LlmMethod::Ga => {
-            let f = -pooled_nll(&batch_logits(model, b.forget)?, &b.forget.labels);
+            let f = -pooled_nll_of(model, b.forget)?;
             (f, None)
         }
         LlmMethod::GradDiff => {
-            let f = -pooled_nll(&batch_logits(model, b.forget)?, &b.forget.labels);
+            let f = -pooled_nll_of(model, b.forget)?;
             let r = match cfg.retain_loss {
                 RetainLoss::Nll => retain_nll()?,
                 RetainLoss::Kl => {
@@ -352,12 +346,12 @@ pub fn method_loss(
             (f, Some(r))
         }
         LlmMethod::Npo => {
-            let cur = sequence_nll(&batch_logits(model, b.forget)?, &b.forget.labels);
+            let cur = sequence_nll_of(model, b.forget)?;
             let lose_ratio = ref_nll(b.forget)? - cur;
             (npo_like(cfg.beta, &(-lose_ratio)), Some(retain_nll()?))
         }
         LlmMethod::SimNpo => {
-            let cur = sequence_nll(&batch_logits(model, b.forget)?, &b.forget.labels);
+            let cur = sequence_nll_of(model, b.forget)?;
             let avg = cur / b.forget.answer_lengths() - cfg.delta;
             (npo_like(cfg.beta, &avg), Some(retain_nll()?))
         }
@@ -365,9 +359,8 @@ pub fn method_loss(
             let idk = b
                 .idk
                 .ok_or_else(|| Error::invalid("idk-dpo needs the idk batch"))?;
-            let win = ref_nll(idk)? - sequence_nll(&batch_logits(model, idk)?, &idk.labels);
-            let lose = ref_nll(b.forget)?
-                - sequence_nll(&batch_logits(model, b.forget)?, &b.forget.labels);
+            let win = ref_nll(idk)? - sequence_nll_of(model, idk)?;
+            let lose = ref_nll(b.forget)? - sequence_nll_of(model, b.forget)?;
             (npo_like(cfg.beta, &(win - lose)), Some(retain_nll()?))
         }
         LlmMethod::Rmu | LlmMethod::RmuWmdp => {
