@@ -203,10 +203,12 @@ pub struct BenchMezoArgs {
     /// Questions per step.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
-    /// Train LoRA adapters of this rank on q_proj and v_proj (alpha = 2 x rank) instead of
-    /// every parameter.
+    /// Train LoRA adapters of this rank (alpha = 2 x rank) instead of every parameter.
     #[arg(long)]
     pub lora_rank: Option<i64>,
+    /// LoRA target projections, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "q_proj,v_proj")]
+    pub lora_targets: Vec<String>,
     /// Ask `Question: ... Answer:` instead of using the chat template (shorter sequences).
     #[arg(long)]
     pub plain: bool,
@@ -216,6 +218,10 @@ pub struct BenchMezoArgs {
     /// Test questions (even).
     #[arg(long, default_value_t = 160)]
     pub n_test: usize,
+    /// The task: category (is a word a thing of a category) or sentiment (is a review
+    /// positive).
+    #[arg(long, default_value = "category")]
+    pub task: String,
     /// Evaluate every this many steps.
     #[arg(long, default_value_t = 100)]
     pub eval_every: usize,
@@ -251,6 +257,7 @@ pub fn bench_mezo(a: BenchMezoArgs) -> Result<()> {
         }
     };
     let cfg = ZoBenchConfig {
+        task: zo_bench::YesNoTask::parse(&a.task)?,
         n_train: a.n_train,
         n_test: a.n_test,
         batch_size: a.batch_size,
@@ -268,7 +275,7 @@ pub fn bench_mezo(a: BenchMezoArgs) -> Result<()> {
         lora: a.lora_rank.map(|r| LoraConfig {
             rank: r,
             alpha: 2.0 * r as f64,
-            targets: vec!["q_proj".into(), "v_proj".into()],
+            targets: a.lora_targets.clone(),
         }),
         format: if a.plain {
             rustworthy::llm::tune::PromptFormat::Plain

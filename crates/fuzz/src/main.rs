@@ -126,6 +126,43 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
         Model::new(spec.clone(), tch::Device::Cpu)?.save(p)
     });
     let sidecar = fixture("model.json");
+    // A tiny GPT-2 and a tiny Llama in Hugging Face folders, a tokenizer.json and QA items.
+    let lm_dir = d.join("lm");
+    let lm_config = {
+        use rustworthy::llm::llama::{Arch, CausalLm, LlamaConfig};
+        let cfg = |arch| LlamaConfig {
+            arch,
+            vocab_size: 11,
+            hidden_size: 8,
+            intermediate_size: 12,
+            num_hidden_layers: 1,
+            num_attention_heads: 2,
+            num_key_value_heads: if arch == Arch::Gpt2 { 2 } else { 1 },
+            head_dim: 4,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            max_position_embeddings: 16,
+            tie_word_embeddings: arch == Arch::Gpt2,
+            qkv_bias: arch == Arch::Gpt2,
+            o_bias: arch == Arch::Gpt2,
+        };
+        let mut configs = Vec::new();
+        let mut weights = Vec::new();
+        for (i, arch) in [Arch::Llama, Arch::Gpt2].into_iter().enumerate() {
+            let dir = lm_dir.join(i.to_string());
+            CausalLm::new(cfg(arch), tch::Device::Cpu)
+                .and_then(|m| m.save_hf_dir(&dir))
+                .unwrap_or_else(|e| panic!("writing the LM fuzz seed: {e}"));
+            configs.push(std::fs::read(dir.join("config.json")).unwrap());
+            weights.push(std::fs::read(dir.join("model.safetensors")).unwrap());
+        }
+        (configs, weights)
+    };
+    let tokenizer = written(d, "tokenizer.json", |p| {
+        rustworthy::llm::tokenizer::Tokenizer::word_level(["Who wrote it ? Jane did ."])?.save(p)
+    });
+    let qa_items = br#"[{"question": "Who?", "answer": "Jane.", "paraphrased_answer": "It was Jane.", "perturbed_answer": ["Tom.", "Ann."]}]"#.to_vec();
     let presets: Vec<Vec<u8>> = all_presets()
         .into_iter()
         .filter(|p| !p.toml.is_empty())
@@ -171,7 +208,35 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
     let data_reader = |p: &Path| -> Result<()> {
         load_pair(&format!("file:{}", p.display()), None, Some(0.5), 0).map(|_| ())
     };
-    let list: Vec<Target> = vec![
+    // Hugging Face folders, Llama and GPT-2: the config mutated beside intact weights, and the
+    // weights beside an intact config.
+    let mut list: Vec<Target> = Vec::new();
+    for (name, file, seeds, text) in [
+        ("hf-llama-config", "config.json", &lm_config.0[0], true),
+        (
+            "hf-llama-weights",
+            "model.safetensors",
+            &lm_config.1[0],
+            false,
+        ),
+        ("hf-gpt2-config", "config.json", &lm_config.0[1], true),
+        (
+            "hf-gpt2-weights",
+            "model.safetensors",
+            &lm_config.1[1],
+            false,
+        ),
+    ] {
+        list.push(Target {
+            name,
+            file,
+            seeds: vec![seeds.clone()],
+            text,
+            repack: false,
+            read: Box::new(read_hf_dir),
+        });
+    }
+    list.extend(vec![
         Target {
             name: "idx",
             file: "images-idx3-ubyte",
@@ -292,6 +357,29 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
             }),
         },
         Target {
+            name: "tokenizer-json",
+            file: "tokenizer.json",
+            seeds: vec![tokenizer],
+            text: true,
+            repack: false,
+            read: Box::new(|p| {
+                let t = rustworthy::llm::tokenizer::Tokenizer::from_file(p)?;
+                let ids = t.encode("Who wrote it? Jane did. Ünïcode 123", true)?;
+                t.decode(&ids, true).map(|_| ())
+            }),
+        },
+        Target {
+            name: "qa-items",
+            file: "forget10.json",
+            seeds: vec![
+                qa_items.clone(),
+                b"{\"question\": \"Who?\", \"answer\": \"Jane.\"}\n{\"question\": \"When?\", \"answer\": \"1990.\", \"perturbed_answer\": [\"1991.\"]}\n".to_vec(),
+            ],
+            text: true,
+            repack: false,
+            read: Box::new(|p| rustworthy::llm::tofu::read_items(p).map(|_| ())),
+        },
+        Target {
             name: "image-folder",
             file: "x.png",
             seeds: vec![fixture("img.png"), fixture("img.jpg")],
@@ -344,7 +432,7 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
             repack: false,
             read: Box::new(|p| rustworthy::unlearn::scenario::read_index_file(p).map(|_| ())),
         },
-    ];
+    ]);
     list.into_iter()
         .map(|t| {
             let dir = work.join(t.name);
@@ -361,6 +449,15 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
                 std::fs::write(dir.join("optim-e0001.safetensors"), &ck_optim).unwrap();
                 std::fs::write(dir.join("checkpoint.json"), &ck_sidecar_unsummed).unwrap();
             }
+            // A folder's other file, of the same architecture.
+            if let Some(rest) = t.name.strip_prefix("hf-") {
+                let i = usize::from(rest.starts_with("gpt2"));
+                if rest.ends_with("config") {
+                    std::fs::write(dir.join("model.safetensors"), &lm_config.1[i]).unwrap();
+                } else {
+                    std::fs::write(dir.join("config.json"), &lm_config.0[i]).unwrap();
+                }
+            }
             if t.name == "image-folder" {
                 // Two classes; the fuzzed image is class `a`'s only one.
                 for class in ["a", "b"] {
@@ -373,6 +470,13 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
             (t, dir)
         })
         .collect()
+}
+
+/// Reads the Hugging Face model folder the file is in.
+fn read_hf_dir(p: &Path) -> Result<()> {
+    let dir = p.parent().unwrap_or(Path::new("."));
+    rustworthy::llm::llama::CausalLm::from_hf_dir(dir, tch::Device::Cpu, tch::Kind::Float)
+        .map(|_| ())
 }
 
 /// The committed TorchScript module (1x12x12 inputs, 4 classes, batch norm and dropout).

@@ -14,6 +14,7 @@
 //! - [`unlearn`]: GA, GradDiff, NPO, SimNPO, IdkDPO and RMU (OpenUnlearning's and WMDP's).
 //! - [`eval`]: the TOFU and MUSE-style metrics (forget quality, model utility, truth ratio,
 //!   Prob, ROUGE-L, extraction strength, Min-K%, Min-K%++, PrivLeak).
+//! - [`muse`]: MUSE's VerbMem and KnowMem (MUSE's and OpenUnlearning's forms), MUSE's data.
 //! - [`bench`]: the TOFU-style benchmark as one procedure, with its presets.
 //! - [`zo_tune`]: MeZO and other zeroth-order fine-tuning at inference memory.
 //! - [`zo_bench`]: zeroth-order fine-tuning measured on a yes/no task (accuracy, memory).
@@ -30,6 +31,7 @@ pub mod eval;
 pub mod generate;
 pub mod gguf;
 pub mod llama;
+pub mod muse;
 pub mod relearn;
 pub mod score;
 pub mod speed;

@@ -149,6 +149,31 @@ impl LlamaConfig {
         Ok(())
     }
 
+    /// Parameters a model of this config has (what a checkpoint must hold at least).
+    pub fn parameter_count(&self) -> i128 {
+        let (v, d, f) = (
+            self.vocab_size as i128,
+            self.hidden_size as i128,
+            self.intermediate_size as i128,
+        );
+        let l = self.num_hidden_layers as i128;
+        let head = if self.tie_word_embeddings { 0 } else { v * d };
+        match self.arch {
+            Arch::Gpt2 => {
+                let block = 4 * d + 3 * d * d + 3 * d + d * d + d + 2 * d * f + f + d;
+                v * d + self.max_position_embeddings as i128 * d + l * block + 2 * d + head
+            }
+            Arch::Llama => {
+                let qd = (self.num_attention_heads * self.head_dim) as i128;
+                let kvd = (self.num_key_value_heads * self.head_dim) as i128;
+                let bias =
+                    if self.qkv_bias { qd + 2 * kvd } else { 0 } + if self.o_bias { d } else { 0 };
+                let block = 2 * d + 2 * d * qd + 2 * d * kvd + 3 * d * f + bias;
+                v * d + l * block + d + head
+            }
+        }
+    }
+
     /// Reads a Hugging Face `config.json` (model types `llama` and `qwen2`; old `rope_theta` /
     /// `rope_scaling` keys and the newer `rope_parameters`).
     pub fn from_hf_json(path: &Path) -> Result<LlamaConfig> {
@@ -855,8 +880,20 @@ impl CausalLm {
     /// listed in `model.safetensors.index.json`; fp32, fp16 and bf16 tensors, converted to `kind`.
     pub fn from_hf_dir(dir: &Path, device: Device, kind: Kind) -> Result<CausalLm> {
         let cfg = LlamaConfig::from_hf_json(&dir.join("config.json"))?;
-        let mut model = CausalLm::new(cfg, device)?;
         let tensors = read_safetensors_dir(dir)?;
+        // A config that asks for more parameters than the checkpoint holds is refused before
+        // the model is allocated (a damaged size would otherwise allocate without bound).
+        let held: i128 = tensors.values().map(|t| t.numel() as i128).sum();
+        if cfg.parameter_count() > held {
+            return Err(Error::corrupt(
+                dir,
+                format!(
+                    "config.json describes {} parameters, the checkpoint holds {held}",
+                    cfg.parameter_count()
+                ),
+            ));
+        }
+        let mut model = CausalLm::new(cfg, device)?;
         model.load_named(tensors, dir)?;
         model.set_kind(kind);
         Ok(model)

@@ -23,6 +23,9 @@ const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 /// Qwen2's split: Llama 3's with single digits.
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// The longest added (special) token a `tokenizer.json` may declare, in bytes.
+pub const MAX_ADDED_TOKEN_BYTES: usize = 1024;
+
 /// A tokenizer with its special tokens and chat template.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -183,8 +186,34 @@ impl Tokenizer {
     /// present) the chat template and the BOS/EOS/padding tokens.
     pub fn from_file(path: &Path) -> Result<Tokenizer> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
-            .map_err(|e| tk_err(path, "tokenizer.json does not parse", e))?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| tk_err(path, "tokenizer.json is not JSON", e))?;
+        // Real added tokens are short; a huge one makes matching them take minutes.
+        if let Some(t) = v["added_tokens"].as_array().and_then(|a| {
+            a.iter()
+                .filter_map(|t| t["content"].as_str())
+                .find(|c| c.len() > MAX_ADDED_TOKEN_BYTES)
+        }) {
+            return Err(tk_err(
+                path,
+                "tokenizer.json",
+                format!(
+                    "an added token of {} bytes (at most {MAX_ADDED_TOKEN_BYTES})",
+                    t.len()
+                ),
+            ));
+        }
+        // The `tokenizers` crate panics on some malformed files (a decoder entry of the wrong
+        // shape reaches an `expect`); that is a bad file, not a crash.
+        let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes))
+            .map_err(|_| {
+                tk_err(
+                    path,
+                    "tokenizer.json does not parse",
+                    "a malformed entry (rejected by the tokenizers crate)",
+                )
+            })?;
+        let inner = parsed.map_err(|e| tk_err(path, "tokenizer.json does not parse", e))?;
         let mut tok = Tokenizer {
             inner,
             bos: None,

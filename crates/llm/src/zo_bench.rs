@@ -1,12 +1,15 @@
 //! Zeroth-order fine-tuning measured: a yes/no prompt task, zero-shot accuracy, accuracy after
 //! MeZO (or a variant) within a time budget, and peak memory against inference.
 //!
-//! The task asks whether a word names a thing of a category (`Is "banana" a fruit?`), with
-//! balanced answers `Yes` / `No`: each word is asked once about its own category and once about
-//! another. A prediction is the answer of lower NLL. Training and test questions share no word.
+//! Two tasks, each with balanced answers `Yes` / `No`; a prediction is the answer of lower NLL:
+//! - `category` asks whether a word names a thing of a category (`Is "banana" a fruit?`): each
+//!   word is asked once about its own category and once about another. Training and test
+//!   questions share no word.
+//! - `sentiment` asks whether a short review is positive. Reviews are built from templates and
+//!   sentiment words; training and test reviews share no sentiment word.
 
 use crate::llama::{CausalLm, LoraConfig};
-use crate::score::scored_logprobs;
+use crate::score::{scored_logprobs, QaBatch};
 use crate::tofu::QaItem;
 use crate::tune::Encoder;
 use crate::zo_tune::{zo_tune, ZoLog, ZoTuneConfig};
@@ -285,8 +288,29 @@ pub fn yes_no_task(n_train: usize, n_test: usize, seed: u64) -> Result<(Vec<QaIt
     Ok((train, test))
 }
 
-/// Share of `items` whose true answer has the lower NLL, scoring `2 × per_forward` sequences
-/// per forward pass.
+/// A batch of questions with their answer words only: the end-of-sequence token an answer
+/// otherwise ends with is left out, so the loss and the prediction are the label word's alone
+/// (MeZO's prompt-based objective; in a plain prompt, an EOS after `Yes` would cost a base
+/// model tens of nats and swamp the label).
+pub fn label_batch(enc: &Encoder, pairs: &[(&str, &str)], device: tch::Device) -> Result<QaBatch> {
+    let items: Vec<(Vec<i64>, Vec<i64>)> = pairs
+        .iter()
+        .map(|(q, a)| {
+            let (p, mut a) = enc.pair(q, a)?;
+            if let (Some(e), Some(&last)) = (enc.tok.eos, a.last()) {
+                if last == i64::from(e) && a.len() > 1 {
+                    a.pop();
+                }
+            }
+            Ok((p, a))
+        })
+        .collect::<Result<_>>()?;
+    let pad = enc.tok.pad.or(enc.tok.eos).unwrap_or(0) as i64;
+    QaBatch::new(&items, pad, enc.max_len, device)
+}
+
+/// Share of `items` whose true answer word has the lower NLL, scoring `2 × per_forward`
+/// sequences per forward pass.
 pub fn yes_no_accuracy(
     model: &CausalLm,
     enc: &Encoder,
@@ -302,7 +326,7 @@ pub fn yes_no_accuracy(
                     pairs.push((q.question.as_str(), a));
                 }
             }
-            let b = enc.batch(&pairs, model.device())?;
+            let b = label_batch(enc, &pairs, model.device())?;
             let (lp, _) = scored_logprobs(model, &b)?;
             let nll = Vec::<f64>::try_from(-lp.sum_dim_intlist(1, false, tch::Kind::Double))?;
             for (i, q) in chunk.iter().enumerate() {
@@ -334,9 +358,165 @@ pub fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Which yes/no task.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum YesNoTask {
+    /// Category membership of a word.
+    #[default]
+    Category,
+    /// Whether a review is positive.
+    Sentiment,
+}
+
+impl YesNoTask {
+    /// Parses `category` or `sentiment`.
+    pub fn parse(s: &str) -> Result<YesNoTask> {
+        match s {
+            "category" => Ok(YesNoTask::Category),
+            "sentiment" => Ok(YesNoTask::Sentiment),
+            o => Err(Error::config(
+                "task",
+                format!("unknown task `{o}` (category, sentiment)"),
+            )),
+        }
+    }
+
+    /// `n_train` training and `n_test` test questions of the task.
+    pub fn questions(
+        self,
+        n_train: usize,
+        n_test: usize,
+        seed: u64,
+    ) -> Result<(Vec<QaItem>, Vec<QaItem>)> {
+        match self {
+            YesNoTask::Category => yes_no_task(n_train, n_test, seed),
+            YesNoTask::Sentiment => sentiment_task(n_train, n_test, seed),
+        }
+    }
+}
+
+const POSITIVE: [&str; 24] = [
+    "wonderful",
+    "brilliant",
+    "delightful",
+    "moving",
+    "superb",
+    "charming",
+    "gripping",
+    "beautiful",
+    "hilarious",
+    "excellent",
+    "touching",
+    "clever",
+    "stunning",
+    "magnificent",
+    "enjoyable",
+    "fantastic",
+    "heartwarming",
+    "inspiring",
+    "masterful",
+    "lovely",
+    "powerful",
+    "witty",
+    "thrilling",
+    "marvelous",
+];
+const NEGATIVE: [&str; 24] = [
+    "awful",
+    "boring",
+    "dreadful",
+    "dull",
+    "terrible",
+    "tedious",
+    "clumsy",
+    "painful",
+    "forgettable",
+    "bland",
+    "messy",
+    "lifeless",
+    "dreary",
+    "pointless",
+    "disappointing",
+    "mediocre",
+    "sloppy",
+    "tiresome",
+    "unbearable",
+    "weak",
+    "shallow",
+    "annoying",
+    "lousy",
+    "horrible",
+];
+const THINGS: [&str; 8] = [
+    "movie", "film", "book", "novel", "play", "show", "album", "series",
+];
+const PARTS: [&str; 8] = [
+    "The acting",
+    "The story",
+    "The ending",
+    "The writing",
+    "The music",
+    "The plot",
+    "The dialogue",
+    "The pacing",
+];
+
+/// The sentiment task: reviews of two sentiment words of one polarity; the first two thirds of
+/// each word list build training reviews, the last third test reviews.
+pub fn sentiment_task(
+    n_train: usize,
+    n_test: usize,
+    seed: u64,
+) -> Result<(Vec<QaItem>, Vec<QaItem>)> {
+    if n_train == 0 || n_test == 0 || n_train % 2 == 1 || n_test % 2 == 1 {
+        return Err(Error::config(
+            "sentiment",
+            "even, non-empty training and test sets",
+        ));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let cut = POSITIVE.len() * 2 / 3;
+    let mut make = |n: usize, test: bool| -> Vec<QaItem> {
+        (0..n)
+            .map(|i| {
+                let pos = i % 2 == 0;
+                let words = if pos { &POSITIVE } else { &NEGATIVE };
+                let pool = if test { &words[cut..] } else { &words[..cut] };
+                let a = pool[rng.gen_range(0..pool.len())];
+                let mut b = pool[rng.gen_range(0..pool.len())];
+                while b == a {
+                    b = pool[rng.gen_range(0..pool.len())];
+                }
+                let review = format!(
+                    "The {} was {a}. {} was {b}.",
+                    THINGS[rng.gen_range(0..THINGS.len())],
+                    PARTS[rng.gen_range(0..PARTS.len())]
+                );
+                QaItem {
+                    question: format!(
+                        "Review: \"{review}\" Is this review positive? Answer Yes or No."
+                    ),
+                    answer: ANSWERS[usize::from(!pos)].to_string(),
+                    paraphrased_question: String::new(),
+                    paraphrased_answer: String::new(),
+                    perturbed_answer: vec![ANSWERS[usize::from(pos)].to_string()],
+                }
+            })
+            .collect()
+    };
+    let mut train = make(n_train, false);
+    let test = make(n_test, true);
+    train.shuffle(&mut rng);
+    Ok((train, test))
+}
+
 /// Settings of the measurement.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ZoBenchConfig {
+    /// The task.
+    #[serde(default)]
+    pub task: YesNoTask,
     /// Training questions.
     pub n_train: usize,
     /// Test questions.
@@ -386,7 +566,7 @@ pub struct ZoBenchReport {
 /// Measures zeroth-order fine-tuning of `model` on the yes/no task. Memory is read as the
 /// process's high-water mark, so call this in a fresh process for a clean figure.
 pub fn run(model: &mut CausalLm, enc: &Encoder, cfg: &ZoBenchConfig) -> Result<ZoBenchReport> {
-    let (train, test) = yes_no_task(cfg.n_train, cfg.n_test, cfg.seed)?;
+    let (train, test) = cfg.task.questions(cfg.n_train, cfg.n_test, cfg.seed)?;
     if cfg.batch_size == 0 {
         return Err(Error::config("batch_size", "must be positive"));
     }
@@ -428,7 +608,7 @@ pub fn run(model: &mut CausalLm, enc: &Encoder, cfg: &ZoBenchConfig) -> Result<Z
             pairs.push((q.question.as_str(), q.answer.as_str()));
             cursor += 1;
         }
-        enc.batch(&pairs, dev)
+        label_batch(enc, &pairs, dev)
     };
     // One run of the optimizer (its state and seed stream are never restarted); evaluations
     // along the way are not counted in the training time.

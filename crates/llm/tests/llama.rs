@@ -61,6 +61,11 @@ fn random_llamas_match_transformers() {
         );
         let model = CausalLm::from_hf_dir(d, Device::Cpu, Kind::Float).unwrap();
         assert_eq!(
+            model.config.parameter_count(),
+            i128::from(model.num_parameters()),
+            "{name}"
+        );
+        assert_eq!(
             model.config.tie_word_embeddings,
             name.contains("tied") && !name.contains("untied")
         );
@@ -148,7 +153,7 @@ fn checkpoints_that_do_not_fit_are_refused() {
     // A config whose shapes disagree with the tensors.
     let mut v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
-    v["intermediate_size"] = 32.into();
+    v["intermediate_size"] = 16.into();
     let bad = dir.path().join("bad-shape");
     std::fs::create_dir_all(&bad).unwrap();
     std::fs::copy(
@@ -159,6 +164,12 @@ fn checkpoints_that_do_not_fit_are_refused() {
     std::fs::write(bad.join("config.json"), v.to_string()).unwrap();
     let e = err(&bad);
     assert!(e.contains("mlp.") && e.contains("shape [16, 24]"), "{e}");
+    // A config that asks for far more than the checkpoint holds is refused before allocating.
+    v["vocab_size"] = 5_000_000.into();
+    std::fs::write(bad.join("config.json"), v.to_string()).unwrap();
+    let e = err(&bad);
+    assert!(e.contains("describes") && e.contains("parameters"), "{e}");
+    v["vocab_size"] = 50.into();
     // Truncated tensor data, and a header that claims more than the file holds.
     let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
     let cut = dir.path().join("cut");

@@ -4,7 +4,7 @@
 
 use rustworthy_llm::llama::{CausalLm, LlamaConfig, LoraConfig};
 use rustworthy_llm::score::{batch_logits, label_logprobs, pooled_nll, scored_logprobs, QaBatch};
-use rustworthy_llm::zo_bench::{weights_digest, yes_no_task};
+use rustworthy_llm::zo_bench::{sentiment_task, weights_digest, yes_no_task};
 use rustworthy_llm::zo_tune::{zo_tune, ZoOptimizer, ZoTuneConfig};
 use rustworthy_testkit::torch_lock;
 use tch::{Device, Tensor};
@@ -222,6 +222,28 @@ fn the_yes_no_task_is_balanced_and_disjoint() {
         "more questions than words allow"
     );
     assert!(yes_no_task(3, 2, 0).is_err(), "odd sizes");
+    // Sentiment: balanced, and no sentiment word of a test review is in a training review.
+    let (train, test) = sentiment_task(240, 160, 0).unwrap();
+    assert_eq!(test.iter().filter(|q| q.answer == "Yes").count(), 80);
+    assert_eq!(train.iter().filter(|q| q.answer == "Yes").count(), 120);
+    let words = |q: &str| -> Vec<String> {
+        q.split(['.', '"', ' '])
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let seen: std::collections::HashSet<String> =
+        train.iter().flat_map(|q| words(&q.question)).collect();
+    for q in &test {
+        // "The film was W1. The plot was W2." : the words after "was".
+        let w = words(&q.question);
+        for (i, x) in w.iter().enumerate() {
+            if x == "was" {
+                assert!(!seen.contains(&w[i + 1]), "{} is in training", w[i + 1]);
+            }
+        }
+    }
+    assert!(sentiment_task(3, 2, 0).is_err());
 }
 
 #[test]
