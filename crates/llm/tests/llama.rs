@@ -361,3 +361,32 @@ fn smollm2_tokenizer_without_python_reference() {
         .unwrap();
     assert_eq!(text, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
 }
+
+#[test]
+fn damaged_tokenizer_files_are_refused_not_crashed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    Tokenizer::word_level(["who wrote it ?"])
+        .unwrap()
+        .save(&path)
+        .unwrap();
+    let good: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let refuse = |v: &serde_json::Value, what: &str| {
+        std::fs::write(&path, v.to_string()).unwrap();
+        let e = Tokenizer::from_file(&path).err().unwrap().to_string();
+        assert!(e.contains("tokenizer.json") && e.contains(what), "{e}");
+    };
+    // A decoder entry of the wrong shape makes the tokenizers crate panic (found by fuzzing).
+    let mut v = good.clone();
+    v["decoder"] = 12345.into();
+    refuse(&v, "does not parse");
+    // A huge added token made matching take minutes (found by fuzzing).
+    let mut v = good.clone();
+    v["added_tokens"][0]["content"] = "[".repeat(80_000).into();
+    refuse(&v, "added token");
+    std::fs::write(&path, b"{\"model\": ").unwrap();
+    assert!(Tokenizer::from_file(&path).is_err());
+    std::fs::write(&path, good.to_string()).unwrap();
+    assert!(Tokenizer::from_file(&path).is_ok());
+}
