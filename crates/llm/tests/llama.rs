@@ -370,8 +370,7 @@ fn damaged_tokenizer_files_are_refused_not_crashed() {
         .unwrap()
         .save(&path)
         .unwrap();
-    let good: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let good: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     let refuse = |v: &serde_json::Value, what: &str| {
         std::fs::write(&path, v.to_string()).unwrap();
         let e = Tokenizer::from_file(&path).err().unwrap().to_string();
