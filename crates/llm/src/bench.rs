@@ -75,11 +75,9 @@ pub struct TofuBenchConfig {
     pub relearn: Option<RelearnConfig>,
 }
 
-fn split_pct(forget: &str) -> Result<usize> {
+fn check_forget(forget: &str) -> Result<()> {
     match forget {
-        "forget01" => Ok(1),
-        "forget05" => Ok(5),
-        "forget10" => Ok(10),
+        "forget01" | "forget05" | "forget10" => Ok(()),
         other => Err(Error::config(
             "forget",
             format!("`{other}` is not a forget split (forget01, forget05, forget10)"),
@@ -496,7 +494,8 @@ pub fn run(
     log: &dyn Fn(&str),
 ) -> Result<TofuBenchReport> {
     let t0 = Instant::now();
-    let pct = split_pct(&cfg.forget)?;
+    // Only TOFU's forget splits have a retain and a holdout split to go with them.
+    check_forget(&cfg.forget)?;
     if cfg.seeds.is_empty() || cfg.methods.is_empty() {
         return Err(Error::config("seeds", "at least one seed and one method"));
     }
@@ -504,8 +503,8 @@ pub fn run(
     if let Some(o) = out {
         bench.write(&o.join("data"))?;
     }
-    let retain = format!("retain{:02}", 100 - pct);
-    let holdout = format!("holdout{pct:02}");
+    let retain = crate::workflow::retain_of(&cfg.forget)?;
+    let holdout = crate::workflow::holdout_of(&cfg.forget)?;
     let setup = Setup::new(&cfg.model, &bench)?;
     // Every method's settings are checked before hours of fine-tuning.
     for m in &cfg.methods {

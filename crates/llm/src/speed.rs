@@ -11,7 +11,7 @@
 use crate::bench::environment;
 use crate::score::QaBatch;
 use crate::tofu::{self, SynthConfig};
-use crate::unlearn::{control_vector, method_loss, Batches, LlmMethod, LlmUnlearnConfig};
+use crate::unlearn::{method_aids, method_loss, Batches, LlmMethod, LlmUnlearnConfig};
 use crate::workflow::LmBundle;
 use rustworthy_core::fsutil::write_json_atomic;
 use rustworthy_core::{Error, Result};
@@ -112,17 +112,14 @@ pub fn step_bench(cfg: &StepBenchConfig, out: &Path) -> Result<StepBenchReport> 
     {
         let enc = b.encoder();
         for s in 0..cfg.warmup + cfg.steps {
-            let pick = |items: &[tofu::QaItem]| -> Vec<(String, String)> {
-                items[s * cfg.batch_size..(s + 1) * cfg.batch_size]
+            let pick = |items: &[tofu::QaItem]| -> Result<QaBatch> {
+                let pairs: Vec<(&str, &str)> = items[s * cfg.batch_size..(s + 1) * cfg.batch_size]
                     .iter()
-                    .map(|q| (q.question.clone(), q.answer.clone()))
-                    .collect()
+                    .map(|q| (q.question.as_str(), q.answer.as_str()))
+                    .collect();
+                enc.batch(&pairs, Device::Cpu)
             };
-            let (f, r) = (pick(forget), pick(retain));
-            let fr: Vec<(&str, &str)> = f.iter().map(|(q, a)| (q.as_str(), a.as_str())).collect();
-            let rr: Vec<(&str, &str)> = r.iter().map(|(q, a)| (q.as_str(), a.as_str())).collect();
-            let fb = enc.batch(&fr, Device::Cpu)?;
-            let rb = enc.batch(&rr, Device::Cpu)?;
+            let (fb, rb) = (pick(forget)?, pick(retain)?);
             dumps.push(serde_json::json!({"forget": dump(&fb)?, "retain": dump(&rb)?}));
             batches.push((fb, rb));
         }
@@ -133,19 +130,7 @@ pub fn step_bench(cfg: &StepBenchConfig, out: &Path) -> Result<StepBenchReport> 
         &serde_json::json!({"method": method, "warmup": cfg.warmup, "steps": dumps}),
     )?;
     let model = &mut b.model;
-    let reference = if cfg.method.uses_reference(method.retain_loss) {
-        Some(model.frozen_copy()?)
-    } else {
-        None
-    };
-    let control = matches!(cfg.method, LlmMethod::Rmu | LlmMethod::RmuWmdp).then(|| {
-        control_vector(
-            model.config.hidden_size,
-            method.steering_coeff,
-            method.seed,
-            Device::Cpu,
-        )
-    });
+    let (reference, control) = method_aids(model, &method)?;
     use tch::nn::OptimizerConfig;
     let mut opt = tch::nn::AdamW::default()
         .wd(method.weight_decay)

@@ -79,8 +79,14 @@ impl Encoder<'_> {
             .iter()
             .map(|(q, a)| self.pair(q, a))
             .collect::<Result<_>>()?;
+        self.pack(&items, device)
+    }
+
+    /// Pads already encoded `(prompt, answer)` ids into a batch, with the tokenizer's padding
+    /// token (or its end-of-sequence token) and this encoder's longest sequence.
+    pub fn pack(&self, items: &[(Vec<i64>, Vec<i64>)], device: tch::Device) -> Result<QaBatch> {
         let pad = self.tok.pad.or(self.tok.eos).unwrap_or(0) as i64;
-        QaBatch::new(&items, pad, self.max_len, device)
+        QaBatch::new(items, pad, self.max_len, device)
     }
 }
 
@@ -161,7 +167,6 @@ pub fn finetune(
         .iter()
         .map(|it| enc.pair(&it.question, &it.answer))
         .collect::<Result<_>>()?;
-    let pad = enc.tok.pad.or(enc.tok.eos).unwrap_or(0) as i64;
     let mut opt = tch::nn::AdamW::default()
         .wd(cfg.weight_decay)
         .build(model.trainable(), cfg.lr)?;
@@ -179,7 +184,7 @@ pub fn finetune(
             rustworthy_core::progress::check_interrupt()?;
             let batch: Vec<(Vec<i64>, Vec<i64>)> =
                 chunk.iter().map(|&i| pairs[i].clone()).collect();
-            let b = QaBatch::new(&batch, pad, enc.max_len, model.device())?;
+            let b = enc.pack(&batch, model.device())?;
             let loss = pooled_nll_of(model, &b)?;
             let l = loss.double_value(&[]);
             if !l.is_finite() {

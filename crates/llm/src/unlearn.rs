@@ -394,6 +394,28 @@ pub fn control_vector(d: i64, coeff: f64, seed: u64, device: tch::Device) -> Ten
     (&u / u.norm() * coeff).to_device(device)
 }
 
+/// What a method needs beside the model it trains: the frozen reference model (NPO, IdkDPO,
+/// RMU, GradDiff with KL) and RMU's control vector.
+pub fn method_aids(
+    model: &CausalLm,
+    cfg: &LlmUnlearnConfig,
+) -> Result<(Option<CausalLm>, Option<Tensor>)> {
+    let reference = if cfg.method.uses_reference(cfg.retain_loss) {
+        Some(model.frozen_copy()?)
+    } else {
+        None
+    };
+    let control = matches!(cfg.method, LlmMethod::Rmu | LlmMethod::RmuWmdp).then(|| {
+        control_vector(
+            model.config.hidden_size,
+            cfg.steering_coeff,
+            cfg.seed,
+            model.device(),
+        )
+    });
+    Ok((reference, control))
+}
+
 /// One record per epoch of an unlearning run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UnlearnLog {
@@ -425,13 +447,7 @@ pub fn unlearn(
         ));
     }
     let dev = model.device();
-    let reference = if cfg.method.uses_reference(cfg.retain_loss) {
-        Some(model.frozen_copy()?)
-    } else {
-        None
-    };
-    let control = matches!(cfg.method, LlmMethod::Rmu | LlmMethod::RmuWmdp)
-        .then(|| control_vector(model.config.hidden_size, cfg.steering_coeff, cfg.seed, dev));
+    let (reference, control) = method_aids(model, cfg)?;
     // The WMDP form trains only the MLP down-projections of blocks layer-2..=layer.
     let params = model.named_parameters();
     let trained = |name: &str| {

@@ -11,7 +11,7 @@ use crate::eval::{evaluate, forget_quality, priv_leak, TofuEval};
 use crate::gguf::Gguf;
 use crate::llama::{CausalLm, LoraConfig};
 use crate::relearn::{relearn, RelearnConfig, RelearnResult};
-use crate::score::{label_logprobs, QaBatch};
+use crate::score::scored_logprobs;
 use crate::tofu::{self, Benchmark, QaItem};
 use crate::tokenizer::Tokenizer;
 use crate::tune::{finetune, Encoder, EpochLog, FinetuneConfig, PromptFormat};
@@ -33,6 +33,17 @@ pub struct LmMeta {
     pub format: PromptFormat,
     /// Longest prompt + answer, in tokens.
     pub max_len: usize,
+}
+
+impl LmMeta {
+    /// The encoder of prompts and answers with `tok` in this layout.
+    pub fn encoder<'a>(&self, tok: &'a Tokenizer) -> Encoder<'a> {
+        Encoder {
+            tok,
+            format: self.format,
+            max_len: self.max_len,
+        }
+    }
 }
 
 /// A model with its tokenizer and prompt layout.
@@ -57,11 +68,7 @@ impl LmBundle {
     /// `tokenizer.json` (a model folder written by [`LmBundle::save`] or a Hugging Face
     /// checkpoint). An empty path or `smollm2` is SmolLM2-135M-Instruct from the venv.
     pub fn load(path: &Path, device: Device) -> Result<LmBundle> {
-        let path = if path.as_os_str().is_empty() || path == Path::new("smollm2") {
-            smollm2_gguf()?
-        } else {
-            path.to_path_buf()
-        };
+        let path = resolve_model(path)?;
         let (model, tok) = if path.is_dir() {
             let tj = path.join("tokenizer.json");
             if !tj.exists() {
@@ -138,11 +145,12 @@ impl LmBundle {
 
     /// The encoder of prompts and answers.
     pub fn encoder(&self) -> Encoder<'_> {
-        Encoder {
-            tok: &self.tok,
-            format: self.meta.format,
-            max_len: self.meta.max_len,
-        }
+        self.meta.encoder(&self.tok)
+    }
+
+    /// The model to train and the encoder at once (the encoder borrows only the tokenizer).
+    pub fn split_mut(&mut self) -> (&mut CausalLm, Encoder<'_>) {
+        (&mut self.model, self.meta.encoder(&self.tok))
     }
 }
 
@@ -159,13 +167,19 @@ pub fn save_model_folder(
     write_json_atomic(&dir.join(LM_META), meta)
 }
 
+/// The model file a path names: an empty path or `smollm2` is SmolLM2-135M-Instruct from the
+/// venv.
+fn resolve_model(path: &Path) -> Result<PathBuf> {
+    if path.as_os_str().is_empty() || path == Path::new("smollm2") {
+        smollm2_gguf()
+    } else {
+        Ok(path.to_path_buf())
+    }
+}
+
 /// Blocks of the model at `path` (a GGUF file or a model folder), read from its metadata.
 pub fn model_layers(path: &Path) -> Result<usize> {
-    let path = if path.as_os_str().is_empty() || path == Path::new("smollm2") {
-        smollm2_gguf()?
-    } else {
-        path.to_path_buf()
-    };
+    let path = resolve_model(path)?;
     let cfg = if path.is_dir() {
         crate::llama::LlamaConfig::from_hf_json(&path.join("config.json"))?
     } else {
@@ -280,12 +294,8 @@ pub fn finetune_run(cfg: &FinetuneRun, out: &Path, overwrite: bool) -> Result<Ve
     let bench = Benchmark::read(&cfg.data)?;
     let items = items_of(&bench, &cfg.splits)?;
     let mut b = load_with_lora(&cfg.model, &cfg.lora, cfg.finetune.seed)?;
-    let enc = Encoder {
-        tok: &b.tok,
-        format: b.meta.format,
-        max_len: b.meta.max_len,
-    };
-    let logs = finetune(&mut b.model, &enc, &items, &cfg.finetune)?;
+    let (model, enc) = b.split_mut();
+    let logs = finetune(model, &enc, &items, &cfg.finetune)?;
     b.save(out)?;
     write_report(out, "finetune", cfg, env, t0, &logs)?;
     Ok(logs)
@@ -314,17 +324,10 @@ pub fn unlearn_run(cfg: &UnlearnRun, out: &Path, overwrite: bool) -> Result<Vec<
     let (t0, env) = (Instant::now(), environment());
     let bench = Benchmark::read(&cfg.data)?;
     let mut b = load_with_lora(&cfg.model, &cfg.lora, cfg.method.seed)?;
-    cfg.method
-        .validate(b.model.config.num_hidden_layers as usize)?;
-    let logs = {
-        let enc = Encoder {
-            tok: &b.tok,
-            format: b.meta.format,
-            max_len: b.meta.max_len,
-        };
-        let (forget, retain) = (bench.split(&cfg.forget)?, bench.split(&cfg.retain)?);
-        unlearn(&mut b.model, &enc, forget, retain, &cfg.method)?
-    };
+    let (forget, retain) = (bench.split(&cfg.forget)?, bench.split(&cfg.retain)?);
+    let (model, enc) = b.split_mut();
+    // `unlearn` checks the settings against the model first.
+    let logs = unlearn(model, &enc, forget, retain, &cfg.method)?;
     b.save(out)?;
     write_report(out, "unlearn", cfg, env, t0, &logs)?;
     Ok(logs)
@@ -468,17 +471,16 @@ pub fn score_items(b: &LmBundle, items: &[QaItem], batch_size: usize) -> Result<
         return Err(Error::invalid("no items to score"));
     }
     let enc = b.encoder();
-    let pad = b.tok.pad.or(b.tok.eos).unwrap_or(0) as i64;
     let mut out = Vec::with_capacity(items.len());
     tch::no_grad(|| -> Result<()> {
         for chunk in items.chunks(batch_size) {
-            let pairs: Vec<(Vec<i64>, Vec<i64>)> = chunk
+            let pairs: Vec<(&str, &str)> = chunk
                 .iter()
-                .map(|q| enc.pair(&q.question, &q.answer))
-                .collect::<Result<_>>()?;
-            let batch = QaBatch::new(&pairs, pad, enc.max_len, b.model.device())?;
-            let logits = crate::score::batch_logits(&b.model, &batch)?;
-            let (lp, mask) = label_logprobs(&logits, &batch.labels);
+                .map(|q| (q.question.as_str(), q.answer.as_str()))
+                .collect();
+            let batch = enc.batch(&pairs, b.model.device())?;
+            // The head at the answer positions only, as the metrics compute it.
+            let (lp, mask) = scored_logprobs(&b.model, &batch)?;
             let lp = lp.to_kind(Kind::Double);
             for (i, q) in chunk.iter().enumerate() {
                 let row = Vec::<f64>::try_from(lp.get(i as i64))?;
@@ -550,20 +552,14 @@ pub fn relearn_run(cfg: &RelearnRun, out: &Path, overwrite: bool) -> Result<Rele
     let (t0, env) = (Instant::now(), environment());
     let bench = Benchmark::read(&cfg.data)?;
     let mut b = LmBundle::load(&cfg.model, Device::Cpu)?;
-    let r = {
-        let enc = Encoder {
-            tok: &b.tok,
-            format: b.meta.format,
-            max_len: b.meta.max_len,
-        };
-        relearn(
-            &mut b.model,
-            &enc,
-            bench.split(&cfg.forget)?,
-            bench.split(&cfg.retain)?,
-            &cfg.attack,
-        )?
-    };
+    let (model, enc) = b.split_mut();
+    let r = relearn(
+        model,
+        &enc,
+        bench.split(&cfg.forget)?,
+        bench.split(&cfg.retain)?,
+        &cfg.attack,
+    )?;
     b.save(out)?;
     write_report(out, "relearn", cfg, env, t0, &r)?;
     Ok(r)

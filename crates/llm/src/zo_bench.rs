@@ -305,8 +305,7 @@ pub fn label_batch(enc: &Encoder, pairs: &[(&str, &str)], device: tch::Device) -
             Ok((p, a))
         })
         .collect::<Result<_>>()?;
-    let pad = enc.tok.pad.or(enc.tok.eos).unwrap_or(0) as i64;
-    QaBatch::new(&items, pad, enc.max_len, device)
+    enc.pack(&items, device)
 }
 
 /// Share of `items` whose true answer word has the lower NLL, scoring `2 × per_forward`
