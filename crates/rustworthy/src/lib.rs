@@ -47,6 +47,7 @@
 
 pub use rustworthy_core as core;
 pub use rustworthy_data as data;
+pub use rustworthy_diffusion as diffusion;
 pub use rustworthy_llm as llm;
 pub use rustworthy_models as models;
 pub use rustworthy_prune as prune;
