@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 mod args;
+mod cmd_diffusion;
 mod cmd_llm;
 mod cmd_prune;
 mod cmd_robust;
@@ -59,6 +60,9 @@ enum Command {
     /// Language models: generate, score, evaluate, unlearn, fine-tune, relearning attack.
     #[command(subcommand)]
     Llm(LlmCommand),
+    /// Class-conditional diffusion: train, sample, erase a class, evaluate, attack the erasure.
+    #[command(subcommand)]
+    Diffusion(DiffusionCommand),
     /// Datasets that are generated: the TOFU-style `tofu-synth` benchmark.
     #[command(subcommand)]
     Data(DataCommand),
@@ -87,6 +91,21 @@ enum LlmCommand {
     Finetune(cmd_llm::FinetuneArgs),
     /// The relearning attack: train on a small slice, measure the held-out forget answers.
     Relearn(cmd_llm::RelearnArgs),
+}
+
+/// The commands under `rustworthy diffusion`.
+#[derive(Subcommand)]
+enum DiffusionCommand {
+    /// Train the class-conditional DDPM on Fashion-MNIST (or Retrain without a class).
+    Train(cmd_diffusion::TrainArgs),
+    /// Generate images per class with classifier-free guidance (DDIM or DDPM).
+    Sample(cmd_diffusion::SampleArgs),
+    /// Erase a class with SalUn-RL/GA, RL, GA or ESD.
+    Unlearn(cmd_diffusion::UnlearnArgs),
+    /// UA, per-class accuracy, FD-fmnist and KID-fmnist of a model.
+    Eval(cmd_diffusion::EvalArgs),
+    /// The UnlearnDiffAtk-style attack on an erased class.
+    Attack(cmd_diffusion::AttackArgs),
 }
 
 /// The commands under `rustworthy data`.
@@ -121,6 +140,12 @@ enum BenchCommand {
     /// Seconds per LLM unlearning step (NPO by default) on SmolLM2; `scripts/bench-llm-step.sh`
     /// runs it beside the PyTorch/transformers reference on the same batches.
     LlmStep(cmd_llm::BenchLlmStepArgs),
+    /// Class erasure in a conditional DDPM: original, Retrain and every method, with UA,
+    /// FD-fmnist, KID-fmnist, the attack's success rate and sample grids.
+    Diffusion(cmd_diffusion::BenchDiffusionArgs),
+    /// Seconds per DDPM training step; `scripts/bench-ddpm-step.sh` runs it beside the same
+    /// steps in PyTorch.
+    DdpmStep(cmd_diffusion::BenchDdpmStepArgs),
 }
 
 /// Messages go to stderr: plain for information, prefixed for warnings and errors.
@@ -170,6 +195,13 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Llm(a)) => cmd_llm::bench_llm(a),
         Command::Bench(BenchCommand::Mezo(a)) => cmd_llm::bench_mezo(a),
         Command::Bench(BenchCommand::LlmStep(a)) => cmd_llm::bench_llm_step(a),
+        Command::Bench(BenchCommand::Diffusion(a)) => cmd_diffusion::bench_diffusion(a),
+        Command::Bench(BenchCommand::DdpmStep(a)) => cmd_diffusion::bench_ddpm_step(a),
+        Command::Diffusion(DiffusionCommand::Train(a)) => cmd_diffusion::train(a),
+        Command::Diffusion(DiffusionCommand::Sample(a)) => cmd_diffusion::sample(a),
+        Command::Diffusion(DiffusionCommand::Unlearn(a)) => cmd_diffusion::unlearn(a),
+        Command::Diffusion(DiffusionCommand::Eval(a)) => cmd_diffusion::eval(a),
+        Command::Diffusion(DiffusionCommand::Attack(a)) => cmd_diffusion::attack(a),
         Command::Llm(LlmCommand::Generate(a)) => cmd_llm::llm_generate(a),
         Command::Llm(LlmCommand::Score(a)) => cmd_llm::llm_score(a),
         Command::Llm(LlmCommand::Eval(a)) => cmd_llm::llm_eval(a),
