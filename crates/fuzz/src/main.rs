@@ -205,6 +205,36 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
             .map(|_| ())
     };
 
+    // A tiny DDPM folder (unet.json + model.safetensors) and a saliency mask for it.
+    let ddpm_cfg = rustworthy::diffusion::unet::UNetConfig {
+        in_channels: 1,
+        resolution: 4,
+        ch: 4,
+        ch_mult: vec![1, 2],
+        num_res_blocks: 1,
+        attn_resolutions: vec![2],
+        dropout: 0.1,
+        num_classes: 3,
+        groups: 2,
+    };
+    let ddpm_dir = d.join("ddpm");
+    tch::manual_seed(0);
+    let ddpm = rustworthy::diffusion::unet::CondUNet::new(&ddpm_cfg, tch::Device::Cpu).unwrap();
+    rustworthy::diffusion::io::save_unet(&ddpm_dir, &ddpm).unwrap();
+    let ddpm_json = std::fs::read(ddpm_dir.join("unet.json")).unwrap();
+    let ddpm_weights = std::fs::read(ddpm_dir.join("model.safetensors")).unwrap();
+    let ddpm_mask = written(d, "mask.safetensors", |p| {
+        let mask: rustworthy::train::UpdateMasks = ddpm
+            .named_parameters()
+            .into_iter()
+            .map(|(n, t)| (n, t.ge(0.0).to_kind(tch::Kind::Float)))
+            .collect();
+        rustworthy::diffusion::unlearn::save_mask(p, &mask)
+    });
+    let read_ddpm = |p: &Path| -> Result<()> {
+        rustworthy::diffusion::io::load_unet(p.parent().unwrap(), tch::Device::Cpu).map(|_| ())
+    };
+
     let data_reader = |p: &Path| -> Result<()> {
         load_pair(&format!("file:{}", p.display()), None, Some(0.5), 0).map(|_| ())
     };
@@ -237,6 +267,34 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
         });
     }
     list.extend(vec![
+        Target {
+            name: "ddpm-config",
+            file: "unet.json",
+            seeds: vec![ddpm_json.clone()],
+            text: true,
+            repack: false,
+            read: Box::new(read_ddpm),
+        },
+        Target {
+            name: "ddpm-weights",
+            file: "model.safetensors",
+            seeds: vec![ddpm_weights.clone()],
+            text: false,
+            repack: false,
+            read: Box::new(read_ddpm),
+        },
+        Target {
+            name: "ddpm-mask",
+            file: "mask.safetensors",
+            seeds: vec![ddpm_mask],
+            text: false,
+            repack: false,
+            read: Box::new(move |p| {
+                tch::manual_seed(0);
+                let m = rustworthy::diffusion::unet::CondUNet::new(&ddpm_cfg, tch::Device::Cpu)?;
+                rustworthy::diffusion::unlearn::load_mask(p, &m).map(|_| ())
+            }),
+        },
         Target {
             name: "idx",
             file: "images-idx3-ubyte",
@@ -448,6 +506,12 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
                 std::fs::write(dir.join("model-e0001.safetensors"), &ck_model).unwrap();
                 std::fs::write(dir.join("optim-e0001.safetensors"), &ck_optim).unwrap();
                 std::fs::write(dir.join("checkpoint.json"), &ck_sidecar_unsummed).unwrap();
+            }
+            if t.name == "ddpm-config" {
+                std::fs::write(dir.join("model.safetensors"), &ddpm_weights).unwrap();
+            }
+            if t.name == "ddpm-weights" {
+                std::fs::write(dir.join("unet.json"), &ddpm_json).unwrap();
             }
             // A folder's other file, of the same architecture.
             if let Some(rest) = t.name.strip_prefix("hf-") {
