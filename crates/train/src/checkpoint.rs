@@ -175,6 +175,21 @@ impl Checkpoint {
         opt: &mut Optimizer,
     ) -> Result<CheckpointMeta> {
         let meta = read_meta(sidecar)?;
+        // Every file the sidecar names must be a plain file name inside the checkpoint folder.
+        let names = std::iter::once(&meta.model_file)
+            .chain(meta.optim_file.as_ref())
+            .chain(meta.checksums.keys());
+        for name in names {
+            let p = Path::new(name);
+            let plain = p.components().count() == 1
+                && matches!(p.components().next(), Some(std::path::Component::Normal(_)));
+            if !plain {
+                return Err(Error::checkpoint(
+                    sidecar,
+                    format!("names the file `{name}`, which is not a file name in the checkpoint folder"),
+                ));
+            }
+        }
         for (f, sum) in &meta.checksums {
             let p = self.dir.join(f);
             let got = file_checksum(&p)?;

@@ -319,3 +319,41 @@ fn lenet_and_resnet20_train_a_step() {
         assert_ne!(before, param_bits(&m), "{arch:?} did not update");
     }
 }
+
+/// A sidecar naming a file outside its folder (found by fuzzing: an optimizer-state name bent
+/// into an absolute path) is refused with the sidecar named.
+#[test]
+fn a_sidecar_naming_files_outside_its_folder_is_refused() {
+    let _torch = torch_lock();
+    let (train, _) = data(3);
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    let mut m = model(5);
+    let opts = FitOptions {
+        progress: ProgressMode::Quiet,
+        checkpoint_dir: Some(ck.clone()),
+        stop_after: Some(1),
+        resume: false,
+    };
+    fit(&mut m, &train, None, &cfg(2), &opts).unwrap();
+    let sidecar = ck.join("checkpoint.json");
+    let text = std::fs::read_to_string(&sidecar).unwrap();
+    let mut meta: serde_json::Value = serde_json::from_str(&text).unwrap();
+    meta["checksums"] = serde_json::json!({});
+    for bad in [
+        "/ptim-e0001.safetensors",
+        "../optim-e0001.safetensors",
+        "sub/optim-e0001.safetensors",
+    ] {
+        meta["optim_file"] = serde_json::json!(bad);
+        std::fs::write(&sidecar, serde_json::to_vec(&meta).unwrap()).unwrap();
+        let ckpt = rustworthy_train::Checkpoint::new(&ck);
+        let mut again = model(5);
+        let mut opt = rustworthy_train::Optimizer::new(cfg(2).optim, again.parameters()).unwrap();
+        let err = ckpt.restore(&mut again, &mut opt).unwrap_err().to_string();
+        assert!(
+            err.contains("checkpoint.json") && err.contains("not a file name"),
+            "{bad}: {err}"
+        );
+    }
+}
