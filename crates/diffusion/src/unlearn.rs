@@ -111,8 +111,12 @@ pub struct EraseConfig {
     pub mask_ratio: f64,
     /// Guidance scale of the loss the mask is computed from (2.0).
     pub mask_guidance: f64,
-    /// ESD's negative guidance eta (2.0, the official ESD script's default).
+    /// ESD's negative guidance eta in `e_c - eta (e_c - e_null)` (2.0, the official
+    /// `esd_sd.py` default).
     pub esd_guidance: f64,
+    /// Guidance w of the frozen model's generations ESD trains on (2.0, i.e. `esd_sd.py`'s
+    /// guidance scale 3 in the `e_null + s (e_c - e_null)` convention).
+    pub esd_sample_guidance: f64,
     /// Random horizontal flips of forget and retain images.
     pub hflip: bool,
     /// Seed of batches, timesteps, noise, label drops and dropout.
@@ -133,6 +137,7 @@ impl Default for EraseConfig {
             mask_ratio: 0.5,
             mask_guidance: 2.0,
             esd_guidance: 2.0,
+            esd_sample_guidance: 2.0,
             hflip: true,
             seed: 0,
         }
@@ -174,6 +179,7 @@ impl EraseConfig {
         }
         validate::non_negative("mask_guidance", self.mask_guidance)?;
         validate::non_negative("esd_guidance", self.esd_guidance)?;
+        validate::non_negative("esd_sample_guidance", self.esd_sample_guidance)?;
         Ok(())
     }
 
@@ -490,7 +496,7 @@ pub fn erase(
             cfg.forget_class,
             cfg.batch_size as i64,
             50,
-            cfg.mask_guidance,
+            cfg.esd_sample_guidance,
             derive(cfg.seed, "esd-pool", 0),
         )?;
         Some((frozen, pool))
@@ -549,7 +555,8 @@ pub fn erase(
                 let target = tch::no_grad(|| -> Result<Tensor> {
                     let e0 = frozen.forward_vec(&xt, &t, &frozen.null_vectors(b), false)?;
                     let ep = frozen.forward(&xt, &t, &c, None, false)?;
-                    Ok(&e0 - (ep - &e0) * cfg.esd_guidance)
+                    // esd_sd.py: e_from - eta (e_c - e_null), e_from = e_c by default.
+                    Ok(&ep - (&ep - &e0) * cfg.esd_guidance)
                 })?;
                 let en = model.forward(&xt, &t, &c, None, true)?;
                 (en - target).square().mean(Kind::Float)
@@ -576,7 +583,10 @@ pub fn erase(
             )));
         }
         loss.backward();
-        clip_grad_norm(&tensors, cfg.grad_clip);
+        // ESD clips nothing (esd_sd.py); SalUn clips over all parameters before masking.
+        if !esd {
+            clip_grad_norm(&tensors, cfg.grad_clip);
+        }
         opt.step(cfg.lr)?;
         af += fl;
         ar += rl;
