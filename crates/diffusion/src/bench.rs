@@ -523,6 +523,29 @@ pub fn run_bench(
     cfg.erase.validate(cfg.unet.num_classes)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let _lock = fsutil::RunLock::acquire(out)?;
+    // Every stage's result is reused when its file exists, so a folder serves one config only.
+    let cfg_path = out.join("bench_config.json");
+    let now = serde_json::to_value(cfg)?;
+    match read_json::<serde_json::Value>(&cfg_path)? {
+        Some(old) if old != now => {
+            let differ: Vec<String> = now
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter(|(k, v)| old.get(k.as_str()) != Some(*v))
+                        .map(|(k, _)| k.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            return Err(Error::invalid(format!(
+                "{} holds a bench run with another config (it differs in {}); use another --out",
+                out.display(),
+                differ.join(", ")
+            )));
+        }
+        Some(_) => {}
+        None => fsutil::write_json_atomic(&cfg_path, &now)?,
+    }
     let mut report = RunReport::new(
         "bench diffusion",
         serde_json::to_value(cfg)?,

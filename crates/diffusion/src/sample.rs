@@ -157,6 +157,12 @@ pub fn generate(
     let sched = Schedule::reference(model.device());
     sampler.validate(&sched)?;
     let c = &model.config;
+    if !(1..=100_000).contains(&per_class) {
+        return Err(Error::config(
+            "per_class",
+            format!("must be in 1..=100000, got {per_class}"),
+        ));
+    }
     for &k in classes {
         if k < 0 || k >= c.num_classes {
             return Err(Error::invalid(format!(

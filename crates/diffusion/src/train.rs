@@ -146,15 +146,36 @@ pub struct LossPoint {
 pub struct TrainOutcome {
     /// The step the run resumed from (0 for a fresh run).
     pub resumed_from: u64,
-    /// Loss history, one point per `log_every` steps.
+    /// Loss history, one point per `log_every` steps (from the start, across resumes).
     pub history: Vec<LossPoint>,
-    /// Seconds spent in this process.
+    /// Seconds of training (across resumes: the runs before the checkpoint and this one).
     pub seconds: f64,
 }
 
 /// The checkpoint folder's file.
 pub fn checkpoint_file(dir: &Path) -> PathBuf {
     dir.join("checkpoint.safetensors")
+}
+
+/// What a checkpoint must have been made with to be resumed: the U-Net, the recipe (but for
+/// its length and checkpoint interval) and the data (name, size, classes).
+fn resume_key(model: &CondUNet, data: &Dataset, cfg: &DdpmTrainConfig) -> serde_json::Value {
+    let mut c = cfg.clone();
+    c.steps = 0;
+    c.checkpoint_every = 0;
+    serde_json::json!({
+        "unet": model.config,
+        "train": c,
+        "data": {"name": data.name, "len": data.len(), "class_counts": data.class_counts()},
+    })
+}
+
+/// The loss history and seconds up to the checkpoint, kept beside it so a resumed run reports
+/// the whole run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Progress {
+    history: Vec<LossPoint>,
+    seconds: f64,
 }
 
 /// Writes the raw weights, the EMA, the optimizer state and the step into one safetensors file,
@@ -208,10 +229,22 @@ pub fn load_checkpoint(
             e.push((r.to_string(), t));
         } else if let Some(r) = n.strip_prefix("optim/") {
             o.push((r.to_string(), t));
-        } else if n == "meta/step" {
-            step = Some(t.int64_value(&[0]));
-        } else if n == "meta/optim_steps" {
-            osteps = Some(t.int64_value(&[0]));
+        } else if n == "meta/step" || n == "meta/optim_steps" {
+            if t.numel() != 1 || t.kind() != Kind::Int64 {
+                return Err(Error::checkpoint(
+                    &path,
+                    format!("{n} must be one int64, got {:?} {:?}", t.kind(), t.size()),
+                ));
+            }
+            let v = t.int64_value(&[0]);
+            if v < 0 {
+                return Err(Error::checkpoint(&path, format!("{n} is negative ({v})")));
+            }
+            if n == "meta/step" {
+                step = Some(v);
+            } else {
+                osteps = Some(v);
+            }
         }
     }
     let (Some(step), Some(osteps)) = (step, osteps) else {
@@ -295,11 +328,41 @@ pub fn train_ddpm(
     let sched = Schedule::reference(model.device());
     let mut opt = adam_for(model)?;
     let mut start = 0;
+    let mut before = Progress::default();
+    let key = resume_key(model, data, cfg);
     if let Some(dir) = ckpt_dir {
+        let key_path = dir.join("resume_key.json");
         if checkpoint_file(dir).exists() {
+            let text = std::fs::read_to_string(&key_path).map_err(|e| Error::io(&key_path, e))?;
+            let old: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::corrupt(&key_path, e.to_string()))?;
+            if old != key {
+                return Err(Error::checkpoint(
+                    dir,
+                    "this checkpoint was made with another model, recipe or dataset; resume with \
+                     the same settings or train into another folder",
+                ));
+            }
             start = load_checkpoint(dir, model, ema, &mut opt)?;
+            if start > cfg.steps {
+                return Err(Error::checkpoint(
+                    dir,
+                    format!(
+                        "the checkpoint is at step {start}, past the {} steps asked for",
+                        cfg.steps
+                    ),
+                ));
+            }
+            let pp = dir.join("progress.json");
+            if pp.exists() {
+                let text = std::fs::read_to_string(&pp).map_err(|e| Error::io(&pp, e))?;
+                before =
+                    serde_json::from_str(&text).map_err(|e| Error::corrupt(&pp, e.to_string()))?;
+                before.history.retain(|p| p.step <= start);
+            }
         } else {
             ema.copy_from(model)?;
+            fsutil::write_json_atomic(&key_path, &key)?;
         }
     } else {
         ema.copy_from(model)?;
@@ -313,7 +376,7 @@ pub fn train_ddpm(
     let bs = cfg.batch_size.min(n);
     let per_epoch = (n / bs).max(1) as u64;
     let t0 = Instant::now();
-    let mut history = Vec::new();
+    let mut history = before.history.clone();
     let (mut acc, mut acc_g, mut cnt) = (0.0, 0.0, 0u64);
     let log_every = log_every.max(1);
     for step in start..cfg.steps {
@@ -358,6 +421,12 @@ pub fn train_ddpm(
         if let Some(dir) = ckpt_dir {
             let every = cfg.checkpoint_every;
             if (every > 0 && done % every == 0) || done == cfg.steps {
+                // The progress first: a checkpoint never has less history than its step.
+                let p = Progress {
+                    history: history.clone(),
+                    seconds: before.seconds + t0.elapsed().as_secs_f64(),
+                };
+                fsutil::write_json_atomic(&dir.join("progress.json"), &p)?;
                 save_checkpoint(dir, model, ema, &opt, done)?;
             }
         }
@@ -368,6 +437,6 @@ pub fn train_ddpm(
     Ok(TrainOutcome {
         resumed_from: start,
         history,
-        seconds: t0.elapsed().as_secs_f64(),
+        seconds: before.seconds + t0.elapsed().as_secs_f64(),
     })
 }

@@ -130,6 +130,20 @@ impl UNetConfig {
                 );
             }
         }
+        // About 2 x 9 c^2 weights per convolution, two per block, down and up.
+        let widest = self.ch * self.ch_mult.iter().max().copied().unwrap_or(1);
+        let approx = 2.0
+            * 9.0
+            * (widest as f64).powi(2)
+            * 2.0
+            * (self.num_res_blocks as f64 + 1.0)
+            * self.ch_mult.len() as f64;
+        if approx > 1e9 {
+            return bad(
+                "ch",
+                format!("about {approx:.1e} parameters: beyond any supported size"),
+            );
+        }
         let mut r = self.resolution;
         for level in 0..self.ch_mult.len() - 1 {
             if r < 2 || r % 2 != 0 {

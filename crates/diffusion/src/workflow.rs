@@ -243,21 +243,20 @@ pub fn run_unlearn(
     Ok(o)
 }
 
-/// The judge classifier kept in `judge_dir` (trained there on first use as the bench does: the
-/// MLP below 28 pixels, LeNet at 28, `epochs` epochs).
+/// The judge classifier kept in `judge_dir` (trained there on first use as the presets do: the
+/// MLP for 5 epochs below 28 pixels, LeNet for 10 at 28).
 pub fn judge_at(
     judge_dir: &Path,
     side: i64,
-    epochs: usize,
     data_dir: Option<&Path>,
     device: Device,
 ) -> Result<(Model, f64, Dataset)> {
     let (train, test) = fmnist_at(side, data_dir, device)?;
     std::fs::create_dir_all(judge_dir).map_err(|e| Error::io(judge_dir, e))?;
-    let arch = if side < 28 {
-        rustworthy_models::Arch::Mlp
+    let (arch, epochs) = if side < 28 {
+        (rustworthy_models::Arch::Mlp, 5)
     } else {
-        rustworthy_models::Arch::Lenet
+        (rustworthy_models::Arch::Lenet, 10)
     };
     let (m, acc) = judge_classifier(judge_dir, arch, &train, &test, epochs, 0, device)?;
     Ok((m, acc, test))
@@ -281,7 +280,7 @@ pub fn run_eval(
             format!("{forget_class} is out of range"),
         ));
     }
-    let (judge, acc, test) = judge_at(judge_dir, m.config.resolution, 5, data_dir, device)?;
+    let (judge, acc, test) = judge_at(judge_dir, m.config.resolution, data_dir, device)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut report = RunReport::new(
         "diffusion eval",
@@ -325,7 +324,7 @@ pub fn run_attack(
     if class < 0 || class >= m.config.num_classes {
         return Err(Error::config("class", format!("{class} is out of range")));
     }
-    let (judge, _, test) = judge_at(judge_dir, m.config.resolution, 5, data_dir, device)?;
+    let (judge, _, test) = judge_at(judge_dir, m.config.resolution, data_dir, device)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut cfg = cfg.clone();
     if matches!(cfg.variable, AttackVariable::Discrete { .. }) && cfg.weight_decay == 0.0 {

@@ -104,6 +104,39 @@ fn training_learns_and_resumes_bit_exactly() {
     .unwrap();
     assert_eq!(o2.resumed_from, 3);
     assert_eq!(
+        o2.history.len(),
+        6,
+        "a resumed run reports the whole history"
+    );
+    // A checkpoint is not resumed under another recipe, nor past its length.
+    let (mut d1, mut d2) = (model(1), model(2));
+    let other = DdpmTrainConfig {
+        lr: 5e-4,
+        ..recipe(6)
+    };
+    let err = train_ddpm(
+        &mut d1,
+        &mut d2,
+        &d,
+        &other,
+        Some(&dir.path().join("b")),
+        1,
+        |_| {},
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("another model, recipe"), "{err}");
+    let err = train_ddpm(
+        &mut d1,
+        &mut d2,
+        &d,
+        &recipe(2),
+        Some(&dir.path().join("b")),
+        1,
+        |_| {},
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("past the 2 steps"), "{err}");
+    assert_eq!(
         bits(&a),
         bits(&c),
         "resumed weights differ from the uninterrupted run"
@@ -176,6 +209,18 @@ fn saved_models_read_back_and_bad_input_is_refused() {
         err.to_string().contains("not finite") || err.to_string().contains("NaN"),
         "{err}"
     );
+    // A nonsensical image count.
+    let err = rustworthy_diffusion::sample::generate(
+        &m,
+        &rustworthy_diffusion::sample::Sampler::Ddpm { steps: 2 },
+        &[0],
+        -1,
+        2.0,
+        8,
+        0,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("per_class"), "{err}");
     // Out-of-range settings.
     let err = EraseConfig {
         forget_class: 7,
