@@ -75,6 +75,16 @@ pub enum Noise<'a> {
     Given(&'a [Tensor]),
 }
 
+/// One step of DDIM's generalized steps from `x_t` with predicted noise `e`, where `at` and
+/// `an` are alpha_bar at this and the next visited timestep and `z` the Gaussian draw (unused
+/// when `eta` is 0): `sqrt(an) x0 + c1 z + c2 e`.
+pub fn ddim_step(x: &Tensor, e: &Tensor, at: &Tensor, an: &Tensor, eta: f64, z: &Tensor) -> Tensor {
+    let x0 = (x - e * one_minus(at).sqrt()) / at.sqrt();
+    let c1 = (one_minus(&(at / an)) * one_minus(an) / one_minus(at)).sqrt() * eta;
+    let c2 = (one_minus(an) - c1.square()).sqrt();
+    an.sqrt() * x0 + c1 * z + c2 * e
+}
+
 /// Runs `sampler` from `x_T` with `eps(x_t, t)` as the (guided) noise prediction; returns x_0.
 pub fn sample<F>(
     sched: &Schedule,
@@ -113,12 +123,8 @@ where
             let e = eps(&x, &t.to_kind(Kind::Float))?;
             x = match sampler {
                 Sampler::Ddim { eta, .. } => {
-                    let x0 = (&x - &e * one_minus(&at).sqrt()) / at.sqrt();
-                    let c1 =
-                        (one_minus(&(&at / &an)) * one_minus(&an) / one_minus(&at)).sqrt() * *eta;
-                    let c2 = (one_minus(&an) - c1.square()).sqrt();
                     let z = if *eta > 0.0 { draw(k)? } else { x.zeros_like() };
-                    an.sqrt() * x0 + c1 * z + c2 * e
+                    ddim_step(&x, &e, &at, &an, *eta, &z)
                 }
                 Sampler::Ddpm { .. } => {
                     let beta = one_minus(&(&at / &an));

@@ -3,15 +3,16 @@
 //! prediction as the target), with the reference code's loss reductions and the meaning of its
 //! alpha. Retraining without the class is [`crate::train::train_ddpm`] on the other classes.
 
-use crate::sample::timesteps;
-use crate::schedule::{ddpm_loss, keep_mask, one_minus, sum_mse, Schedule};
+use crate::sample::{ddim_step, timesteps};
+use crate::schedule::{ddpm_loss, keep_mask, sum_mse, Schedule};
 use crate::train::{adam_for, clip_grad_norm, model_batch, to_model_range, zero_grads};
 use crate::unet::CondUNet;
 use rustworthy_core::progress::check_interrupt;
 use rustworthy_core::seed::derive;
 use rustworthy_core::{validate, Error, Result};
 use rustworthy_data::{epoch_order, Dataset};
-use rustworthy_train::UpdateMasks;
+use rustworthy_train::mask::{load_masks, save_masks};
+use rustworthy_train::{Masks, UpdateMasks};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -260,22 +261,20 @@ pub fn saliency_mask(model: &CondUNet, forget: &Dataset, cfg: &EraseConfig) -> R
     Ok(out.into())
 }
 
-/// Saves a mask as safetensors.
+/// Saves a mask as safetensors (through the pruning masks' writer: atomic, 0/1 as bytes).
 pub fn save_mask(path: &Path, mask: &UpdateMasks) -> Result<()> {
-    let named: Vec<(String, Tensor)> = mask
+    let masks: Masks = mask
         .iter()
         .map(|(n, t)| (n.clone(), t.shallow_clone()))
         .collect();
-    rustworthy_core::fsutil::atomic_write_with(path, |tmp| {
-        Tensor::write_safetensors(&named, tmp).map_err(Error::from)
-    })
+    save_masks(path, &masks)
 }
 
-/// Reads a mask and checks it against `model`: the same parameter names and shapes, values in
-/// {0, 1}; a mask of another model is an error naming the first mismatch.
+/// Reads a mask (through the pruning masks' reader, which refuses values other than 0 and 1)
+/// and checks it against `model`: the same parameter names and shapes; a mask of another model
+/// is an error naming the first mismatch.
 pub fn load_mask(path: &Path, model: &CondUNet) -> Result<UpdateMasks> {
-    let all = Tensor::read_safetensors(path).map_err(|e| Error::corrupt(path, e.to_string()))?;
-    let given: BTreeMap<String, Tensor> = all.into_iter().collect();
+    let given = load_masks(path, model.device())?.into_inner();
     let params = model.named_parameters();
     for (name, p) in &params {
         let Some(m) = given.get(name) else {
@@ -294,13 +293,6 @@ pub fn load_mask(path: &Path, model: &CondUNet) -> Result<UpdateMasks> {
                 ),
             ));
         }
-        let bad = m.ne(0.0).logical_and(&m.ne(1.0)).any().int64_value(&[]);
-        if bad != 0 {
-            return Err(Error::corrupt(
-                path,
-                format!("mask for {name} holds values other than 0 and 1"),
-            ));
-        }
     }
     if let Some(extra) = given.keys().find(|k| !params.iter().any(|(n, _)| n == *k)) {
         return Err(Error::corrupt(
@@ -308,15 +300,7 @@ pub fn load_mask(path: &Path, model: &CondUNet) -> Result<UpdateMasks> {
             format!("mask entry {extra} is not a parameter of this model: it was made for another model"),
         ));
     }
-    Ok(params
-        .iter()
-        .map(|(n, p)| {
-            (
-                n.clone(),
-                given[n].to_kind(Kind::Float).to_device(p.device()),
-            )
-        })
-        .collect())
+    Ok(given.into_iter().collect())
 }
 
 /// Share of ones in a mask.
@@ -378,8 +362,7 @@ pub fn esd_pool(
         let e = tch::no_grad(|| orig.guided(&x, &t, &c, w, false))?;
         let at = sched.alpha_bar(&Tensor::full([n], i, (Kind::Int64, dev)));
         let an = sched.alpha_bar(&Tensor::full([n], j, (Kind::Int64, dev)));
-        let x0 = (&x - &e * one_minus(&at).sqrt()) / at.sqrt();
-        x = an.sqrt() * x0 + one_minus(&an).sqrt() * e;
+        x = ddim_step(&x, &e, &at, &an, 0.0, &x.zeros_like());
     }
     Ok((Tensor::cat(&xs, 0), Tensor::cat(&ts, 0)))
 }
