@@ -102,8 +102,23 @@ pub fn ddpm_loss(
     train: bool,
 ) -> Result<Tensor> {
     let keep = keep_mask(labels.size()[0], drop, x0.device());
+    ddpm_loss_kept(model, sched, x0, t, e, labels, &keep, train)
+}
+
+/// [`ddpm_loss`] with the keep mask given (true = keep the label).
+#[allow(clippy::too_many_arguments)]
+pub fn ddpm_loss_kept(
+    model: &CondUNet,
+    sched: &Schedule,
+    x0: &Tensor,
+    t: &Tensor,
+    e: &Tensor,
+    labels: &Tensor,
+    keep: &Tensor,
+    train: bool,
+) -> Result<Tensor> {
     let xt = sched.q_sample(x0, t, e);
-    let pred = model.forward(&xt, &t.to_kind(Kind::Float), labels, Some(&keep), train)?;
+    let pred = model.forward(&xt, &t.to_kind(Kind::Float), labels, Some(keep), train)?;
     Ok(sum_mse(e, &pred))
 }
 

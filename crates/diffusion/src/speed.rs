@@ -2,7 +2,7 @@
 //! Adam and the EMA update) on fixed batches, for the comparison with the same steps in PyTorch
 //! (`scripts/bench-ddpm-step.sh` runs `scripts/ref/ddpm_step_ref.py` on the files written here).
 
-use crate::schedule::{sum_mse, Schedule};
+use crate::schedule::{ddpm_loss_kept, Schedule};
 use crate::train::{adam_for, clip_grad_norm, ema_update};
 use crate::unet::{CondUNet, UNetConfig};
 use rustworthy_core::{fsutil, Error, Result};
@@ -95,30 +95,19 @@ pub fn bench_train_step(b: &StepBench, out: &Path, device: Device) -> Result<Ste
         Tensor::write_safetensors(&batches, tmp).map_err(Error::from)
     })?;
     fsutil::write_json_atomic(&out.join("bench.json"), b)?;
-    let get = |name: String| -> Tensor {
-        batches
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, t)| t.to_device(device))
-            .expect("batch tensor")
-    };
+    // Each step's x0, labels, t, e and keep mask (in the order written above), on the device
+    // before any timing.
+    let steps: Vec<Vec<Tensor>> = batches
+        .chunks(5)
+        .map(|c| c.iter().map(|(_, t)| t.to_device(device)).collect())
+        .collect();
     let sched = Schedule::reference(device);
     let mut opt = adam_for(&m)?;
     let params: Vec<Tensor> = named.iter().map(|(_, t)| t.shallow_clone()).collect();
     let step = |k: usize, train: bool| -> Result<Tensor> {
-        let x0 = get(format!("x0_{k}"));
-        let t = get(format!("t_{k}"));
-        let e = get(format!("e_{k}"));
-        let keep = get(format!("keep_{k}")).to_kind(Kind::Bool);
-        let xt = sched.q_sample(&x0, &t, &e);
-        let pred = m.forward(
-            &xt,
-            &t.to_kind(Kind::Float),
-            &get(format!("labels_{k}")),
-            Some(&keep),
-            train,
-        )?;
-        Ok(sum_mse(&e, &pred))
+        let s = &steps[k];
+        let keep = s[4].to_kind(Kind::Bool);
+        ddpm_loss_kept(&m, &sched, &s[0], &s[2], &s[3], &s[1], &keep, train)
     };
     let first_loss_eval = tch::no_grad(|| step(0, false))?.double_value(&[]);
     let mut times = Vec::new();
