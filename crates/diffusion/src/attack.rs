@@ -246,17 +246,13 @@ pub fn attack(
         },
         vec![("attack".into(), var.shallow_clone())],
     )?;
-    let conditioning = |var: &Tensor, hard: bool| -> Tensor {
+    // The conditioning a check generates from: the vector, or each token's most likely row.
+    let conditioning = |var: &Tensor| -> Tensor {
         match cfg.variable {
             AttackVariable::Continuous => var.detach(),
-            AttackVariable::Discrete { .. } => {
-                let pick = if hard {
-                    var.argmax(1, false)
-                } else {
-                    var.detach().multinomial(1, true).squeeze_dim(1)
-                };
-                table.index_select(0, &pick).mean_dim(0, false, Kind::Float)
-            }
+            AttackVariable::Discrete { .. } => table
+                .index_select(0, &var.argmax(1, false))
+                .mean_dim(0, false, Kind::Float),
         }
     };
     let model_params: Vec<Tensor> = model
@@ -320,7 +316,7 @@ pub fn attack(
         let (share, _) = check(
             model,
             classifier,
-            &conditioning(&var, true),
+            &conditioning(&var),
             class,
             cfg,
             check_seed,

@@ -80,6 +80,16 @@ pub struct DiffusionBenchConfig {
     pub seed: u64,
 }
 
+/// The judge classifier's architecture and epochs at `side` pixels: the MLP for 5 epochs below
+/// 28 pixels (LeNet's pooling leaves a 1x1 map there), LeNet for 10 at 28 and above.
+pub fn judge_recipe(side: i64) -> (Arch, usize) {
+    if side < 28 {
+        (Arch::Mlp, 5)
+    } else {
+        (Arch::Lenet, 10)
+    }
+}
+
 /// The presets: `fmnist-ddpm-mini` (14x14 pooled Fashion-MNIST, a small U-Net, class 1 erased;
 /// 15 minutes on 2 CPU cores) and `fmnist-ddpm` (28x28, the reference U-Net's width at 3
 /// levels; GPU-sized).
@@ -120,8 +130,8 @@ pub fn preset(name: &str) -> Result<DiffusionBenchConfig> {
             },
             methods,
             retrain: true,
-            classifier_arch: Arch::Mlp,
-            classifier_epochs: 5,
+            classifier_arch: judge_recipe(14).0,
+            classifier_epochs: judge_recipe(14).1,
             eval: EvalConfig {
                 sampler: Sampler::Ddpm { steps: 50 },
                 guidance: 2.0,
@@ -158,8 +168,8 @@ pub fn preset(name: &str) -> Result<DiffusionBenchConfig> {
             erase: EraseConfig::default(),
             methods,
             retrain: true,
-            classifier_arch: Arch::Lenet,
-            classifier_epochs: 10,
+            classifier_arch: judge_recipe(28).0,
+            classifier_epochs: judge_recipe(28).1,
             eval: EvalConfig {
                 sampler: Sampler::Ddim {
                     steps: 1000,

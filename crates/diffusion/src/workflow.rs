@@ -4,7 +4,8 @@
 
 use crate::attack::{AttackConfig, AttackVariable};
 use crate::bench::{
-    attack_model, evaluate_model, judge_classifier, preset, AttackSummary, EvalConfig, ModelEval,
+    attack_model, evaluate_model, judge_classifier, judge_recipe, preset, AttackSummary,
+    EvalConfig, ModelEval,
 };
 use crate::io::{at_resolution, class_subset, load_unet, save_unet, write_grid};
 use crate::sample::{generate, Sampler};
@@ -243,8 +244,8 @@ pub fn run_unlearn(
     Ok(o)
 }
 
-/// The judge classifier kept in `judge_dir` (trained there on first use as the presets do: the
-/// MLP for 5 epochs below 28 pixels, LeNet for 10 at 28).
+/// The judge classifier kept in `judge_dir` (trained there on first use with
+/// [`judge_recipe`], as the presets do).
 pub fn judge_at(
     judge_dir: &Path,
     side: i64,
@@ -253,11 +254,7 @@ pub fn judge_at(
 ) -> Result<(Model, f64, Dataset)> {
     let (train, test) = fmnist_at(side, data_dir, device)?;
     std::fs::create_dir_all(judge_dir).map_err(|e| Error::io(judge_dir, e))?;
-    let (arch, epochs) = if side < 28 {
-        (rustworthy_models::Arch::Mlp, 5)
-    } else {
-        (rustworthy_models::Arch::Lenet, 10)
-    };
+    let (arch, epochs) = judge_recipe(side);
     let (m, acc) = judge_classifier(judge_dir, arch, &train, &test, epochs, 0, device)?;
     Ok((m, acc, test))
 }
