@@ -12,23 +12,12 @@ use rustworthy_diffusion::unlearn::{
     erase, is_class_pathway, load_mask, mask_density, saliency_mask, save_mask, EraseConfig,
     EraseMethod,
 };
-use rustworthy_testkit::{fashion_mnist_present, param_bits, torch_lock};
+use rustworthy_testkit::{fashion_mnist_present, tensor_bits, torch_lock};
 use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
 
-fn tiny() -> UNetConfig {
-    UNetConfig {
-        in_channels: 1,
-        resolution: 8,
-        ch: 8,
-        ch_mult: vec![1, 2],
-        num_res_blocks: 1,
-        attn_resolutions: vec![4],
-        dropout: 0.1,
-        num_classes: 4,
-        groups: 4,
-    }
-}
+mod common;
+use common::{model, tiny};
 
 fn data() -> Dataset {
     synthetic(4, 24, 1, 8, 0.2, 5)
@@ -46,19 +35,8 @@ fn recipe(steps: u64) -> DdpmTrainConfig {
     }
 }
 
-fn model(seed: i64) -> CondUNet {
-    tch::manual_seed(seed);
-    CondUNet::new(&tiny(), Device::Cpu).unwrap()
-}
-
 fn bits(m: &CondUNet) -> BTreeMap<String, Vec<u32>> {
-    m.named_parameters()
-        .into_iter()
-        .map(|(n, t)| {
-            let v: Vec<f32> = Vec::try_from(&t.flatten(0, -1)).unwrap();
-            (n, v.into_iter().map(f32::to_bits).collect())
-        })
-        .collect()
+    tensor_bits(m.named_parameters())
 }
 
 #[test]
@@ -442,5 +420,4 @@ fn metric_sanity_on_real_fashion_mnist() {
     // The same set against itself is zero.
     let f = rustworthy_diffusion::metrics::features(&judge, &real, 500).unwrap();
     assert!(frechet_distance(&f, &f).unwrap().abs() < 1e-6);
-    let _ = param_bits;
 }

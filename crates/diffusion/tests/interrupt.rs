@@ -2,24 +2,9 @@
 //! process-wide).
 
 use rustworthy_diffusion::sample::{generate, Sampler};
-use rustworthy_diffusion::unet::{CondUNet, UNetConfig};
-use tch::Device;
 
-fn model(seed: i64) -> CondUNet {
-    tch::manual_seed(seed);
-    let cfg = UNetConfig {
-        in_channels: 1,
-        resolution: 8,
-        ch: 8,
-        ch_mult: vec![1, 2],
-        num_res_blocks: 1,
-        attn_resolutions: vec![4],
-        dropout: 0.1,
-        num_classes: 4,
-        groups: 4,
-    };
-    CondUNet::new(&cfg, Device::Cpu).unwrap()
-}
+mod common;
+use common::model;
 
 static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 

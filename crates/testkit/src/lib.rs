@@ -208,7 +208,12 @@ pub fn copy_of(m: &Model) -> Model {
 /// The bit patterns of every float32 parameter, by name: equal maps mean bit-for-bit equal
 /// parameters.
 pub fn param_bits(m: &Model) -> BTreeMap<String, Vec<u32>> {
-    m.parameters()
+    tensor_bits(m.parameters())
+}
+
+/// The bit patterns of float32 tensors, by name (for models other than [`Model`]).
+pub fn tensor_bits(named: Vec<(String, tch::Tensor)>) -> BTreeMap<String, Vec<u32>> {
+    named
         .into_iter()
         .map(|(n, t)| {
             let v: Vec<f32> = Vec::try_from(&t.flatten(0, -1)).unwrap();
