@@ -283,6 +283,7 @@ pub fn judge_classifier(
 ) -> Result<(Model, f64)> {
     let (c, h, w) = train.image_shape();
     let spec = ModelSpec {
+        activation: Default::default(),
         arch,
         in_channels: c as i64,
         num_classes: train.num_classes as i64,

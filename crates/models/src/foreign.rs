@@ -997,6 +997,7 @@ fn infer_from(
         }
     };
     let spec = ModelSpec {
+        activation: Default::default(),
         arch,
         in_channels,
         num_classes,

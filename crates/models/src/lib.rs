@@ -43,4 +43,6 @@ pub use foreign::{LoadReport, MapRules, Rename};
 pub use layout::LayerOp;
 pub use model::{LayerInfo, Model};
 pub use script::ScriptOptions;
-pub use spec::{Arch, ModelSpec, CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_MEAN, FASHION_MNIST_STD};
+pub use spec::{
+    Activation, Arch, ModelSpec, CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_MEAN, FASHION_MNIST_STD,
+};

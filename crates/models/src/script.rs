@@ -125,6 +125,7 @@ impl ScriptOptions {
     fn spec(&self) -> ModelSpec {
         let c = self.in_channels.max(0) as usize;
         ModelSpec {
+            activation: Default::default(),
             arch: Arch::TorchScript,
             in_channels: self.in_channels,
             num_classes: self.num_classes.unwrap_or(1),

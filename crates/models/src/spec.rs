@@ -119,6 +119,70 @@ impl From<Arch> for String {
     }
 }
 
+/// The hidden-layer nonlinearity of a zoo network. ReLU is the architectures' own; the others
+/// exist for studies of models that differ in a known attribute (reverse engineering of
+/// deceptions). Serialized as `"relu"`, `"tanh"`, `"elu"`; a spec without the field is ReLU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// `max(x, 0)`.
+    #[default]
+    Relu,
+    /// `tanh(x)`.
+    Tanh,
+    /// `x` for `x > 0`, `exp(x) - 1` otherwise (alpha 1).
+    Elu,
+}
+
+impl Activation {
+    /// Every activation, in a fixed order.
+    pub const ALL: [Activation; 3] = [Activation::Relu, Activation::Tanh, Activation::Elu];
+
+    /// The lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::Tanh => "tanh",
+            Activation::Elu => "elu",
+        }
+    }
+
+    /// Whether this is ReLU (the default, left out of serialized specs).
+    pub fn is_relu(&self) -> bool {
+        *self == Activation::Relu
+    }
+
+    /// Applies the nonlinearity.
+    pub fn apply(self, x: &tch::Tensor) -> tch::Tensor {
+        match self {
+            Activation::Relu => x.relu(),
+            Activation::Tanh => x.tanh(),
+            Activation::Elu => x.elu(),
+        }
+    }
+}
+
+impl fmt::Display for Activation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Activation {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "relu" => Ok(Activation::Relu),
+            "tanh" => Ok(Activation::Tanh),
+            "elu" => Ok(Activation::Elu),
+            _ => Err(Error::config(
+                "model.activation",
+                format!("unknown activation `{s}`; valid: relu, tanh, elu"),
+            )),
+        }
+    }
+}
+
 /// Fashion-MNIST channel mean (pixels in [0, 1]).
 pub const FASHION_MNIST_MEAN: [f64; 1] = [0.2860];
 /// Fashion-MNIST channel standard deviation.
@@ -151,6 +215,10 @@ pub struct ModelSpec {
     pub mean: Vec<f64>,
     /// Per-channel standard deviation divided by inside the model (length `in_channels`).
     pub std: Vec<f64>,
+    /// Hidden-layer nonlinearity (ReLU unless set; other values for MLP, LeNet and the
+    /// CIFAR ResNets only).
+    #[serde(default, skip_serializing_if = "Activation::is_relu")]
+    pub activation: Activation,
 }
 
 #[derive(Deserialize)]
@@ -162,6 +230,8 @@ struct RawSpec {
     input_size: (i64, i64),
     mean: Vec<f64>,
     std: Vec<f64>,
+    #[serde(default)]
+    activation: Activation,
 }
 
 impl TryFrom<RawSpec> for ModelSpec {
@@ -174,6 +244,7 @@ impl TryFrom<RawSpec> for ModelSpec {
             input_size: r.input_size,
             mean: r.mean,
             std: r.std,
+            activation: r.activation,
         };
         spec.validate()?;
         Ok(spec)
@@ -184,6 +255,7 @@ impl ModelSpec {
     /// Fashion-MNIST geometry: 1x28x28 inputs, 10 classes, mean 0.2860, std 0.3530.
     pub fn fashion_mnist(arch: Arch) -> ModelSpec {
         ModelSpec {
+            activation: Default::default(),
             arch,
             in_channels: 1,
             num_classes: 10,
@@ -196,6 +268,7 @@ impl ModelSpec {
     /// CIFAR-10 geometry: 3x32x32 inputs, 10 classes, the usual CIFAR-10 mean/std.
     pub fn cifar10(arch: Arch) -> ModelSpec {
         ModelSpec {
+            activation: Default::default(),
             arch,
             in_channels: 3,
             num_classes: 10,
@@ -203,6 +276,12 @@ impl ModelSpec {
             mean: CIFAR10_MEAN.to_vec(),
             std: CIFAR10_STD.to_vec(),
         }
+    }
+
+    /// The same spec with another hidden-layer nonlinearity.
+    pub fn with_activation(mut self, activation: Activation) -> ModelSpec {
+        self.activation = activation;
+        self
     }
 
     /// The same spec with another number of classes.
@@ -302,6 +381,20 @@ impl ModelSpec {
                 format!("entries must be > 0, got {s}"),
             ));
         }
+        if !self.activation.is_relu()
+            && !matches!(
+                self.arch,
+                Arch::Mlp | Arch::Lenet | Arch::Resnet18 | Arch::Resnet20
+            )
+        {
+            return Err(Error::config(
+                "model.activation",
+                format!(
+                    "{} is built with ReLU only; {} is available for mlp, lenet, resnet18 and resnet20",
+                    self.arch, self.activation
+                ),
+            ));
+        }
         let min = self.min_input_size();
         if h < min || w < min {
             return Err(Error::config(
@@ -373,6 +466,7 @@ mod tests {
         let cases: Vec<(ModelSpec, &str)> = vec![
             (
                 ModelSpec {
+                    activation: Default::default(),
                     in_channels: 0,
                     ..base.clone()
                 },
@@ -381,6 +475,7 @@ mod tests {
             (base.clone().with_num_classes(0), "model.num_classes"),
             (
                 ModelSpec {
+                    activation: Default::default(),
                     input_size: (32, 0),
                     ..base.clone()
                 },
@@ -388,6 +483,7 @@ mod tests {
             ),
             (
                 ModelSpec {
+                    activation: Default::default(),
                     mean: vec![0.5],
                     ..base.clone()
                 },
@@ -395,6 +491,7 @@ mod tests {
             ),
             (
                 ModelSpec {
+                    activation: Default::default(),
                     std: vec![0.2, 0.0, 0.2],
                     ..base.clone()
                 },
@@ -402,6 +499,7 @@ mod tests {
             ),
             (
                 ModelSpec {
+                    activation: Default::default(),
                     mean: vec![0.1, f64::NAN, 0.1],
                     ..base.clone()
                 },
@@ -409,6 +507,7 @@ mod tests {
             ),
             (
                 ModelSpec {
+                    activation: Default::default(),
                     input_size: (8, 8),
                     ..ModelSpec::fashion_mnist(Arch::Lenet)
                 },

@@ -270,6 +270,7 @@ fn wrong_inputs_give_clear_errors() {
 #[test]
 fn invalid_specs_are_rejected_by_new() {
     let spec = ModelSpec {
+        activation: Default::default(),
         std: vec![0.0],
         ..ModelSpec::fashion_mnist(Arch::Mlp)
     };

@@ -269,6 +269,7 @@ proptest! {
     ) {
         let _torch = torch_lock();
         let spec = ModelSpec {
+            activation: Default::default(),
             arch,
             in_channels: c,
             num_classes: k,

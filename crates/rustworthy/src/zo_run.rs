@@ -337,6 +337,7 @@ pub fn bench_zo(a: &BenchZoConfig) -> Result<serde_json::Value> {
     rustworthy_core::validate::in_half_open("sparsity", a.sparsity, 0.0, 1.0)?;
     tch::manual_seed(a.seed as i64);
     let spec = ModelSpec {
+        activation: Default::default(),
         arch,
         in_channels: 1,
         num_classes: 10,

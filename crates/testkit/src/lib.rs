@@ -125,6 +125,7 @@ pub const CLASSES: usize = 4;
 /// with mean 0.5 and std 0.25.
 pub fn tiny_spec(arch: Arch, size: i64) -> ModelSpec {
     ModelSpec {
+        activation: Default::default(),
         arch,
         in_channels: 1,
         num_classes: CLASSES as i64,

@@ -66,6 +66,7 @@ fn first_order_loops_match_their_pytorch_restatements() {
         return;
     };
     let spec = ModelSpec {
+        activation: Default::default(),
         arch: Arch::Mlp,
         in_channels: 1,
         num_classes: 2,

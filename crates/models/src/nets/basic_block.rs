@@ -3,6 +3,7 @@
 
 use crate::layers::{BatchNorm2d, Builder, Conv2d, ConvInit, ConvOpts};
 use crate::layout::{self, LayerOp};
+use crate::spec::Activation;
 use rustworthy_core::Result;
 use tch::Tensor;
 
@@ -34,10 +35,18 @@ pub(crate) struct BasicBlock {
     conv2: Conv2d,
     bn2: BatchNorm2d,
     shortcut: Shortcut,
+    act: Activation,
 }
 
 impl BasicBlock {
-    pub fn new(b: &Builder, cin: i64, cout: i64, stride: i64, kind: ShortcutKind) -> Result<Self> {
+    pub fn new(
+        b: &Builder,
+        cin: i64,
+        cout: i64,
+        stride: i64,
+        kind: ShortcutKind,
+        act: Activation,
+    ) -> Result<Self> {
         let init = ConvInit::KaimingFanOut;
         let conv1 = Conv2d::new(&b.sub("conv1"), cin, cout, ConvOpts::k3(stride, init))?;
         let bn1 = BatchNorm2d::new(&b.sub("bn1"), cout)?;
@@ -70,11 +79,14 @@ impl BasicBlock {
             conv2,
             bn2,
             shortcut,
+            act,
         })
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let out = self.bn1.forward_t(&self.conv1.forward(x), train).relu();
+        let out = self
+            .act
+            .apply(&self.bn1.forward_t(&self.conv1.forward(x), train));
         let out = self.bn2.forward_t(&self.conv2.forward(&out), train);
         let shortcut = match &self.shortcut {
             Shortcut::Identity => x.shallow_clone(),
@@ -96,7 +108,7 @@ impl BasicBlock {
                 }
             }
         };
-        (out + shortcut).relu()
+        self.act.apply(&(out + shortcut))
     }
 
     /// This block in the network's layout.

@@ -9,7 +9,7 @@ use super::basic_block::{BasicBlock, ShortcutKind};
 use super::Net;
 use crate::layers::{global_avg_pool, BatchNorm2d, Builder, Conv2d, ConvInit, ConvOpts, Linear};
 use crate::layout::LayerOp;
-use crate::spec::ModelSpec;
+use crate::spec::{Activation, ModelSpec};
 use rustworthy_core::Result;
 use tch::Tensor;
 
@@ -44,6 +44,7 @@ pub(crate) struct CifarResNet {
     blocks: Vec<BasicBlock>,
     fc: Linear,
     width: i64,
+    act: Activation,
 }
 
 impl CifarResNet {
@@ -70,6 +71,7 @@ impl CifarResNet {
                     width,
                     s,
                     shape.shortcut,
+                    spec.activation,
                 )?);
                 cin = width;
             }
@@ -81,13 +83,16 @@ impl CifarResNet {
             blocks,
             fc,
             width: cin,
+            act: spec.activation,
         })
     }
 }
 
 impl Net for CifarResNet {
     fn features(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut x = self.bn1.forward_t(&self.conv1.forward(x), train).relu();
+        let mut x = self
+            .act
+            .apply(&self.bn1.forward_t(&self.conv1.forward(x), train));
         for block in &self.blocks {
             x = block.forward_t(&x, train);
         }
@@ -100,6 +105,9 @@ impl Net for CifarResNet {
         self.width
     }
     fn layout(&self) -> Option<Vec<LayerOp>> {
+        if !self.act.is_relu() {
+            return None;
+        }
         let mut ops = vec![self.conv1.op(), self.bn1.op(), LayerOp::Relu];
         ops.extend(self.blocks.iter().map(BasicBlock::op));
         ops.extend([LayerOp::GlobalAvgPool, self.fc.op()]);

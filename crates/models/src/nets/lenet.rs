@@ -4,7 +4,7 @@
 use super::Net;
 use crate::layers::{max_pool2, Builder, Conv2d, ConvInit, ConvOpts, Linear};
 use crate::layout::LayerOp;
-use crate::spec::ModelSpec;
+use crate::spec::{Activation, ModelSpec};
 use rustworthy_core::Result;
 use tch::Tensor;
 
@@ -14,6 +14,7 @@ pub(crate) struct LeNet5 {
     fc1: Linear,
     fc2: Linear,
     fc3: Linear,
+    act: Activation,
 }
 
 /// Spatial size after conv1 (same) -> pool -> conv2 (valid, k5) -> pool.
@@ -38,16 +39,18 @@ impl LeNet5 {
             fc1: Linear::new(&b.sub("fc1"), flat, 120)?,
             fc2: Linear::new(&b.sub("fc2"), 120, 84)?,
             fc3: Linear::new(&b.sub("fc3"), 84, spec.num_classes)?,
+            act: spec.activation,
         })
     }
 }
 
 impl Net for LeNet5 {
     fn features(&self, x: &Tensor, _train: bool) -> Tensor {
-        let x = max_pool2(&self.conv1.forward(x).relu(), false);
-        let x = max_pool2(&self.conv2.forward(&x).relu(), false);
-        let x = self.fc1.forward(&x.flatten(1, -1)).relu();
-        self.fc2.forward(&x).relu()
+        let a = self.act;
+        let x = max_pool2(&a.apply(&self.conv1.forward(x)), false);
+        let x = max_pool2(&a.apply(&self.conv2.forward(&x)), false);
+        let x = a.apply(&self.fc1.forward(&x.flatten(1, -1)));
+        a.apply(&self.fc2.forward(&x))
     }
     fn head(&self) -> &Linear {
         &self.fc3
@@ -57,6 +60,9 @@ impl Net for LeNet5 {
     }
     fn layout(&self) -> Option<Vec<LayerOp>> {
         use LayerOp::{Flatten, MaxPool2, Relu};
+        if !self.act.is_relu() {
+            return None;
+        }
         Some(vec![
             self.conv1.op(),
             Relu,

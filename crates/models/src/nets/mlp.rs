@@ -3,7 +3,7 @@
 use super::Net;
 use crate::layers::{Builder, Linear};
 use crate::layout::LayerOp;
-use crate::spec::ModelSpec;
+use crate::spec::{Activation, ModelSpec};
 use rustworthy_core::Result;
 use tch::Tensor;
 
@@ -13,6 +13,7 @@ pub(crate) struct Mlp {
     fc1: Linear,
     fc2: Linear,
     fc3: Linear,
+    act: Activation,
 }
 
 impl Mlp {
@@ -23,14 +24,15 @@ impl Mlp {
             fc1: Linear::new(&b.sub("fc1"), in_features, HIDDEN)?,
             fc2: Linear::new(&b.sub("fc2"), HIDDEN, HIDDEN)?,
             fc3: Linear::new(&b.sub("fc3"), HIDDEN, spec.num_classes)?,
+            act: spec.activation,
         })
     }
 }
 
 impl Net for Mlp {
     fn features(&self, x: &Tensor, _train: bool) -> Tensor {
-        let x = self.fc1.forward(&x.flatten(1, -1)).relu();
-        self.fc2.forward(&x).relu()
+        let x = self.act.apply(&self.fc1.forward(&x.flatten(1, -1)));
+        self.act.apply(&self.fc2.forward(&x))
     }
     fn head(&self) -> &Linear {
         &self.fc3
@@ -40,6 +42,9 @@ impl Net for Mlp {
     }
     fn layout(&self) -> Option<Vec<LayerOp>> {
         use LayerOp::{Flatten, Relu};
+        if !self.act.is_relu() {
+            return None;
+        }
         Some(vec![
             Flatten,
             self.fc1.op(),
