@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::fsutil::atomic_write;
 use std::path::Path;
+use tch::{Device, Kind, Tensor};
 
 type Rgb = [u8; 3];
 
@@ -396,6 +397,53 @@ fn glyph(ch: char) -> [u8; 7] {
         '\'' => [4, 4, 8, 0, 0, 0, 0],
         _ => [31, 17, 17, 17, 17, 17, 31],
     }
+}
+
+/// Writes a PNG grid of grey or colour images `rows` `[R][N, C, H, W]` in [0, 1], one row per
+/// entry, `scale` screen pixels per image pixel, 2-pixel gaps.
+pub fn write_grid(path: &Path, rows: &[Tensor], scale: usize) -> Result<()> {
+    if rows.is_empty() {
+        return Err(Error::invalid("sample grid: no rows"));
+    }
+    let sz = rows[0].size();
+    let (c, h, w) = (sz[1], sz[2] as usize, sz[3] as usize);
+    let cols = rows.iter().map(|r| r.size()[0] as usize).max().unwrap_or(0);
+    let gap = 2;
+    let cw = cols * (w * scale + gap) + gap;
+    let ch = rows.len() * (h * scale + gap) + gap;
+    let mut canvas = Canvas::new(cw, ch);
+    for (ri, r) in rows.iter().enumerate() {
+        let r = (r
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Float)
+            .clamp(0.0, 1.0)
+            * 255.0)
+            .round();
+        let v: Vec<f32> = Vec::try_from(r.flatten(0, -1))?;
+        let n = r.size()[0] as usize;
+        for k in 0..n {
+            for y in 0..h {
+                for x in 0..w {
+                    let px = |ci: usize| v[((k * c as usize + ci) * h + y) * w + x] as u8;
+                    let rgb = if c == 3 {
+                        [px(0), px(1), px(2)]
+                    } else {
+                        [px(0); 3]
+                    };
+                    for dy in 0..scale {
+                        for dx in 0..scale {
+                            canvas.set(
+                                (gap + k * (w * scale + gap) + x * scale + dx) as i64,
+                                (gap + ri * (h * scale + gap) + y * scale + dy) as i64,
+                                rgb,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    atomic_write(path, &canvas.to_png())
 }
 
 #[cfg(test)]

@@ -2,11 +2,11 @@
 //! and PNG sample grids.
 
 use crate::unet::{CondUNet, UNetConfig};
-use rustworthy_core::plot::Canvas;
+pub use rustworthy_core::plot::write_grid;
 use rustworthy_core::{fsutil, Error, Result};
 use rustworthy_data::Dataset;
 use std::path::Path;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// Writes `model`'s weights and config into `dir` (atomically, file by file; the config last).
 pub fn save_unet(dir: &Path, model: &CondUNet) -> Result<()> {
@@ -75,51 +75,4 @@ pub fn class_subset(ds: &Dataset, class: i64, exclude: bool) -> Result<Dataset> 
         .filter(|&i| (labels[i] == class) != exclude)
         .collect();
     ds.subset(&idx)
-}
-
-/// Writes a PNG grid of grey or colour images `rows` `[R][N, C, H, W]` in [0, 1], one row per
-/// entry, `scale` screen pixels per image pixel, 2-pixel gaps.
-pub fn write_grid(path: &Path, rows: &[Tensor], scale: usize) -> Result<()> {
-    if rows.is_empty() {
-        return Err(Error::invalid("sample grid: no rows"));
-    }
-    let sz = rows[0].size();
-    let (c, h, w) = (sz[1], sz[2] as usize, sz[3] as usize);
-    let cols = rows.iter().map(|r| r.size()[0] as usize).max().unwrap_or(0);
-    let gap = 2;
-    let cw = cols * (w * scale + gap) + gap;
-    let ch = rows.len() * (h * scale + gap) + gap;
-    let mut canvas = Canvas::new(cw, ch);
-    for (ri, r) in rows.iter().enumerate() {
-        let r = (r
-            .to_device(Device::Cpu)
-            .to_kind(Kind::Float)
-            .clamp(0.0, 1.0)
-            * 255.0)
-            .round();
-        let v: Vec<f32> = Vec::try_from(r.flatten(0, -1))?;
-        let n = r.size()[0] as usize;
-        for k in 0..n {
-            for y in 0..h {
-                for x in 0..w {
-                    let px = |ci: usize| v[((k * c as usize + ci) * h + y) * w + x] as u8;
-                    let rgb = if c == 3 {
-                        [px(0), px(1), px(2)]
-                    } else {
-                        [px(0); 3]
-                    };
-                    for dy in 0..scale {
-                        for dx in 0..scale {
-                            canvas.set(
-                                (gap + k * (w * scale + gap) + x * scale + dx) as i64,
-                                (gap + ri * (h * scale + gap) + y * scale + dy) as i64,
-                                rgb,
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
-    fsutil::atomic_write(path, &canvas.to_png())
 }
