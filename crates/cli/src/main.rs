@@ -7,6 +7,7 @@ mod args;
 mod cmd_diffusion;
 mod cmd_llm;
 mod cmd_prune;
+mod cmd_red;
 mod cmd_robust;
 mod cmd_train;
 mod cmd_unlearn;
@@ -63,6 +64,10 @@ enum Command {
     /// Class-conditional diffusion: train, sample, erase a class, evaluate, attack the erasure.
     #[command(subcommand)]
     Diffusion(DiffusionCommand),
+    /// Reverse engineering of deceptions: generate attacked data, train denoisers, attack
+    /// attribution and model parsing, score them.
+    #[command(subcommand)]
+    Red(RedCommand),
     /// Datasets that are generated: the TOFU-style `tofu-synth` benchmark.
     #[command(subcommand)]
     Data(DataCommand),
@@ -91,6 +96,17 @@ enum LlmCommand {
     Finetune(cmd_llm::FinetuneArgs),
     /// The relearning attack: train on a small slice, measure the held-out forget answers.
     Relearn(cmd_llm::RelearnArgs),
+}
+
+/// The commands under `rustworthy red`.
+#[derive(Subcommand, Debug)]
+enum RedCommand {
+    /// Train the victims and write the adversarial examples as safetensors shards (resumable).
+    Generate(cmd_red::GenerateArgs),
+    /// Train a denoiser, the attribution classifier or the model parser on a dataset.
+    Train(cmd_red::TrainArgs),
+    /// Score a trained tool on a split of a dataset.
+    Infer(cmd_red::InferArgs),
 }
 
 /// The commands under `rustworthy diffusion`.
@@ -146,6 +162,9 @@ enum BenchCommand {
     /// Seconds per DDPM training step; `scripts/bench-ddpm-step.sh` runs it beside the same
     /// steps in PyTorch.
     DdpmStep(cmd_diffusion::BenchDdpmStepArgs),
+    /// Reverse engineering of deceptions end to end: perturbation estimation (PSNR, cosine,
+    /// restored predictions), attack attribution and model parsing, in and out of distribution.
+    Red(cmd_red::BenchRedArgs),
 }
 
 /// Messages go to stderr: plain for information, prefixed for warnings and errors.
@@ -197,6 +216,10 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::LlmStep(a)) => cmd_llm::bench_llm_step(a),
         Command::Bench(BenchCommand::Diffusion(a)) => cmd_diffusion::bench_diffusion(a),
         Command::Bench(BenchCommand::DdpmStep(a)) => cmd_diffusion::bench_ddpm_step(a),
+        Command::Bench(BenchCommand::Red(a)) => cmd_red::bench_red(a),
+        Command::Red(RedCommand::Generate(a)) => cmd_red::generate(a),
+        Command::Red(RedCommand::Train(a)) => cmd_red::train(a),
+        Command::Red(RedCommand::Infer(a)) => cmd_red::infer(a),
         Command::Diffusion(DiffusionCommand::Train(a)) => cmd_diffusion::train(a),
         Command::Diffusion(DiffusionCommand::Sample(a)) => cmd_diffusion::sample(a),
         Command::Diffusion(DiffusionCommand::Unlearn(a)) => cmd_diffusion::unlearn(a),

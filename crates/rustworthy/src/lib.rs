@@ -51,6 +51,7 @@ pub use rustworthy_diffusion as diffusion;
 pub use rustworthy_llm as llm;
 pub use rustworthy_models as models;
 pub use rustworthy_prune as prune;
+pub use rustworthy_red as red;
 pub use rustworthy_robust as robust;
 pub use rustworthy_train as train;
 pub use rustworthy_unlearn as unlearn;

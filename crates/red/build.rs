@@ -1,0 +1,3 @@
+fn main() {
+    rustworthy_build::link_libtorch();
+}

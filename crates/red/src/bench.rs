@@ -1,0 +1,813 @@
+//! The RED study end to end: generate the dataset, train the denoisers (pixel and
+//! class-discriminative), the attribution classifier and the model parser, and score them in
+//! and out of distribution. Every stage's result is kept in the output folder and reused on a
+//! rerun, so an interrupted study resumes at the stage it stopped in.
+
+use crate::classify::{self, ClassifyConfig, HeadScore, InputKind, Task};
+use crate::denoise::{self, DenoiseConfig, DenoiseMode, EstimateScore};
+use crate::family::{
+    train_victim, AttackBudget, AttackFamily, AttackSetting, Victim, VictimAttrs, VictimFamily,
+    VictimRecipe,
+};
+use crate::generate::{self, load_split, GenConfig, Manifest, RedSet, Split};
+use crate::nets::{read_json, Denoiser, DenoiserConfig, MultiHead};
+use rustworthy_core::report::RunReport;
+use rustworthy_core::{fsutil, plot, Error, Result};
+use rustworthy_data::load_dataset;
+use rustworthy_models::{Activation, Arch, Model};
+use rustworthy_robust::Norm;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// The whole study's configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedBenchConfig {
+    /// Preset name.
+    pub preset: String,
+    /// The dataset.
+    pub data: GenConfig,
+    /// The surrogate classifier of the class-discriminative denoiser when it does not align
+    /// with the victims (trained with the victims' recipe on its own seed; not a victim).
+    pub surrogate: VictimAttrs,
+    /// Align the class-discriminative term with each training example's own victim (the
+    /// models the training data was made on) instead of the surrogate.
+    pub align_with_victims: bool,
+    /// The denoisers.
+    pub denoise: DenoiseConfig,
+    /// The attribution classifier.
+    pub attribution: ClassifyConfig,
+    /// What the attribution classifier sees.
+    pub attribution_input: InputKind,
+    /// The model parser (trained on true perturbations).
+    pub parsing: ClassifyConfig,
+    /// Attack families left out of the parser's training (its unseen-attack test).
+    pub unseen_families: Vec<AttackFamily>,
+    /// Train and score on the adversarial examples that fooled their victim only (failed
+    /// attempts stay in the dataset with `success` 0).
+    pub successful_only: bool,
+}
+
+impl RedBenchConfig {
+    /// The examples of `set` the tools train and score on: the successful ones when
+    /// `successful_only`, else all.
+    pub fn usable(&self, set: RedSet) -> RedSet {
+        if self.successful_only {
+            let ok = set.labels["success"].eq(1);
+            set.filter(&ok)
+        } else {
+            set
+        }
+    }
+}
+
+/// `k/255`.
+fn e255(k: f64) -> f64 {
+    k / 255.0
+}
+
+/// A named preset: `fmnist-red-mini` (CPU, about 10 minutes on 2 cores) or `fmnist-red`
+/// (ResNet-20 victims and more examples; GPU-sized).
+pub fn preset(name: &str) -> Result<RedBenchConfig> {
+    let linf = |family, eps| AttackSetting {
+        family,
+        norm: Norm::Linf,
+        eps,
+    };
+    let mini = RedBenchConfig {
+        preset: "fmnist-red-mini".into(),
+        data: GenConfig {
+            family: VictimFamily {
+                archs: vec![Arch::Mlp, Arch::Lenet],
+                activations: Activation::ALL.to_vec(),
+                sparsities: vec![0, 50, 90],
+            },
+            recipe: VictimRecipe {
+                train_images: 10000,
+                epochs: 3,
+                finetune_epochs: 1,
+                lr: 1e-3,
+                batch_size: 128,
+                seed: 0,
+            },
+            budget: AttackBudget {
+                pgd_steps: 10,
+                apgd_steps: 10,
+                cw_steps: 20,
+                cw_search: 3,
+                square_queries: 200,
+                nes_iterations: 10,
+                nes_samples: 20,
+            },
+            linf_families: vec![
+                AttackFamily::Fgsm,
+                AttackFamily::Pgd,
+                AttackFamily::Apgd,
+                AttackFamily::Square,
+                AttackFamily::Nes,
+            ],
+            l2_families: vec![AttackFamily::Pgd, AttackFamily::Cw],
+            linf_eps: vec![e255(8.0), e255(16.0), e255(32.0)],
+            l2_eps: vec![1.0, 2.0, 3.0],
+            ood_linf_eps: vec![e255(24.0)],
+            ood_l2_eps: vec![2.5],
+            transfer: vec![
+                linf(AttackFamily::Pgd, e255(16.0)),
+                linf(AttackFamily::Fgsm, e255(16.0)),
+            ],
+            train_per_shard: 100,
+            test_per_shard: 40,
+            seed: 0,
+        },
+        surrogate: VictimAttrs {
+            arch: Arch::Lenet,
+            activation: Activation::Relu,
+            sparsity_pct: 0,
+        },
+        align_with_victims: true,
+        denoise: DenoiseConfig {
+            net: DenoiserConfig {
+                depth: 8,
+                width: 32,
+                channels: 1,
+            },
+            epochs: 6,
+            batch_size: 128,
+            lr: 1e-3,
+            lambda: 0.1,
+            shift: 2,
+            max_examples: 0,
+            balance_families: true,
+            seed: 0,
+        },
+        attribution: ClassifyConfig {
+            width: 16,
+            epochs: 8,
+            batch_size: 128,
+            lr: 2e-3,
+            max_examples: 0,
+            hist_bins: 0,
+            seed: 0,
+        },
+        attribution_input: InputKind::AdvEstimated,
+        parsing: ClassifyConfig {
+            width: 16,
+            epochs: 6,
+            batch_size: 128,
+            lr: 2e-3,
+            max_examples: 0,
+            hist_bins: 0,
+            seed: 1,
+        },
+        unseen_families: vec![AttackFamily::Apgd, AttackFamily::Nes],
+        successful_only: true,
+    };
+    match name {
+        "fmnist-red-mini" => Ok(mini),
+        "fmnist-red" => {
+            let mut c = mini;
+            c.preset = "fmnist-red".into();
+            c.data.family.archs.push(Arch::Resnet20);
+            c.data.recipe.train_images = 30000;
+            c.data.recipe.epochs = 10;
+            c.data.recipe.finetune_epochs = 3;
+            c.data.budget = AttackBudget {
+                pgd_steps: 20,
+                apgd_steps: 50,
+                cw_steps: 100,
+                cw_search: 5,
+                square_queries: 1000,
+                nes_iterations: 20,
+                nes_samples: 50,
+            };
+            c.data.train_per_shard = 400;
+            c.data.test_per_shard = 100;
+            c.denoise.net = DenoiserConfig {
+                depth: 17,
+                width: 64,
+                channels: 1,
+            };
+            c.denoise.epochs = 10;
+            c.denoise.max_examples = 0;
+            c.attribution.width = 32;
+            c.attribution.epochs = 15;
+            c.parsing.width = 32;
+            c.parsing.epochs = 15;
+            Ok(c)
+        }
+        o => Err(Error::config(
+            "preset",
+            format!("unknown RED preset `{o}`; valid: fmnist-red-mini, fmnist-red"),
+        )),
+    }
+}
+
+/// Perturbation estimation of one group (an attack family, or all).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EstimateRow {
+    /// The group (`fgsm`, ..., or `all`).
+    pub group: String,
+    /// The identity baseline.
+    pub identity: EstimateScore,
+    /// The pixel-loss denoiser.
+    pub pixel: EstimateScore,
+    /// The class-discriminative denoiser.
+    pub cdd: EstimateScore,
+}
+
+/// Accuracy of a classifier's heads on one evaluation set.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ScoreRow {
+    /// The evaluation (e.g. `in-distribution`, `unseen strength`).
+    pub eval: String,
+    /// What the classifier saw.
+    pub input: String,
+    /// Per head.
+    pub heads: BTreeMap<String, HeadScore>,
+}
+
+/// Everything the study measured.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RedBenchResult {
+    /// The config.
+    pub config: RedBenchConfig,
+    /// Victims: id, test accuracy, measured sparsity.
+    pub victims: Vec<(String, f64, f64)>,
+    /// Surrogate test accuracy (percent), when the class-discriminative term used one.
+    pub surrogate_accuracy: Option<f64>,
+    /// Attack success rate (percent) per split and setting.
+    pub success: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Examples per split.
+    pub examples: BTreeMap<String, usize>,
+    /// Perturbation estimation on the in-distribution test split, per attack family and all.
+    pub estimation: Vec<EstimateRow>,
+    /// Perturbation estimation on the held-out strengths (all families together).
+    pub estimation_ood: EstimateRow,
+    /// Attribution accuracy per evaluation.
+    pub attribution: Vec<ScoreRow>,
+    /// Parsing accuracy per evaluation.
+    pub parsing: Vec<ScoreRow>,
+    /// Seconds per stage.
+    pub seconds: BTreeMap<String, f64>,
+}
+
+/// Every trained victim of the dataset in `dir`, by its `victim` label.
+pub fn victims_by_label(dir: &Path, m: &Manifest, device: Device) -> Result<BTreeMap<i64, Model>> {
+    let mut out = BTreeMap::new();
+    for (i, v) in m.victims.iter().enumerate() {
+        let vdir = dir.join("victims").join(v.id());
+        if !vdir.join("victim.json").exists() {
+            continue;
+        }
+        let rec: crate::family::VictimRecord = read_json(&vdir.join("victim.json"))?;
+        let mut model = Model::new(rec.spec, device)?;
+        model.load(vdir.join("model.safetensors"))?;
+        out.insert(i as i64, model);
+    }
+    Ok(out)
+}
+
+/// Trains (or reads back) a denoiser of `mode` into `dir`.
+pub fn denoiser_stage(
+    dir: &Path,
+    cfg: &DenoiseConfig,
+    mode: DenoiseMode,
+    train: &RedSet,
+    classifier: Option<&denoise::Aligner>,
+    device: Device,
+    say: impl FnMut(&str),
+) -> Result<Denoiser> {
+    if dir.join("denoiser.json").exists() && dir.join("history.json").exists() {
+        return Denoiser::load(dir, device);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let (d, hist) = denoise::train_denoiser(cfg, mode, train, classifier, device, say)?;
+    d.save(dir)?;
+    fsutil::write_json_atomic(&dir.join("history.json"), &hist)?;
+    Ok(d)
+}
+
+/// Trains (or reads back) a classifier of `task` into `dir` under `name`.
+#[allow(clippy::too_many_arguments)]
+pub fn classifier_stage(
+    dir: &Path,
+    name: &str,
+    cfg: &ClassifyConfig,
+    task: Task,
+    x: &Tensor,
+    set: &RedSet,
+    classes: &BTreeMap<&'static str, i64>,
+    device: Device,
+    say: impl FnMut(&str),
+) -> Result<MultiHead> {
+    if dir.join(format!("{name}.json")).exists()
+        && dir.join(format!("{name}-history.json")).exists()
+    {
+        return MultiHead::load(dir, name, device);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let (net, hist) = classify::train_classifier(cfg, task, x, set, classes, device, say)?;
+    net.save(dir, name)?;
+    fsutil::write_json_atomic(&dir.join(format!("{name}-history.json")), &hist)?;
+    Ok(net)
+}
+
+/// Keeps the examples whose attack family is (or, with `invert`, is not) in `families`.
+pub fn by_family(set: &RedSet, m: &Manifest, families: &[AttackFamily], invert: bool) -> RedSet {
+    let fam = &set.labels["family"];
+    let mut keep = Tensor::zeros([set.len() as i64], (Kind::Bool, fam.device()));
+    for (i, f) in m.families.iter().enumerate() {
+        if families.contains(f) {
+            keep = keep.logical_or(&fam.eq(i as i64));
+        }
+    }
+    if invert {
+        keep = keep.logical_not();
+    }
+    set.filter(&keep)
+}
+
+/// Runs the study of `cfg` in `out` on Fashion-MNIST. `say` receives progress lines.
+pub fn run_bench(
+    cfg: &RedBenchConfig,
+    out: &Path,
+    data_dir: Option<&Path>,
+    device: Device,
+    mut say: impl FnMut(&str),
+) -> Result<RedBenchResult> {
+    cfg.data.validate()?;
+    cfg.denoise.validate()?;
+    cfg.attribution.validate()?;
+    cfg.parsing.validate()?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let cfg_path = out.join("bench_config.json");
+    let now = serde_json::to_value(cfg)?;
+    if cfg_path.exists() {
+        let old: serde_json::Value = read_json(&cfg_path)?;
+        if old != now {
+            return Err(Error::invalid(format!(
+                "{} holds a RED study of another config; use another --out",
+                out.display()
+            )));
+        }
+    } else {
+        fsutil::write_json_atomic(&cfg_path, &now)?;
+    }
+    let mut report = RunReport::new("bench red", now.clone(), &format!("{device:?}"));
+    report.seeds.insert("data".into(), cfg.data.seed);
+    report.seeds.insert("victims".into(), cfg.data.recipe.seed);
+    report.seeds.insert("denoise".into(), cfg.denoise.seed);
+    report
+        .seeds
+        .insert("attribution".into(), cfg.attribution.seed);
+    report.seeds.insert("parsing".into(), cfg.parsing.seed);
+    let mut seconds = BTreeMap::new();
+    let (train, test) = load_dataset("fashion-mnist", data_dir)?;
+    let (train, test) = (train.to_device(device), test.to_device(device));
+    let data = out.join("data");
+    let t = Instant::now();
+    say("generate the RED dataset");
+    let gen = generate::generate(&cfg.data, &data, &train, &test, device, &mut say)?;
+    seconds.insert("generate".into(), t.elapsed().as_secs_f64());
+    let m = Manifest::read(&data)?;
+    let t = Instant::now();
+    let surrogate = if cfg.align_with_victims {
+        None
+    } else {
+        let (model, rec) = train_victim(
+            &out.join("surrogate"),
+            &Victim {
+                attrs: cfg.surrogate,
+                instance: 2,
+            },
+            &cfg.data.recipe,
+            &train,
+            &test,
+            device,
+        )?;
+        say(&format!(
+            "surrogate {}: test accuracy {:.2}%",
+            cfg.surrogate.id(),
+            rec.test_accuracy
+        ));
+        seconds.insert("surrogate".into(), t.elapsed().as_secs_f64());
+        Some((model, rec.test_accuracy))
+    };
+    let cpu = Device::Cpu;
+    let tr = cfg.usable(load_split(&data, Split::Train)?);
+    let te = cfg.usable(load_split(&data, Split::Test)?);
+    let ood = cfg.usable(load_split(&data, Split::OodStrength)?);
+    let xf = cfg.usable(load_split(&data, Split::Transfer)?);
+    let mut examples = BTreeMap::new();
+    for (s, set) in [
+        ("train", &tr),
+        ("test", &te),
+        ("ood-strength", &ood),
+        ("transfer", &xf),
+    ] {
+        examples.insert(s.to_string(), set.len());
+    }
+    let t = Instant::now();
+    say("denoiser: pixel loss");
+    let d_pix = denoiser_stage(
+        &out.join("denoiser-pixel"),
+        &cfg.denoise,
+        DenoiseMode::Pixel,
+        &tr,
+        None,
+        device,
+        &mut say,
+    )?;
+    seconds.insert("denoiser-pixel".into(), t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    say("denoiser: class-discriminative");
+    let victims = victims_by_label(&data, &m, device)?;
+    let aligner = match &surrogate {
+        None => denoise::Aligner::Victims(&victims),
+        Some((m, _)) => denoise::Aligner::Surrogate(m),
+    };
+    let d_cdd = denoiser_stage(
+        &out.join("denoiser-cdd"),
+        &cfg.denoise,
+        DenoiseMode::ClassDiscriminative,
+        &tr,
+        Some(&aligner),
+        device,
+        &mut say,
+    )?;
+    seconds.insert("denoiser-cdd".into(), t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    say("score perturbation estimates");
+    let est_pix_te = denoise::estimate(Some(&d_pix), &te.x_adv);
+    let est_cdd_te = denoise::estimate(Some(&d_cdd), &te.x_adv);
+    let s_id = denoise::score_estimates(&te.x_adv, &te, &victims, "family")?;
+    let s_pix = denoise::score_estimates(&est_pix_te, &te, &victims, "family")?;
+    let s_cdd = denoise::score_estimates(&est_cdd_te, &te, &victims, "family")?;
+    let mut estimation = Vec::new();
+    for (k, id) in &s_id {
+        let group = if *k == i64::MIN {
+            "all".to_string()
+        } else {
+            m.families[*k as usize].name().to_string()
+        };
+        estimation.push(EstimateRow {
+            group,
+            identity: id.clone(),
+            pixel: s_pix[k].clone(),
+            cdd: s_cdd[k].clone(),
+        });
+    }
+    estimation.sort_by_key(|r| (r.group == "all", r.group.clone()));
+    let est_cdd_ood = denoise::estimate(Some(&d_cdd), &ood.x_adv);
+    let est_pix_ood = denoise::estimate(Some(&d_pix), &ood.x_adv);
+    let all = |s: BTreeMap<i64, EstimateScore>| s.get(&i64::MIN).cloned().unwrap_or_default();
+    let estimation_ood = EstimateRow {
+        group: "all (unseen strengths)".into(),
+        identity: all(denoise::score_estimates(
+            &ood.x_adv, &ood, &victims, "family",
+        )?),
+        pixel: all(denoise::score_estimates(
+            &est_pix_ood,
+            &ood,
+            &victims,
+            "family",
+        )?),
+        cdd: all(denoise::score_estimates(
+            &est_cdd_ood,
+            &ood,
+            &victims,
+            "family",
+        )?),
+    };
+    seconds.insert("estimation-eval".into(), t.elapsed().as_secs_f64());
+    let classes = m.head_classes();
+    // Attribution.
+    let t = Instant::now();
+    say(&format!(
+        "attribution classifier (input: {})",
+        cfg.attribution_input.name()
+    ));
+    let needs_est = matches!(
+        cfg.attribution_input,
+        InputKind::Estimated | InputKind::AdvEstimated
+    );
+    let est_cdd_tr = if needs_est {
+        Some(denoise::estimate(Some(&d_cdd), &tr.x_adv))
+    } else {
+        None
+    };
+    let x_tr = classify::inputs(cfg.attribution_input, &tr, est_cdd_tr.as_ref())?;
+    let attr = classifier_stage(
+        &out.join("attribution"),
+        "attribution",
+        &cfg.attribution,
+        Task::Attribution,
+        &x_tr,
+        &tr,
+        &classes,
+        device,
+        &mut say,
+    )?;
+    drop(x_tr);
+    let input = cfg.attribution_input;
+    let est_of = |e: &Tensor| {
+        if needs_est {
+            Some(e.shallow_clone())
+        } else {
+            None
+        }
+    };
+    let mut attribution = Vec::new();
+    let te_linf = te.filter(&te.labels["norm"].eq(0));
+    let est_te_linf = est_cdd_te.index_select(0, &te.labels["norm"].eq(0).nonzero().squeeze_dim(1));
+    for (eval, set, est) in [
+        ("in-distribution", &te, est_of(&est_cdd_te)),
+        (
+            "in-distribution, l_inf only",
+            &te_linf,
+            est_of(&est_te_linf),
+        ),
+        ("unseen strengths", &ood, est_of(&est_cdd_ood)),
+    ] {
+        let x = classify::inputs(input, set, est.as_ref())?;
+        attribution.push(ScoreRow {
+            eval: eval.into(),
+            input: input.name().into(),
+            heads: classify::score(&attr, &x, set)?,
+        });
+    }
+    seconds.insert("attribution".into(), t.elapsed().as_secs_f64());
+    // Parsing: trained on true perturbations of the seen attack families.
+    let t = Instant::now();
+    say("model parser (input: true perturbations, seen attack families)");
+    let tr_seen = by_family(&tr, &m, &cfg.unseen_families, true);
+    let parser = classifier_stage(
+        &out.join("parsing"),
+        "parsing",
+        &cfg.parsing,
+        Task::Parsing,
+        &tr_seen.perturbation(),
+        &tr_seen,
+        &classes,
+        device,
+        &mut say,
+    )?;
+    drop(tr_seen);
+    let seen_mask = |set: &RedSet, invert: bool| by_family(set, &m, &cfg.unseen_families, invert);
+    let te_seen = seen_mask(&te, true);
+    let te_unseen = seen_mask(&te, false);
+    let ood_seen = seen_mask(&ood, true);
+    let est_te_seen = denoise::estimate(Some(&d_cdd), &te_seen.x_adv);
+    let mut parsing = Vec::new();
+    let rows: Vec<(&str, &RedSet, InputKind, Option<&Tensor>)> = vec![
+        ("in-distribution", &te_seen, InputKind::True, None),
+        (
+            "in-distribution",
+            &te_seen,
+            InputKind::Estimated,
+            Some(&est_te_seen),
+        ),
+        ("in-distribution", &te_seen, InputKind::Adv, None),
+        ("unseen strengths", &ood_seen, InputKind::True, None),
+        ("unseen attack types", &te_unseen, InputKind::True, None),
+        ("transfer (unseen twins)", &xf, InputKind::True, None),
+    ];
+    for (eval, set, kind, est) in rows {
+        if set.is_empty() {
+            continue;
+        }
+        let x = classify::inputs(kind, set, est)?;
+        parsing.push(ScoreRow {
+            eval: eval.into(),
+            input: kind.name().into(),
+            heads: classify::score(&parser, &x, set)?,
+        });
+    }
+    seconds.insert("parsing".into(), t.elapsed().as_secs_f64());
+    // Picture: one l_inf test example per family, then one l_2.
+    let mut picks = Vec::new();
+    for (i, _) in m.families.iter().enumerate() {
+        let hit = te.labels["family"].eq(i as i64).nonzero();
+        if hit.size()[0] > 0 {
+            picks.push(hit.int64_value(&[0, 0]));
+        }
+    }
+    let pick = Tensor::from_slice(&picks);
+    let sel = |t: &Tensor| t.index_select(0, &pick).to_device(cpu);
+    let delta = sel(&te.perturbation());
+    let est_delta = sel(&(&te.x_adv - &est_cdd_te));
+    let show = |d: &Tensor| {
+        let a = d
+            .abs()
+            .flatten(1, -1)
+            .amax(&[1i64][..], true)
+            .clamp_min(1e-8);
+        (d / a.view([-1, 1, 1, 1]) * 0.5 + 0.5).clamp(0.0, 1.0)
+    };
+    plot::write_grid(
+        &out.join("red_examples.png"),
+        &[
+            sel(&te.x_clean),
+            sel(&te.x_adv),
+            sel(&est_cdd_te),
+            show(&delta),
+            show(&est_delta),
+        ],
+        3,
+    )?;
+    let res = RedBenchResult {
+        config: cfg.clone(),
+        victims: gen
+            .victims
+            .iter()
+            .map(|r| (r.victim.id(), r.test_accuracy, r.measured_sparsity))
+            .collect(),
+        surrogate_accuracy: surrogate.as_ref().map(|s| s.1),
+        success: gen.success.clone(),
+        examples,
+        estimation,
+        estimation_ood,
+        attribution,
+        parsing,
+        seconds: seconds.clone(),
+    };
+    fsutil::atomic_write(&out.join("red.md"), markdown(&res).as_bytes())?;
+    fsutil::atomic_write(&out.join("red.csv"), csv(&res).as_bytes())?;
+    fsutil::write_json_atomic(&out.join("red.json"), &res)?;
+    report.timings_s = seconds;
+    report.metrics = serde_json::to_value(&res)?;
+    report.artifacts = ["red.md", "red.csv", "red.json", "red_examples.png"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    report.finished_utc = Some(rustworthy_core::report::utc_now());
+    report.write(&out.join("report.json"))?;
+    Ok(res)
+}
+
+fn head_cell(r: &ScoreRow, h: &str) -> String {
+    match r.heads.get(h) {
+        Some(s) => format!("{:.1} (chance {:.1})", s.accuracy, s.majority),
+        None => "-".into(),
+    }
+}
+
+/// The study's tables in Markdown.
+pub fn markdown(res: &RedBenchResult) -> String {
+    let mut s = format!("# RED study `{}`\n\n", res.config.preset);
+    s += &format!(
+        "Examples (successful attacks{}): {}. Class-discriminative term aligned with {}.\n\n",
+        if res.config.successful_only {
+            " only"
+        } else {
+            " and failed attempts"
+        },
+        res.examples
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        match res.surrogate_accuracy {
+            Some(a) => format!(
+                "the surrogate {} ({a:.2}% test accuracy)",
+                res.config.surrogate.id()
+            ),
+            None => "each example's own victim".into(),
+        }
+    );
+    s += "## Perturbation estimation (test split, per attack family)\n\n";
+    s += "| family | n | PSNR identity | PSNR pixel | PSNR CDD | cos pixel | cos CDD | restored identity % | restored pixel % | restored CDD % |\n|---|---|---|---|---|---|---|---|---|---|\n";
+    for r in res
+        .estimation
+        .iter()
+        .chain(std::iter::once(&res.estimation_ood))
+    {
+        s += &format!(
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.3} | {:.3} | {:.1} | {:.1} | {:.1} |\n",
+            r.group,
+            r.identity.n,
+            r.identity.psnr,
+            r.pixel.psnr,
+            r.cdd.psnr,
+            r.pixel.cosine,
+            r.cdd.cosine,
+            r.identity.restored,
+            r.pixel.restored,
+            r.cdd.restored
+        );
+    }
+    s += "\n## Attack attribution (accuracy %)\n\n| evaluation | input | family | norm | strength |\n|---|---|---|---|---|\n";
+    for r in &res.attribution {
+        s += &format!(
+            "| {} | {} | {} | {} | {} |\n",
+            r.eval,
+            r.input,
+            head_cell(r, "family"),
+            head_cell(r, "norm"),
+            head_cell(r, "strength")
+        );
+    }
+    if let Some(r) = res.attribution.iter().find(|r| r.eval.contains("l_inf")) {
+        if let Some(h) = r.heads.get("family") {
+            let fams: Vec<&str> = attack_family_names(res);
+            s += "\nFamily confusion on l_inf test examples (rows: true, columns: predicted):\n\n| |";
+            for f in &fams {
+                s += &format!(" {f} |");
+            }
+            s += "\n|---|";
+            s += &"---|".repeat(fams.len());
+            s += "\n";
+            for (i, row) in h.confusion.iter().enumerate() {
+                if row.iter().sum::<u64>() == 0 {
+                    continue;
+                }
+                s += &format!("| {} |", fams.get(i).copied().unwrap_or("?"));
+                for c in row {
+                    s += &format!(" {c} |");
+                }
+                s += "\n";
+            }
+        }
+    }
+    s += "\n## Model parsing (accuracy %)\n\n| evaluation | input | architecture | activation | sparsity |\n|---|---|---|---|---|\n";
+    for r in &res.parsing {
+        s += &format!(
+            "| {} | {} | {} | {} | {} |\n",
+            r.eval,
+            r.input,
+            head_cell(r, "arch"),
+            head_cell(r, "activation"),
+            head_cell(r, "sparsity")
+        );
+    }
+    s += "\n## Victims\n\n| victim | test accuracy % | measured sparsity % |\n|---|---|---|\n";
+    for (id, acc, sp) in &res.victims {
+        s += &format!("| {id} | {acc:.2} | {:.1} |\n", sp * 100.0);
+    }
+    s += "\n## Attack success rate % (test split)\n\n| setting | success % |\n|---|---|\n";
+    if let Some(t) = res.success.get("test") {
+        for (k, v) in t {
+            s += &format!("| {k} | {v:.1} |\n");
+        }
+    }
+    s += "\nSeconds: ";
+    s += &res
+        .seconds
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    s += "\n";
+    s
+}
+
+fn attack_family_names(res: &RedBenchResult) -> Vec<&'static str> {
+    res.config
+        .data
+        .families()
+        .into_iter()
+        .map(|f| f.name())
+        .collect()
+}
+
+/// The study's numbers as CSV: `section,group,evaluation,input,metric,value`.
+pub fn csv(res: &RedBenchResult) -> String {
+    let mut s = String::from("section,group,evaluation,input,metric,value\n");
+    for r in res
+        .estimation
+        .iter()
+        .chain(std::iter::once(&res.estimation_ood))
+    {
+        for (who, sc) in [
+            ("identity", &r.identity),
+            ("pixel", &r.pixel),
+            ("cdd", &r.cdd),
+        ] {
+            for (metric, v) in [
+                ("psnr", sc.psnr),
+                ("cosine", sc.cosine),
+                ("restored", sc.restored),
+            ] {
+                s += &format!("estimation,{},test,{who},{metric},{v}\n", r.group);
+            }
+        }
+    }
+    for (section, rows) in [("attribution", &res.attribution), ("parsing", &res.parsing)] {
+        for r in rows {
+            for (h, sc) in &r.heads {
+                s += &format!(
+                    "{section},{h},{},{},accuracy,{}\n",
+                    r.eval, r.input, sc.accuracy
+                );
+                s += &format!(
+                    "{section},{h},{},{},chance,{}\n",
+                    r.eval, r.input, sc.majority
+                );
+            }
+        }
+    }
+    s
+}

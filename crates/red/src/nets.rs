@@ -1,0 +1,404 @@
+//! The two networks of the RED tools: a DnCNN-style denoiser and a multi-head ConvNet.
+
+use rustworthy_core::{fsutil, validate, Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tch::nn::{self, Module, ModuleT};
+use tch::{Device, Tensor};
+
+/// The denoiser's shape: `depth` 3x3 convolutions of `width` channels (batch norm and ReLU
+/// between them), predicting the perturbation, so that the estimate of the clean image is
+/// `clamp(x_adv - D(x_adv), 0, 1)` (DnCNN's residual learning). Two additions of ours: an
+/// image-level gate on the residual, and a last convolution that starts at zero, so an
+/// untrained denoiser is the identity.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenoiserConfig {
+    /// Convolutions in all (>= 2).
+    pub depth: usize,
+    /// Channels of the hidden convolutions.
+    pub width: i64,
+    /// Image channels.
+    pub channels: i64,
+}
+
+impl DenoiserConfig {
+    /// Checks the sizes; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        if !(2..=64).contains(&self.depth) {
+            return Err(Error::config(
+                "denoiser.depth",
+                format!("must be in [2, 64], got {}", self.depth),
+            ));
+        }
+        if !(1..=1024).contains(&self.width) {
+            return Err(Error::config(
+                "denoiser.width",
+                format!("must be in [1, 1024], got {}", self.width),
+            ));
+        }
+        if !(1..=16).contains(&self.channels) {
+            return Err(Error::config(
+                "denoiser.channels",
+                format!("must be in [1, 16], got {}", self.channels),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The DnCNN-style denoiser.
+pub struct Denoiser {
+    /// Its variables.
+    pub vs: nn::VarStore,
+    /// Its shape.
+    pub config: DenoiserConfig,
+    first: nn::Conv2D,
+    mid: Vec<(nn::Conv2D, nn::BatchNorm)>,
+    last: nn::Conv2D,
+    gate: nn::Linear,
+}
+
+fn conv(p: nn::Path, cin: i64, cout: i64, bias: bool) -> nn::Conv2D {
+    nn::conv2d(
+        p,
+        cin,
+        cout,
+        3,
+        nn::ConvConfig {
+            padding: 1,
+            bias,
+            ..Default::default()
+        },
+    )
+}
+
+impl Denoiser {
+    /// A freshly initialised denoiser (seed libtorch's generator first for reproducible
+    /// weights).
+    pub fn new(config: &DenoiserConfig, device: Device) -> Result<Denoiser> {
+        config.validate()?;
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let w = config.width;
+        let first = conv(&root / "first", config.channels, w, true);
+        let mid = (0..config.depth - 2)
+            .map(|i| {
+                let p = &root / "mid" / i;
+                (
+                    conv(&p / "conv", w, w, false),
+                    nn::batch_norm2d(&p / "bn", w, Default::default()),
+                )
+            })
+            .collect();
+        let mut last = conv(&root / "last", w, config.channels, false);
+        // A zero last layer: training starts from the identity (no perturbation removed).
+        tch::no_grad(|| {
+            let _ = last.ws.zero_();
+        });
+        let gate = nn::linear(
+            &root / "gate",
+            w,
+            1,
+            nn::LinearConfig {
+                ws_init: nn::Init::Const(0.0),
+                bs_init: Some(nn::Init::Const(0.0)),
+                bias: true,
+            },
+        );
+        Ok(Denoiser {
+            vs,
+            config: config.clone(),
+            first,
+            mid,
+            last,
+            gate,
+        })
+    }
+
+    /// The predicted perturbation of `x_adv` (`[B, C, H, W]` in [0, 1]): the last
+    /// convolution's output times an image-level gate in (0, 1), a sigmoid of the pooled
+    /// hidden features (so the network can leave an image it finds unperturbed alone).
+    pub fn residual(&self, x_adv: &Tensor, train: bool) -> Tensor {
+        let mut h = self.first.forward(&(x_adv * 2.0 - 1.0)).relu();
+        for (c, b) in &self.mid {
+            h = b.forward_t(&c.forward(&h), train).relu();
+        }
+        let g = self
+            .gate
+            .forward(&h.mean_dim(&[2i64, 3][..], false, None))
+            .sigmoid()
+            .view([-1, 1, 1, 1]);
+        self.last.forward(&h) * g
+    }
+
+    /// The estimated clean image `clamp(x_adv - residual, 0, 1)`.
+    pub fn estimate(&self, x_adv: &Tensor, train: bool) -> Tensor {
+        (x_adv - self.residual(x_adv, train)).clamp(0.0, 1.0)
+    }
+
+    /// Writes `dir/denoiser.safetensors` and `dir/denoiser.json` (atomically, config last).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        save_vs(&self.vs, &dir.join("denoiser.safetensors"))?;
+        fsutil::write_json_atomic(&dir.join("denoiser.json"), &self.config)
+    }
+
+    /// Reads a denoiser written by [`Denoiser::save`].
+    pub fn load(dir: &Path, device: Device) -> Result<Denoiser> {
+        let cfg: DenoiserConfig = read_json(&dir.join("denoiser.json"))?;
+        let mut d = Denoiser::new(&cfg, device)?;
+        load_vs(&mut d.vs, &dir.join("denoiser.safetensors"))?;
+        Ok(d)
+    }
+}
+
+/// The multi-head classifier's shape: four 3x3 convolutions (the second and fourth stride 2)
+/// with batch norm and ReLU and global average pooling, beside a soft histogram of each input
+/// channel's raw values (the features a pooled ConvNet cannot form: how many pixels sit exactly
+/// at a radius, how many in between); both go through one hidden layer of 128 units, then one
+/// linear head per task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadsConfig {
+    /// Width of the first convolution (the others 2x and 4x).
+    pub width: i64,
+    /// Image channels.
+    pub channels: i64,
+    /// The heads: name and number of classes.
+    pub heads: Vec<(String, i64)>,
+    /// Input shift and scale: the network sees `(x - shift) / scale`.
+    pub shift: f64,
+    /// See `shift`.
+    pub scale: f64,
+    /// Bins of the soft histogram per input channel (0: no histogram).
+    pub hist_bins: i64,
+    /// The histogram's range per input channel, `(lo, hi)` of the raw values.
+    pub hist_range: Vec<(f64, f64)>,
+}
+
+impl HeadsConfig {
+    /// Checks sizes, heads and the input scaling.
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=512).contains(&self.width) {
+            return Err(Error::config(
+                "heads.width",
+                format!("must be in [1, 512], got {}", self.width),
+            ));
+        }
+        if !(1..=16).contains(&self.channels) {
+            return Err(Error::config(
+                "heads.channels",
+                format!("must be in [1, 16], got {}", self.channels),
+            ));
+        }
+        if self.heads.is_empty() {
+            return Err(Error::config("heads", "needs at least one head"));
+        }
+        for (n, k) in &self.heads {
+            if *k < 2 {
+                return Err(Error::config(
+                    "heads",
+                    format!("head `{n}` needs at least 2 classes, got {k}"),
+                ));
+            }
+        }
+        validate::finite("heads.shift", self.shift)?;
+        validate::positive("heads.scale", self.scale)?;
+        if !(0..=1024).contains(&self.hist_bins) {
+            return Err(Error::config(
+                "heads.hist_bins",
+                format!("must be in [0, 1024], got {}", self.hist_bins),
+            ));
+        }
+        if self.hist_bins > 0 {
+            if self.hist_range.len() as i64 != self.channels {
+                return Err(Error::config(
+                    "heads.hist_range",
+                    format!(
+                        "needs one range per input channel ({}), got {}",
+                        self.channels,
+                        self.hist_range.len()
+                    ),
+                ));
+            }
+            for (lo, hi) in &self.hist_range {
+                if !(lo.is_finite() && hi.is_finite() && hi > lo) {
+                    return Err(Error::config(
+                        "heads.hist_range",
+                        format!("needs finite lo < hi, got ({lo}, {hi})"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Units of the hidden layer before the heads.
+const HIDDEN: i64 = 128;
+
+/// A ConvNet with one linear head per task.
+pub struct MultiHead {
+    /// Its variables.
+    pub vs: nn::VarStore,
+    /// Its shape.
+    pub config: HeadsConfig,
+    body: nn::SequentialT,
+    hidden: nn::Linear,
+    heads: Vec<nn::Linear>,
+}
+
+impl MultiHead {
+    /// A freshly initialised network (seed libtorch's generator first).
+    pub fn new(config: &HeadsConfig, device: Device) -> Result<MultiHead> {
+        config.validate()?;
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let w = config.width;
+        let chans = [
+            (config.channels, w, 1),
+            (w, 2 * w, 2),
+            (2 * w, 2 * w, 1),
+            (2 * w, 4 * w, 2),
+        ];
+        let mut body = nn::seq_t();
+        for (i, (cin, cout, stride)) in chans.into_iter().enumerate() {
+            let p = &root / "body" / i;
+            body = body
+                .add(nn::conv2d(
+                    &p / "conv",
+                    cin,
+                    cout,
+                    3,
+                    nn::ConvConfig {
+                        padding: 1,
+                        stride,
+                        bias: false,
+                        ..Default::default()
+                    },
+                ))
+                .add(nn::batch_norm2d(&p / "bn", cout, Default::default()))
+                .add_fn(|x| x.relu());
+        }
+        let feat = 4 * w + config.channels * config.hist_bins;
+        let hidden = nn::linear(&root / "hidden", feat, HIDDEN, Default::default());
+        let heads = config
+            .heads
+            .iter()
+            .map(|(n, k)| nn::linear(&root / "head" / n.as_str(), HIDDEN, *k, Default::default()))
+            .collect();
+        Ok(MultiHead {
+            vs,
+            config: config.clone(),
+            body,
+            hidden,
+            heads,
+        })
+    }
+
+    /// Logits of every head for inputs `x` (`[B, C, H, W]`, unscaled).
+    pub fn forward(&self, x: &Tensor, train: bool) -> Vec<Tensor> {
+        let z = (x - self.config.shift) / self.config.scale;
+        let mut f = self
+            .body
+            .forward_t(&z, train)
+            .mean_dim(&[2i64, 3][..], false, None);
+        if self.config.hist_bins > 0 {
+            f = Tensor::cat(&[f, self.histogram(x)], 1);
+        }
+        let h = self.hidden.forward(&f).relu();
+        self.heads.iter().map(|l| l.forward(&h)).collect()
+    }
+
+    /// The soft histogram `[B, C * bins]`: per channel and bin centre `b`, the mean over pixels
+    /// of `exp(-((x - b) / w)^2 / 2)` with `w` the bin width, times 10.
+    pub fn histogram(&self, x: &Tensor) -> Tensor {
+        let k = self.config.hist_bins;
+        let parts: Vec<Tensor> = self
+            .config
+            .hist_range
+            .iter()
+            .enumerate()
+            .map(|(c, &(lo, hi))| {
+                let w = (hi - lo) / k as f64;
+                let centres =
+                    Tensor::arange(k, (tch::Kind::Float, x.device())) * w + (lo + w / 2.0);
+                let v = x.select(1, c as i64).flatten(1, -1).unsqueeze(1);
+                let d = (v - centres.view([1, k, 1])) / w;
+                (d.square() * -0.5).exp().mean_dim(2, false, None) * 10.0
+            })
+            .collect();
+        Tensor::cat(&parts, 1)
+    }
+
+    /// Writes `dir/<name>.safetensors` and `dir/<name>.json`.
+    pub fn save(&self, dir: &Path, name: &str) -> Result<()> {
+        save_vs(&self.vs, &dir.join(format!("{name}.safetensors")))?;
+        fsutil::write_json_atomic(&dir.join(format!("{name}.json")), &self.config)
+    }
+
+    /// Reads a network written by [`MultiHead::save`].
+    pub fn load(dir: &Path, name: &str, device: Device) -> Result<MultiHead> {
+        let cfg: HeadsConfig = read_json(&dir.join(format!("{name}.json")))?;
+        let mut m = MultiHead::new(&cfg, device)?;
+        load_vs(&mut m.vs, &dir.join(format!("{name}.safetensors")))?;
+        Ok(m)
+    }
+}
+
+/// Reads a JSON file, naming it in errors.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::corrupt(path, e.to_string()))
+}
+
+fn save_vs(vs: &nn::VarStore, path: &Path) -> Result<()> {
+    let named: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(k, v)| (k, v.detach().to_device(Device::Cpu)))
+        .collect();
+    let mut named = named;
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    fsutil::atomic_write_with(path, |tmp| {
+        Tensor::write_safetensors(&named, tmp).map_err(Error::from)
+    })
+}
+
+fn load_vs(vs: &mut nn::VarStore, path: &Path) -> Result<()> {
+    let named =
+        Tensor::read_safetensors(path).map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    let map: std::collections::BTreeMap<String, Tensor> = named.into_iter().collect();
+    let vars = vs.variables();
+    if map.len() != vars.len() {
+        return Err(Error::checkpoint(
+            path,
+            format!(
+                "holds {} tensors, the network has {}",
+                map.len(),
+                vars.len()
+            ),
+        ));
+    }
+    tch::no_grad(|| -> Result<()> {
+        for (k, mut v) in vars {
+            let t = map
+                .get(&k)
+                .ok_or_else(|| Error::checkpoint(path, format!("missing tensor `{k}`")))?;
+            if t.size() != v.size() {
+                return Err(Error::checkpoint(
+                    path,
+                    format!("`{k}` has shape {:?}, the network {:?}", t.size(), v.size()),
+                ));
+            }
+            if t.isfinite().logical_not().any().int64_value(&[]) != 0 {
+                return Err(Error::checkpoint(
+                    path,
+                    format!("`{k}` holds NaN or infinite values"),
+                ));
+            }
+            v.copy_(&t.to_kind(v.kind()).to_device(v.device()));
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,548 @@
+//! The RED generator, denoisers and classifiers on a small synthetic task (28x28 images so the
+//! LeNet victims apply), with resume and bad-input checks.
+
+use rustworthy_data::synthetic::synthetic;
+use rustworthy_data::Dataset;
+use rustworthy_models::{Activation, Arch, Model, ModelSpec};
+use rustworthy_red::classify::{self, ClassifyConfig, InputKind, Task};
+use rustworthy_red::denoise::{self, DenoiseConfig, DenoiseMode};
+use rustworthy_red::family::{
+    AttackBudget, AttackFamily, AttackSetting, VictimFamily, VictimRecipe,
+};
+use rustworthy_red::generate::{self, load_split, read_shard, GenConfig, Manifest, Split};
+use rustworthy_red::nets::DenoiserConfig;
+use rustworthy_robust::Norm;
+use rustworthy_testkit::torch_lock;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+fn data() -> (Dataset, Dataset) {
+    let all = synthetic(10, 40, 1, 28, 0.3, 7);
+    let idx: Vec<usize> = (0..all.len()).collect();
+    (
+        all.subset(&idx[..300]).unwrap(),
+        all.subset(&idx[300..]).unwrap(),
+    )
+}
+
+fn config() -> GenConfig {
+    GenConfig {
+        family: VictimFamily {
+            archs: vec![Arch::Mlp],
+            activations: vec![Activation::Relu, Activation::Tanh],
+            sparsities: vec![0, 50],
+        },
+        recipe: VictimRecipe {
+            train_images: 120,
+            epochs: 2,
+            finetune_epochs: 1,
+            lr: 1e-3,
+            batch_size: 32,
+            seed: 3,
+        },
+        budget: AttackBudget {
+            pgd_steps: 3,
+            apgd_steps: 3,
+            cw_steps: 3,
+            cw_search: 1,
+            square_queries: 10,
+            nes_iterations: 2,
+            nes_samples: 4,
+        },
+        linf_families: vec![AttackFamily::Fgsm, AttackFamily::Pgd],
+        l2_families: vec![AttackFamily::Cw],
+        linf_eps: vec![0.05, 0.1],
+        l2_eps: vec![],
+        ood_linf_eps: vec![0.075],
+        ood_l2_eps: vec![],
+        transfer: vec![AttackSetting {
+            family: AttackFamily::Fgsm,
+            norm: Norm::Linf,
+            eps: 0.1,
+        }],
+        train_per_shard: 12,
+        test_per_shard: 6,
+        seed: 1,
+    }
+}
+
+fn shard_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for split in Split::ALL {
+        let d = dir.join("shards").join(split.name());
+        let mut names: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        for p in names {
+            out.push((
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn generator_writes_labelled_shards_and_resumes_without_duplicates() {
+    let _g = torch_lock();
+    let (train, test) = data();
+    let cfg = config();
+    let dir = tempfile::tempdir().unwrap();
+    let s = generate::generate(&cfg, dir.path(), &train, &test, Device::Cpu, |_| {}).unwrap();
+    // 4 seen victims x (2 families x 2 radii + C&W) shards in train and test.
+    assert_eq!(s.written["train"], 4 * 5);
+    assert_eq!(s.written["test"], 4 * 5);
+    assert_eq!(s.written["ood-strength"], 4 * 2);
+    assert_eq!(s.written["transfer"], 4);
+    let m = Manifest::read(dir.path()).unwrap();
+    assert_eq!(m.victims.len(), 8);
+    let tr = load_split(dir.path(), Split::Train).unwrap();
+    assert_eq!(tr.len(), 20 * 12);
+    // Every l_inf perturbation respects its radius; labels agree with the settings.
+    let delta = tr
+        .perturbation()
+        .abs()
+        .flatten(1, -1)
+        .amax(&[1i64][..], false);
+    let linf = tr.labels["norm"].eq(0);
+    let over = delta
+        .masked_select(&linf)
+        .gt_tensor(&(tr.eps.masked_select(&linf) + 1e-5))
+        .any()
+        .int64_value(&[]);
+    assert_eq!(over, 0, "an l_inf example exceeds its radius");
+    let cw = tr.labels["family"].eq(m
+        .families
+        .iter()
+        .position(|f| *f == AttackFamily::Cw)
+        .unwrap() as i64);
+    assert_eq!(
+        tr.labels["strength"]
+            .masked_select(&cw)
+            .max()
+            .int64_value(&[]),
+        -1,
+        "C&W has no strength bucket"
+    );
+    assert!(tr.labels["success"].sum(Kind::Int64).int64_value(&[]) > 0);
+    // The strength buckets follow the radii.
+    let weak = tr.eps.eq(0.05).logical_and(&linf);
+    assert_eq!(
+        tr.labels["strength"]
+            .masked_select(&weak)
+            .max()
+            .int64_value(&[]),
+        0
+    );
+    // Transfer examples carry the seen sibling's prediction.
+    let xf = load_split(dir.path(), Split::Transfer).unwrap();
+    assert!(xf.labels["transfer_pred"].min().int64_value(&[]) >= 0);
+
+    // Resume: delete one shard and truncate another; the rerun rewrites exactly those two and
+    // leaves every other byte as it was.
+    let before = shard_bytes(dir.path());
+    let shards = dir.path().join("shards").join("test");
+    let mut files: Vec<_> = std::fs::read_dir(&shards)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    std::fs::remove_file(&files[0]).unwrap();
+    let bytes = std::fs::read(&files[1]).unwrap();
+    std::fs::write(&files[1], &bytes[..bytes.len() / 2]).unwrap();
+    let mut notes = Vec::new();
+    let s2 = generate::generate(&cfg, dir.path(), &train, &test, Device::Cpu, |m| {
+        notes.push(m.to_string())
+    })
+    .unwrap();
+    assert_eq!(s2.written.get("test").copied().unwrap_or(0), 2);
+    assert_eq!(s2.kept["test"], 18);
+    assert_eq!(s2.kept["train"], 20);
+    assert!(notes
+        .iter()
+        .any(|n| n.contains("rewriting unreadable shard")));
+    assert_eq!(
+        shard_bytes(dir.path()),
+        before,
+        "a resumed run must reproduce the shards"
+    );
+
+    // Another config in the same folder is refused.
+    let mut other = cfg.clone();
+    other.seed = 2;
+    let e = generate::generate(&other, dir.path(), &train, &test, Device::Cpu, |_| {})
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("another config"), "{e}");
+}
+
+fn write_named(path: &Path, named: Vec<(&str, Tensor)>) {
+    Tensor::write_safetensors(&named, path).unwrap();
+}
+
+#[test]
+fn bad_shards_are_refused_by_name() {
+    let _g = torch_lock();
+    let (train, test) = data();
+    let mut cfg = config();
+    cfg.transfer.clear();
+    cfg.family.activations = vec![Activation::Relu];
+    cfg.family.sparsities = vec![0];
+    let dir = tempfile::tempdir().unwrap();
+    generate::generate(&cfg, dir.path(), &train, &test, Device::Cpu, |_| {}).unwrap();
+    let m = Manifest::read(dir.path()).unwrap();
+    let p = std::fs::read_dir(dir.path().join("shards/train"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let named = Tensor::read_safetensors(&p).unwrap();
+    let edit = |f: &dyn Fn(&str, &Tensor) -> Option<Tensor>| -> Vec<(String, Tensor)> {
+        named
+            .iter()
+            .filter_map(|(k, t)| f(k, t).map(|t| (k.clone(), t)))
+            .collect()
+    };
+    let bad = dir.path().join("bad.safetensors");
+    let check = |v: Vec<(String, Tensor)>, want: &str| {
+        write_named(
+            &bad,
+            v.iter()
+                .map(|(k, t)| (k.as_str(), t.shallow_clone()))
+                .collect(),
+        );
+        let e = read_shard(&bad, &m)
+            .err()
+            .expect("a bad shard must be refused");
+        assert!(e.to_string().contains(want), "{e} lacks {want}");
+    };
+    // No clean images.
+    check(
+        edit(&|k, t| (k != "x_clean").then(|| t.shallow_clone())),
+        "x_clean",
+    );
+    // Mixed image sizes.
+    check(
+        edit(&|k, t| {
+            Some(if k.starts_with("x_") {
+                t.narrow(3, 0, 20).contiguous()
+            } else {
+                t.shallow_clone()
+            })
+        }),
+        "mixed image sizes",
+    );
+    // An unknown attack family label.
+    check(
+        edit(&|k, t| {
+            Some(if k == "family" {
+                t.full_like(99)
+            } else {
+                t.shallow_clone()
+            })
+        }),
+        "unknown `family` label",
+    );
+    // NaN pixels.
+    check(
+        edit(&|k, t| {
+            Some(if k == "x_adv" {
+                t.full_like(f64::NAN)
+            } else {
+                t.shallow_clone()
+            })
+        }),
+        "NaN",
+    );
+    // Garbage bytes.
+    std::fs::write(&bad, b"not a safetensors file").unwrap();
+    assert!(read_shard(&bad, &m).is_err());
+    // A folder without a manifest.
+    let e = load_split(&dir.path().join("shards"), Split::Train)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("red.json"), "{e}");
+}
+
+#[test]
+fn configs_refuse_bad_values_by_name() {
+    let mut c = config();
+    c.linf_eps = vec![0.05, 0.05];
+    assert!(c.validate().unwrap_err().to_string().contains("twice"));
+    let mut c = config();
+    c.ood_linf_eps = vec![0.05];
+    assert!(c
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("in-distribution"));
+    let mut c = config();
+    c.family.sparsities = vec![0, 100];
+    assert!(c.validate().unwrap_err().to_string().contains("sparsities"));
+    let mut c = config();
+    c.budget.nes_samples = 3;
+    assert!(c
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("nes_samples"));
+    let mut c = config();
+    c.linf_eps = vec![f64::NAN];
+    assert!(c.validate().is_err());
+    let bad = AttackSetting {
+        family: AttackFamily::Square,
+        norm: Norm::L2,
+        eps: 0.5,
+    };
+    assert!(bad.validate().is_err());
+    let mut c = config();
+    c.family.archs = vec![Arch::Vgg16Bn];
+    assert!(c.validate().unwrap_err().to_string().contains("activation"));
+    // Model specs: the activation is refused where the network has none to swap.
+    let s = ModelSpec::fashion_mnist(Arch::Vgg16Bn).with_activation(Activation::Tanh);
+    assert!(s.validate().unwrap_err().to_string().contains("activation"));
+    assert!("swish".parse::<Activation>().is_err());
+    assert!("zoo".parse::<AttackFamily>().is_err());
+}
+
+#[test]
+fn activations_change_the_network_and_old_specs_read_as_relu() {
+    let _g = torch_lock();
+    let spec = ModelSpec::fashion_mnist(Arch::Lenet);
+    let json = serde_json::to_string(&spec).unwrap();
+    assert!(
+        !json.contains("activation"),
+        "ReLU specs keep their old form"
+    );
+    let back: ModelSpec = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.activation, Activation::Relu);
+    let x = Tensor::rand([4, 1, 28, 28], (Kind::Float, Device::Cpu));
+    for arch in [Arch::Mlp, Arch::Lenet, Arch::Resnet20] {
+        let mut outs = Vec::new();
+        for a in Activation::ALL {
+            tch::manual_seed(5);
+            let m = Model::new(
+                ModelSpec::fashion_mnist(arch).with_activation(a),
+                Device::Cpu,
+            )
+            .unwrap();
+            let j = serde_json::to_string(m.spec()).unwrap();
+            let r: ModelSpec = serde_json::from_str(&j).unwrap();
+            assert_eq!(r.activation, a);
+            assert_eq!(m.layout().is_some(), a == Activation::Relu);
+            outs.push(m.forward_t(&x, false));
+        }
+        // Same weights (same seed), different nonlinearity: different outputs.
+        assert!(outs[0].allclose(&outs[0], 0.0, 0.0, false));
+        assert!(
+            !outs[0].allclose(&outs[1], 1e-4, 1e-4, false),
+            "{arch}: tanh = relu"
+        );
+        assert!(
+            !outs[0].allclose(&outs[2], 1e-4, 1e-4, false),
+            "{arch}: elu = relu"
+        );
+    }
+}
+
+#[test]
+fn metrics_of_estimates() {
+    let a = Tensor::rand([3, 1, 8, 8], (Kind::Float, Device::Cpu));
+    let same = denoise::psnr(&a, &a);
+    assert!(same.min().double_value(&[]) >= 99.9);
+    let off = &a + 0.1;
+    let p = denoise::psnr(&off, &a).mean(Kind::Double).double_value(&[]);
+    assert!(
+        (p - 20.0).abs() < 1e-3,
+        "PSNR of a 0.1 shift is 20 dB, got {p}"
+    );
+    let d = &a - 0.5;
+    assert!((denoise::cosine(&d, &d).min().double_value(&[]) - 1.0).abs() < 1e-9);
+    assert!((denoise::cosine(&d, &(-&d)).max().double_value(&[]) + 1.0).abs() < 1e-9);
+    assert_eq!(
+        denoise::cosine(&d, &d.zeros_like())
+            .abs()
+            .max()
+            .double_value(&[]),
+        0.0
+    );
+}
+
+fn toy_set() -> generate::RedSet {
+    // Clean images and two kinds of perturbation: +-eps signs everywhere (family 0) or a single
+    // bright square patch (family 1); strength bucket 0 for eps 0.05, 1 for 0.1.
+    tch::manual_seed(11);
+    let n = 400;
+    // Smooth clean images (a constant level plus a horizontal ramp), so a denoiser can tell
+    // image from perturbation.
+    let level = Tensor::rand([n, 1, 1, 1], (Kind::Float, Device::Cpu)) * 0.6 + 0.2;
+    let ramp = Tensor::linspace(-0.1, 0.1, 16, (Kind::Float, Device::Cpu)).view([1, 1, 1, 16]);
+    let clean = (level + ramp).expand([n, 1, 16, 16], false).contiguous();
+    let fam = Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(2);
+    let strength = Tensor::arange(n, (Kind::Int64, Device::Cpu))
+        .remainder(4)
+        .ge(2)
+        .to_kind(Kind::Int64);
+    let eps = (strength.to_kind(Kind::Float) + 1.0) * 0.05;
+    let signs = Tensor::rand([n, 1, 16, 16], (Kind::Float, Device::Cpu))
+        .gt(0.5)
+        .to_kind(Kind::Float)
+        * 2.0
+        - 1.0;
+    let patch = Tensor::zeros([n, 1, 16, 16], (Kind::Float, Device::Cpu));
+    let _ = patch.narrow(2, 4, 6).narrow(3, 4, 6).fill_(1.0);
+    let e = eps.view([-1, 1, 1, 1]);
+    let delta = (signs * &e).where_self(&fam.eq(0).view([-1, 1, 1, 1]), &(patch * &e));
+    let adv = (&clean + delta).clamp(0.0, 1.0);
+    let mut labels = std::collections::BTreeMap::new();
+    labels.insert("family".to_string(), fam);
+    labels.insert(
+        "norm".to_string(),
+        Tensor::zeros([n], (Kind::Int64, Device::Cpu)),
+    );
+    labels.insert("strength".to_string(), strength);
+    generate::RedSet {
+        x_clean: clean,
+        x_adv: adv,
+        labels,
+        eps,
+    }
+}
+
+#[test]
+fn attribution_learns_separable_attacks_and_skips_unknown_strengths() {
+    let _g = torch_lock();
+    let set = toy_set();
+    let cfg = ClassifyConfig {
+        width: 8,
+        epochs: 6,
+        batch_size: 32,
+        lr: 3e-3,
+        max_examples: 0,
+        hist_bins: 16,
+        seed: 0,
+    };
+    let classes = std::collections::BTreeMap::from([("family", 2), ("norm", 2), ("strength", 2)]);
+    let idx = Tensor::arange(300, (Kind::Int64, Device::Cpu));
+    let tr = set.select(&idx);
+    let te = set.select(&Tensor::arange_start(300, 400, (Kind::Int64, Device::Cpu)));
+    let x = classify::inputs(InputKind::True, &tr, None).unwrap();
+    let (net, hist) = classify::train_classifier(
+        &cfg,
+        Task::Attribution,
+        &x,
+        &tr,
+        &classes,
+        Device::Cpu,
+        |_| {},
+    )
+    .unwrap();
+    assert!(hist.loss.last().unwrap() < &hist.loss[0]);
+    let xt = classify::inputs(InputKind::True, &te, None).unwrap();
+    let s = classify::score(&net, &xt, &te).unwrap();
+    assert!(
+        s["family"].accuracy >= 95.0,
+        "family {:?}",
+        s["family"].accuracy
+    );
+    assert!(
+        s["strength"].accuracy >= 80.0,
+        "strength {:?}",
+        s["strength"].accuracy
+    );
+    // Unknown strengths (-1) are skipped, not scored as a class.
+    let mut te2 = te.select(&Tensor::arange(100, (Kind::Int64, Device::Cpu)));
+    let st = te2.labels["strength"].full_like(-1);
+    te2.labels.insert("strength".into(), st);
+    let s2 = classify::score(&net, &xt, &te2).unwrap();
+    assert!(!s2.contains_key("strength"));
+    // A label outside the head's classes is an error naming it.
+    let fam = te2.labels["family"].full_like(7);
+    te2.labels.insert("family".into(), fam);
+    let e = classify::score(&net, &xt, &te2).unwrap_err();
+    assert!(e.to_string().contains("unknown label"), "{e}");
+    // The estimated input needs estimates.
+    assert!(classify::inputs(InputKind::Estimated, &te, None).is_err());
+}
+
+#[test]
+fn denoisers_beat_the_identity_and_cdd_needs_a_classifier() {
+    let _g = torch_lock();
+    let set = toy_set();
+    let cfg = DenoiseConfig {
+        net: DenoiserConfig {
+            depth: 3,
+            width: 8,
+            channels: 1,
+        },
+        epochs: 10,
+        batch_size: 32,
+        lr: 3e-3,
+        lambda: 0.1,
+        shift: 1,
+        max_examples: 0,
+        balance_families: false,
+        seed: 0,
+    };
+    let (d, hist) =
+        denoise::train_denoiser(&cfg, DenoiseMode::Pixel, &set, None, Device::Cpu, |_| {}).unwrap();
+    assert!(hist.pixel.last().unwrap() < &hist.pixel[0]);
+    let est = denoise::estimate(Some(&d), &set.x_adv);
+    let p_id = denoise::psnr(&set.x_adv, &set.x_clean)
+        .mean(Kind::Double)
+        .double_value(&[]);
+    let p_d = denoise::psnr(&est, &set.x_clean)
+        .mean(Kind::Double)
+        .double_value(&[]);
+    assert!(p_d > p_id + 1.0, "denoiser {p_d} dB vs identity {p_id} dB");
+    let e = denoise::train_denoiser(
+        &cfg,
+        DenoiseMode::ClassDiscriminative,
+        &set,
+        None,
+        Device::Cpu,
+        |_| {},
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("classifier"), "{e}");
+    // Saved and read back, it estimates the same images.
+    let dir = tempfile::tempdir().unwrap();
+    d.save(dir.path()).unwrap();
+    let back = rustworthy_red::nets::Denoiser::load(dir.path(), Device::Cpu).unwrap();
+    let est2 = denoise::estimate(Some(&back), &set.x_adv);
+    assert!(est.equal(&est2));
+    // A bad config is refused by name.
+    let mut bad = cfg.clone();
+    bad.net.depth = 1;
+    assert!(
+        denoise::train_denoiser(&bad, DenoiseMode::Pixel, &set, None, Device::Cpu, |_| {})
+            .err()
+            .expect("depth 1 must be refused")
+            .to_string()
+            .contains("depth")
+    );
+    // The class-discriminative objective trains with a classifier and records its term.
+    let clf = rustworthy_testkit::seeded_model(rustworthy_testkit::tiny_spec(Arch::Mlp, 16), 1);
+    let mut c2 = cfg.clone();
+    c2.epochs = 2;
+    let (_, h2) = denoise::train_denoiser(
+        &c2,
+        DenoiseMode::ClassDiscriminative,
+        &set,
+        Some(&denoise::Aligner::Surrogate(&clf)),
+        Device::Cpu,
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(h2.align.len(), 2);
+    assert!(h2.align.iter().all(|a| a.is_finite() && *a >= 0.0));
+    assert!(clf.parameters().iter().all(|(_, p)| {
+        let g = p.grad();
+        !g.defined() || g.abs().max().double_value(&[]) == 0.0
+    }));
+}
