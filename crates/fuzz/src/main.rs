@@ -28,6 +28,7 @@ use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use tch::{Kind, Tensor};
 
 type Reader = Box<dyn Fn(&Path) -> Result<()>>;
 
@@ -74,6 +75,12 @@ fn checkpointed() -> Result<(Model, Optimizer)> {
     };
     let o = Optimizer::new(cfg, m.parameters())?;
     Ok((m, o))
+}
+
+/// The manifest the RED targets read against (the mini preset's dataset).
+fn red_manifest() -> rustworthy::red::generate::Manifest {
+    let cfg = rustworthy::red::bench::preset("fmnist-red-mini").expect("a known preset");
+    rustworthy::red::generate::Manifest::new(&cfg.data, [1, 28, 28], 10)
 }
 
 fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
@@ -240,6 +247,35 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
     };
     // Hugging Face folders, Llama and GPT-2: the config mutated beside intact weights, and the
     // weights beside an intact config.
+    let red_json = serde_json::to_vec_pretty(&red_manifest()).unwrap();
+    let red_shard = written(&seeds_dir, "shard.safetensors", |p| {
+        let n = 2;
+        let img = Tensor::linspace(0.0, 1.0, n * 784, (Kind::Float, tch::Device::Cpu))
+            .view([n, 1, 28, 28]);
+        let lab = |v: i64| Tensor::full([n], v, (Kind::Int64, tch::Device::Cpu));
+        let named: Vec<(&str, Tensor)> = vec![
+            ("x_clean", img.shallow_clone()),
+            ("x_adv", (&img + 0.01).clamp(0.0, 1.0)),
+            (
+                "eps",
+                Tensor::full([n], 0.03, (Kind::Float, tch::Device::Cpu)),
+            ),
+            ("y", lab(3)),
+            ("pred_clean", lab(3)),
+            ("pred_adv", lab(4)),
+            ("success", lab(1)),
+            ("family", lab(1)),
+            ("norm", lab(0)),
+            ("strength", lab(1)),
+            ("arch", lab(1)),
+            ("activation", lab(2)),
+            ("sparsity", lab(0)),
+            ("victim", lab(5)),
+            ("index", lab(17)),
+            ("transfer_pred", lab(-1)),
+        ];
+        Tensor::write_safetensors(&named, p).map_err(Into::into)
+    });
     let mut list: Vec<Target> = Vec::new();
     for (name, file, seeds, text) in [
         ("hf-llama-config", "config.json", &lm_config.0[0], true),
@@ -293,6 +329,27 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
                 tch::manual_seed(0);
                 let m = rustworthy::diffusion::unet::CondUNet::new(&ddpm_cfg, tch::Device::Cpu)?;
                 rustworthy::diffusion::unlearn::load_mask(p, &m).map(|_| ())
+            }),
+        },
+        Target {
+            name: "red-shard",
+            file: "shard.safetensors",
+            seeds: vec![red_shard.clone()],
+            text: false,
+            repack: false,
+            read: Box::new(move |p| {
+                rustworthy::red::generate::read_shard(p, &red_manifest()).map(|_| ())
+            }),
+        },
+        Target {
+            name: "red-manifest",
+            file: "red.json",
+            seeds: vec![red_json.clone()],
+            text: true,
+            repack: false,
+            read: Box::new(|p| {
+                let dir = p.parent().expect("a file in a folder");
+                rustworthy::red::generate::Manifest::read(dir).map(|_| ())
             }),
         },
         Target {
