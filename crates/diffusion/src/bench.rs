@@ -20,8 +20,6 @@ use rustworthy_core::seed::derive;
 use rustworthy_core::{fsutil, Error, Result};
 use rustworthy_data::{load_dataset, Dataset};
 use rustworthy_models::{Arch, Model, ModelSpec};
-use rustworthy_train::optim::OptimConfig;
-use rustworthy_train::schedule::{LrSchedule, ScheduleConfig};
 use rustworthy_train::trainer::{fit, FitOptions, TrainConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -297,25 +295,7 @@ pub fn judge_classifier(
     if path.exists() {
         m.load(&path)?;
     } else {
-        let cfg = TrainConfig {
-            epochs,
-            batch_size: 128,
-            eval_batch_size: 1000,
-            optim: OptimConfig::Adam {
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: 0.0,
-            },
-            lr: ScheduleConfig {
-                lr: 1e-3,
-                schedule: LrSchedule::Constant,
-                warmup_epochs: 0.0,
-            },
-            augment: Default::default(),
-            drop_last: false,
-            seed,
-        };
+        let cfg = TrainConfig::adam_constant(epochs, 128, 1e-3, seed);
         fit(&mut m, train, None, &cfg, &FitOptions::default())?;
         m.save(&path)?;
     }

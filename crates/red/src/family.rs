@@ -6,8 +6,6 @@ use rustworthy_models::{Activation, Arch, Model, ModelSpec};
 use rustworthy_prune::scores;
 use rustworthy_robust::{Apgd, Attack, AttackLoss, CarliniWagner, Norm, Pgd, Square, ThreatModel};
 use rustworthy_train::mask::{apply_masks, weight_sparsity, Masks};
-use rustworthy_train::optim::OptimConfig;
-use rustworthy_train::schedule::{LrSchedule, ScheduleConfig};
 use rustworthy_train::trainer::{fit, fit_with, FitOptions, MaskedStep, TrainConfig};
 use rustworthy_zo::attacks::ZoAttack;
 use serde::{Deserialize, Serialize};
@@ -85,25 +83,7 @@ impl VictimRecipe {
     }
 
     fn train_config(&self, epochs: usize, seed: u64) -> TrainConfig {
-        TrainConfig {
-            epochs,
-            batch_size: self.batch_size,
-            eval_batch_size: 1000,
-            optim: OptimConfig::Adam {
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: 0.0,
-            },
-            lr: ScheduleConfig {
-                lr: self.lr,
-                schedule: LrSchedule::Constant,
-                warmup_epochs: 0.0,
-            },
-            augment: Default::default(),
-            drop_last: false,
-            seed,
-        }
+        TrainConfig::adam_constant(epochs, self.batch_size, self.lr, seed)
     }
 }
 

@@ -49,6 +49,30 @@ fn default_eval_batch() -> usize {
 }
 
 impl TrainConfig {
+    /// Adam (betas 0.9/0.999, eps 1e-8, no weight decay) at a constant `lr`, no augmentation,
+    /// evaluation batches of 1000: the plain recipe of small helper models (judges, victims).
+    pub fn adam_constant(epochs: usize, batch_size: usize, lr: f64, seed: u64) -> TrainConfig {
+        TrainConfig {
+            epochs,
+            batch_size,
+            eval_batch_size: 1000,
+            optim: OptimConfig::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.0,
+            },
+            lr: ScheduleConfig {
+                lr,
+                schedule: crate::schedule::LrSchedule::Constant,
+                warmup_epochs: 0.0,
+            },
+            augment: Default::default(),
+            drop_last: false,
+            seed,
+        }
+    }
+
     /// Checks every field; errors name the field.
     pub fn validate(&self) -> Result<()> {
         validate::positive_int("epochs", self.epochs)?;
