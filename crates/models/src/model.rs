@@ -229,8 +229,9 @@ impl Model {
     }
 
     /// The forward pass as a chain of named operations (see [`crate::layout`]), for the zoo
-    /// networks that describe one (MLP, LeNet-5, ResNet-18, ResNet-20); `None` for the others
-    /// and for TorchScript models. The input of the chain is the normalized image.
+    /// networks that describe one (MLP, LeNet-5, ResNet-18, ResNet-20, with ReLU); `None` for
+    /// the others, for other activations and for TorchScript models. The input of the chain is
+    /// the normalized image.
     pub fn layout(&self) -> Option<Vec<crate::layout::LayerOp>> {
         match &self.body {
             Body::Zoo(n) => n.layout(),

@@ -481,9 +481,15 @@ impl ZoNet {
                 "model.arch",
                 format!(
                     "zeroth-order (DeepZero) training rebuilds the network layer by layer from \
-                     its layout; {} has none (use lenet, mlp or resnet20)",
+                     its layout; {} has none (use lenet, mlp or resnet20 with ReLU)",
                     if model.arch() == Arch::TorchScript {
                         "a TorchScript model".to_string()
+                    } else if !model.spec().activation.is_relu() {
+                        format!(
+                            "{} with {} activations",
+                            model.arch(),
+                            model.spec().activation
+                        )
                     } else {
                         model.arch().to_string()
                     }
