@@ -581,7 +581,9 @@ fn kill_nine_at_random_moments_then_resume_reaches_the_same_model() {
     rustworthy::data::synthetic::write_synthetic_idx(&data, 4, 150, 20, 28, 0.3, 11).unwrap();
     let args = |out: &Path| {
         let mut a = train_args("fmnist-lenet", &data, 30, Some(8), out);
-        a.extend(["--threads".to_string(), "1".to_string()]);
+        // A learning rate below the preset's: at batch 8 the preset's rate diverges on some CPU
+        // kernels (seen on an Intel Xeon), and the test is about resuming, not the rate.
+        a.extend(["--threads", "1", "--lr", "0.01"].map(String::from));
         a
     };
     let full = tmp.path().join("full");
