@@ -686,30 +686,32 @@ pub fn generate(
             let attrs = cfg.family.labels(&v.attrs)?;
             for s in &settings {
                 let path = Manifest::shard_path(dir, split, &v, s);
-                let set = if path.exists() {
+                let kept = if path.exists() {
                     match read_shard(&path, &manifest) {
-                        Ok(set) => {
-                            *summary.kept.entry(split.name().into()).or_default() += 1;
-                            set
-                        }
+                        Ok(set) => Some(set),
                         Err(e) => {
                             say(&format!(
                                 "  rewriting unreadable shard {}: {e}",
                                 path.display()
                             ));
-                            *summary.written.entry(split.name().into()).or_default() += 1;
-                            write_shard(
-                                &path, cfg, &manifest, split, &v, vidx, attrs, s, source, per,
-                                model, &models, &families,
-                            )?
+                            None
                         }
                     }
                 } else {
-                    *summary.written.entry(split.name().into()).or_default() += 1;
-                    write_shard(
-                        &path, cfg, &manifest, split, &v, vidx, attrs, s, source, per, model,
-                        &models, &families,
-                    )?
+                    None
+                };
+                let set = match kept {
+                    Some(set) => {
+                        *summary.kept.entry(split.name().into()).or_default() += 1;
+                        set
+                    }
+                    None => {
+                        *summary.written.entry(split.name().into()).or_default() += 1;
+                        write_shard(
+                            &path, cfg, &manifest, split, &v, vidx, attrs, s, source, per, model,
+                            &models, &families,
+                        )?
+                    }
                 };
                 let ok = set.labels["success"].sum(Kind::Double).double_value(&[]);
                 let correct = set.labels["pred_clean"]
