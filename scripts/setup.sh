@@ -6,7 +6,7 @@
 #   scripts/setup.sh --train-only install everything, build, run only the training job
 #   scripts/setup.sh --no-run     install everything and build only
 #
-# Installs: Debian's dataset-fashion-mnist (where apt exists), a project virtualenv .venv with
+# Installs: Debian's dataset-fashion-mnist and libgloo-dev (where apt exists), a project virtualenv .venv with
 # the PyPI wheel torch==2.11.0 (libtorch for the `tch` crate; it runs on CPU and CUDA) plus
 # numpy and safetensors (reference scripts and fixtures) and torchvision and torchattacks (the
 # TorchScript parity tests), every pip install constrained by constraints.txt, and links ./libtorch to the wheel's
@@ -32,6 +32,8 @@ if command -v apt-get >/dev/null 2>&1; then
     need=()
     [[ -d /usr/share/datasets/fashion-mnist ]] || need+=(dataset-fashion-mnist)
     command -v cc >/dev/null 2>&1 || need+=(build-essential)
+    # Declarations of Gloo, the collective library inside libtorch, for the distributed bridge.
+    [[ -f /usr/include/gloo/rendezvous/store.h ]] || need+=(libgloo-dev)
     command -v "$PYTHON" >/dev/null 2>&1 || need+=(python3 python3-venv python3-dev)
     # The Python package's extension needs the headers of a Debian python3.
     if [[ "$(command -v "$PYTHON" 2>/dev/null)" == /usr/bin/* ]] \
@@ -47,6 +49,7 @@ if command -v apt-get >/dev/null 2>&1; then
     fi
 else
     say "no apt-get: install Fashion-MNIST yourself and set RUSTWORTHY_DATA (see README)"
+    say "no apt-get: without Gloo's headers (RUSTWORTHY_GLOO_INCLUDE) distributed runs are disabled"
 fi
 
 # 2. Python virtualenv with torch.

@@ -84,6 +84,9 @@ pub enum Error {
         /// Queries the refused evaluation would have spent.
         needed: u64,
     },
+    /// A collective of a distributed run failed (a rank died, timed out or disagreed).
+    #[error("distributed: {0}")]
+    Distributed(String),
     /// An error raised by libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
