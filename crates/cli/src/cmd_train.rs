@@ -95,6 +95,10 @@ pub struct TrainArgs {
     /// Zeroth-order training: redraw the coordinate set every this many epochs.
     #[arg(long)]
     pub resample_every: Option<usize>,
+    /// Data-parallel runs (started by `rustworthy launch`, torchrun, mpirun or srun): keep
+    /// batch norm per rank instead of synchronizing it over the global batch.
+    #[arg(long)]
+    pub local_batch_norm: bool,
     /// Device, threads, seed, output folder and progress.
     #[command(flatten)]
     pub run: RunOpts,
@@ -161,8 +165,13 @@ pub fn train(a: TrainArgs) -> Result<()> {
         progress: mode,
         resume: a.resume,
         stop_after: a.stop_after,
+        dist: crate::cmd_dist::dist_options(a.local_batch_norm)?,
     };
+    let main = opts.dist.as_ref().is_none_or(|d| d.group.is_main());
     let o = train_run(&c, &opts)?;
+    if !main {
+        return Ok(());
+    }
     if let Some(e) = o.stopped_after {
         tracing::info!(
             "stopped after epoch {e}; resume with: rustworthy train ... --out {} --resume",

@@ -5,6 +5,7 @@
 
 mod args;
 mod cmd_diffusion;
+mod cmd_dist;
 mod cmd_llm;
 mod cmd_prune;
 mod cmd_red;
@@ -40,8 +41,12 @@ struct Cli {
 /// The commands.
 #[derive(Subcommand)]
 enum Command {
-    /// Train a model from a preset or a TOML config.
+    /// Train a model from a preset or a TOML config (data-parallel under `launch`, torchrun,
+    /// mpirun or srun).
     Train(cmd_train::TrainArgs),
+    /// Run a command as N data-parallel ranks on this machine: `launch -n 2 -- rustworthy train
+    /// ...` (torchrun's variables; a failed rank stops the others).
+    Launch(cmd_dist::LaunchArgs),
     /// Evaluate a saved model on a dataset's test split.
     Eval(cmd_train::EvalArgs),
     /// Summarise datasets, models and presets.
@@ -200,6 +205,7 @@ fn main() -> ExitCode {
     }
     let r = match cli.command {
         Command::Train(a) => cmd_train::train(a),
+        Command::Launch(a) => cmd_dist::launch(a),
         Command::Eval(a) => cmd_train::eval(a),
         Command::Info(a) => cmd_train::info(a),
         Command::Unlearn(a) => cmd_unlearn::unlearn(a),

@@ -8,6 +8,9 @@
 
 mod env;
 mod group;
+pub mod launch;
+mod scope;
 
 pub use env::{group_from_env, DistEnv, EnvSource, DEFAULT_PORT};
 pub use group::{ProcessGroup, DEFAULT_TIMEOUT_SECS};
+pub use scope::{record_failure, sync_batch_norm_group, take_failure, SyncBatchNormScope};

@@ -290,6 +290,24 @@ impl BatchNorm2d {
                 let _ = n.g_add_scalar_(1);
             });
         }
+        if train {
+            if let Some(group) = rustworthy_dist::sync_batch_norm_group() {
+                match group.sync_batch_norm(
+                    x,
+                    Some(&self.weight),
+                    Some(&self.bias),
+                    Some(&self.running_mean),
+                    Some(&self.running_var),
+                    BN_MOMENTUM,
+                    BN_EPS,
+                ) {
+                    Ok(y) => return y,
+                    // The training loop takes the failure after the step; the local batch
+                    // norm below only keeps this forward pass well defined until then.
+                    Err(e) => rustworthy_dist::record_failure(e),
+                }
+            }
+        }
         x.batch_norm(
             Some(&self.weight),
             Some(&self.bias),

@@ -298,7 +298,7 @@ pub fn bench_unlearn(c: &BenchConfig, opts: &BenchOptions) -> Result<BenchOutcom
             &TrainOptions {
                 progress: mode,
                 resume: true,
-                stop_after: None,
+                ..Default::default()
             },
         )?;
     }

@@ -48,6 +48,7 @@
 pub use rustworthy_core as core;
 pub use rustworthy_data as data;
 pub use rustworthy_diffusion as diffusion;
+pub use rustworthy_dist as dist;
 pub use rustworthy_llm as llm;
 pub use rustworthy_models as models;
 pub use rustworthy_prune as prune;
@@ -86,6 +87,7 @@ pub mod prelude {
         attack, robust_eval_run, AttackKind, AttackRequest, AttackSpec, ModelData,
     };
     pub use crate::train_run::{train, TrainOptions};
+    pub use rustworthy_train::DistOptions;
     pub use crate::trained::TrainedRun;
     pub use crate::unlearn_run::{self, PruneSpec, UnlearnRequest, UnlearnSetup};
     pub use crate::zo_run::{zo_check, ZoCheckConfig};

@@ -13,7 +13,7 @@ use rustworthy_data::Dataset;
 use rustworthy_models::Model;
 use rustworthy_robust::AdvTrainer;
 use rustworthy_train::checkpoint::{save_model, CheckpointMeta};
-use rustworthy_train::trainer::FitOptions;
+use rustworthy_train::trainer::{DistOptions, FitOptions};
 use rustworthy_train::{evaluate, fit_with, EvalResult, StandardStep, TrainHook};
 use rustworthy_zo::DeepZeroStep;
 use serde::Serialize;
@@ -107,6 +107,9 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Stop after this many epochs, keeping the checkpoint.
     pub stop_after: Option<usize>,
+    /// Data-parallel training: every rank calls `train` with the same config; rank 0 alone
+    /// writes the run folder (checkpoints, model, report).
+    pub dist: Option<DistOptions>,
 }
 
 /// What a training run produced.
@@ -185,10 +188,17 @@ impl TrainOutcome {
 pub fn train(c: &RunConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     let t_total = Instant::now();
     set_threads(c.run.threads);
-    let mode = opts.progress;
+    let rank = opts.dist.as_ref().map(|d| d.group.rank()).unwrap_or(0);
+    let world = opts.dist.as_ref().map(|d| d.group.world_size()).unwrap_or(1);
+    let main = rank == 0;
+    let mode = if main {
+        opts.progress
+    } else {
+        ProgressMode::Quiet
+    };
     let device = c.run.device.resolve()?;
     let out = c.run.out.clone();
-    let _lock = lock_out(&out)?;
+    let _lock = if main { Some(lock_out(&out)?) } else { None };
     let mut report = RunReport::new("train", serde_json::to_value(c)?, &device_name(device));
     report.seeds.insert("train".into(), c.train.seed);
     report.seeds.insert("init".into(), c.model.init_seed);
@@ -196,7 +206,8 @@ pub fn train(c: &RunConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
 
     let t0 = Instant::now();
     let s = load_splits(c)?;
-    write_json_atomic(
+    if main {
+        write_json_atomic(
         &out.join("split.json"),
         &SplitFile {
             dataset: c.data.dataset.clone(),
@@ -207,6 +218,7 @@ pub fn train(c: &RunConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
             val: s.val_idx.clone(),
         },
     )?;
+    }
     let data_device = if c.data.on_device {
         device
     } else {
@@ -242,7 +254,21 @@ pub fn train(c: &RunConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         checkpoint_dir: Some(out.join("checkpoint")),
         resume: opts.resume,
         stop_after: opts.stop_after,
+        dist: opts.dist.clone(),
     };
+    if world > 1 {
+        tracing::info!(
+            "data-parallel: rank {rank} of {world} ({}), global batch {} ({} per rank), {} batch norm",
+            opts.dist.as_ref().map(|d| d.group.backend()).unwrap_or("single"),
+            c.train.batch_size,
+            c.train.batch_size.div_ceil(world),
+            if opts.dist.as_ref().is_some_and(|d| d.sync_batch_norm) {
+                "synchronized"
+            } else {
+                "per-rank"
+            }
+        );
+    }
     let t1 = Instant::now();
     let mut adv = match &c.adv {
         Some(a) => {
@@ -291,6 +317,17 @@ pub fn train(c: &RunConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         &fit_opts,
         hook,
     )?;
+    if !main {
+        // Only rank 0 writes: the other ranks hold the same model.
+        return Ok(TrainOutcome {
+            out,
+            model_path: None,
+            stopped_after: (!fit_out.completed).then_some(fit_out.history.len()),
+            report,
+            test: None,
+            device: device_name(device),
+        });
+    }
     if let Some(h) = &adv {
         if !h.co_epochs().is_empty() {
             report.notes.push(format!(
@@ -371,6 +408,10 @@ pub fn train(c: &RunConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         "zo_coordinates_per_step": zo.as_ref().map(|h| h.coordinates()),
         "zo_layer_densities": zo.as_ref().map(|h| h.densities().clone()),
     });
+    let mut metrics = metrics;
+    if let (Some(d), Some(obj)) = (&fit_out.dist, metrics.as_object_mut()) {
+        obj.insert("distributed".into(), serde_json::to_value(d)?);
+    }
     let model_path = out.join("model.safetensors");
     let mut seeds = BTreeMap::new();
     seeds.insert("train".into(), c.train.seed);

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod ddp;
 pub mod eval;
 pub mod mask;
 pub mod optim;
@@ -16,6 +17,7 @@ pub use mask::{apply_masks, Masks, UpdateMasks};
 pub use optim::{OptimConfig, Optimizer};
 pub use schedule::{LrSchedule, ScheduleConfig};
 pub use trainer::{
-    fit, fit_with, EpochRecord, EpochVerdict, FitOptions, FitOutcome, MaskedStep, StandardStep,
+    fit, fit_with, DistOptions, EpochRecord, EpochVerdict, FitOptions, FitOutcome, MaskedStep,
+    StandardStep,
     TrainConfig, TrainHook,
 };

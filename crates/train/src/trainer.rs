@@ -87,6 +87,30 @@ impl TrainConfig {
     }
 }
 
+/// How a data-parallel run splits the work (see [`crate::ddp`]).
+#[derive(Clone, Debug)]
+pub struct DistOptions {
+    /// The process group; every rank calls `fit` with the same arguments.
+    pub group: rustworthy_dist::ProcessGroup,
+    /// Batch norm over the whole global batch (exactly what one process computes) instead of
+    /// each rank's shard.
+    pub sync_batch_norm: bool,
+    /// Gradient bucket size in MiB (each bucket is one all-reduce).
+    pub bucket_mib: f64,
+}
+
+impl DistOptions {
+    /// Data-parallel training over `group` with synchronized batch norm and 25 MiB buckets
+    /// (DDP's default).
+    pub fn new(group: rustworthy_dist::ProcessGroup) -> DistOptions {
+        DistOptions {
+            group,
+            sync_batch_norm: true,
+            bucket_mib: 25.0,
+        }
+    }
+}
+
 /// Options of one `fit` call that do not change the result.
 #[derive(Clone, Debug, Default)]
 pub struct FitOptions {
@@ -98,6 +122,10 @@ pub struct FitOptions {
     pub resume: bool,
     /// Stop (as if interrupted) after this many completed epochs.
     pub stop_after: Option<usize>,
+    /// Data-parallel training over several processes (none: this process alone). With the
+    /// same global batch the result equals one process's within float tolerance when batch
+    /// norm is synchronized.
+    pub dist: Option<DistOptions>,
 }
 
 /// One row of the training history.
@@ -175,7 +203,10 @@ impl TrainHook for StandardStep {
     fn step(&mut self, model: &Model, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
         let out = model.forward_t(x, true);
         let loss = out.cross_entropy_for_logits(y);
-        loss.backward();
+        if let Err(e) = loss.f_backward() {
+            // A synchronized batch norm's collective fails inside the backward pass.
+            return Err(rustworthy_dist::take_failure().unwrap_or(Error::Torch(e)));
+        }
         Ok((loss, out))
     }
 }
@@ -197,6 +228,9 @@ pub struct FitOutcome {
     pub stopped: Option<String>,
     /// What happened on resume worth telling (a damaged latest checkpoint skipped).
     pub resume_notes: Vec<String>,
+    /// World size and per-rank timings of a data-parallel run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dist: Option<crate::ddp::DistReport>,
 }
 
 /// Named trainable parameters of a model in a stable order.
@@ -272,6 +306,14 @@ pub fn fit_with(
         }
     }
 
+    let dist = opts.dist.as_ref().filter(|d| d.group.world_size() > 1);
+    let mut ddp = match dist {
+        Some(d) => Some(crate::ddp::Ddp::new(d, model, train.len(), cfg)?),
+        None => None,
+    };
+    let _sync_bn = dist
+        .filter(|d| d.sync_batch_norm)
+        .map(|d| rustworthy_dist::SyncBatchNormScope::enter(&d.group));
     hook.begin(model, &history)?;
     let mut stopped = None;
     let n = train.len();
@@ -297,7 +339,12 @@ pub fn fit_with(
     };
     for epoch in start_epoch..end_epoch {
         let t0 = Instant::now();
-        rustworthy_core::seed::seed_torch(derive(cfg.seed, "torch", epoch as u64));
+        let torch_seed = derive(cfg.seed, "torch", epoch as u64);
+        rustworthy_core::seed::seed_torch(match &ddp {
+            // Other ranks draw their own libtorch randomness (attack starts, dropout).
+            Some(d) if d.rank() > 0 => derive(torch_seed, "rank", d.rank() as u64),
+            _ => torch_seed,
+        });
         let order = epoch_order(n, true, cfg.seed, epoch as u64);
         let mut aug_rng = SeedRng::stream(cfg.seed, "augment", epoch as u64);
         let bar = Progress::new(
@@ -315,15 +362,30 @@ pub fn fit_with(
             let lo = step * cfg.batch_size;
             let hi = (lo + cfg.batch_size).min(n);
             let (x, y) = train.batch(&order[lo..hi]);
+            // Augmentation is drawn for the whole global batch, so every sample gets the same
+            // draw whatever the world size; each rank then keeps its shard.
             let x = cfg.augment.apply(&x, &mut aug_rng);
+            let (x, y, local) = match &ddp {
+                Some(d) => d.shard(&x, &y),
+                None => (x, y, hi - lo),
+            };
             lr = cfg.lr.lr_at(
                 epoch as f64 + step as f64 / steps_per_epoch as f64,
                 cfg.epochs,
             );
             opt.zero_grad();
-            let (loss, out) = hook.step(model, &x, &y)?;
+            let stepped = hook.step(model, &x, &y);
+            if let Some(e) = rustworthy_dist::take_failure() {
+                return Err(e);
+            }
+            let (loss, out) = stepped?;
+            if let Some(d) = ddp.as_mut() {
+                // The global loss is the mean over the global batch: this shard's gradient
+                // counts with weight local / global.
+                d.average_gradients(model, local as f64 / (hi - lo) as f64)?;
+            }
             opt.step(lr)?;
-            let bs = (hi - lo) as i64;
+            let bs = local as i64;
             tch::no_grad(|| {
                 let _ = loss_sum
                     .shallow_clone()
@@ -332,7 +394,7 @@ pub fn fit_with(
                     .shallow_clone()
                     .g_add_(&out.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64));
             });
-            seen += hi - lo;
+            seen += local;
             let refresh = step % 25 == 24 || step + 1 == steps_per_epoch;
             if refresh {
                 let l = loss_sum.double_value(&[]) / seen as f64;
@@ -351,8 +413,19 @@ pub fn fit_with(
                 shown = done;
             }
         }
-        let train_loss = loss_sum.double_value(&[]) / seen as f64;
-        let train_accuracy = 100.0 * correct.int64_value(&[]) as f64 / seen as f64;
+        let mut totals = [
+            loss_sum.double_value(&[]),
+            correct.int64_value(&[]) as f64,
+            seen as f64,
+        ];
+        if let Some(d) = &ddp {
+            totals = d.sum_over_ranks(totals)?;
+        }
+        let train_loss = totals[0] / totals[2];
+        let train_accuracy = 100.0 * totals[1] / totals[2];
+        if let Some(d) = &ddp {
+            d.sync_buffers()?;
+        }
         let v = match val {
             Some(v) => Some(evaluate(model, v, cfg.eval_batch_size)?),
             None => None,
@@ -396,7 +469,7 @@ pub fn fit_with(
         }
         history.push(rec);
         last_val = v;
-        if let Some(ck) = &ckpt {
+        if let Some(ck) = ckpt.as_ref().filter(|_| ddp.as_ref().is_none_or(|d| d.rank() == 0)) {
             let mut seeds = BTreeMap::new();
             seeds.insert("train".to_string(), cfg.seed);
             let meta = CheckpointMeta {
@@ -417,6 +490,10 @@ pub fn fit_with(
             };
             ck.save(model, &opt, meta)?;
         }
+        if let Some(d) = &ddp {
+            // No rank runs ahead of rank 0's checkpoint (a resume then finds it complete).
+            d.barrier()?;
+        }
         if let Some(why) = verdict.stop {
             if opts.progress == ProgressMode::Bar {
                 eprintln!("stopping early: {why}");
@@ -431,7 +508,12 @@ pub fn fit_with(
             serde_json::json!({"epochs": history.len(), "seconds": t_run.elapsed().as_secs_f64()}),
         );
     }
+    let dist_report = match &ddp {
+        Some(d) => Some(d.report(t_run.elapsed().as_secs_f64())?),
+        None => None,
+    };
     Ok(FitOutcome {
+        dist: dist_report,
         completed: history.len() >= cfg.epochs || stopped.is_some(),
         stopped,
         history,

@@ -167,6 +167,7 @@ fn damaged_latest_checkpoint_falls_back_to_the_previous_one() {
         checkpoint_dir: Some(d.to_path_buf()),
         stop_after: stop,
         resume,
+        dist: None,
     };
     fit(
         &mut full,
@@ -334,6 +335,7 @@ fn a_sidecar_naming_files_outside_its_folder_is_refused() {
         checkpoint_dir: Some(ck.clone()),
         stop_after: Some(1),
         resume: false,
+        dist: None,
     };
     fit(&mut m, &train, None, &cfg(2), &opts).unwrap();
     let sidecar = ck.join("checkpoint.json");
