@@ -126,11 +126,15 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
         running_var.mul_(1.0 - momentum).add_(unbiased.to(running_var.scalar_type()), momentum);
       }
     }
-    auto invstd = (var + eps).rsqrt().to(x.scalar_type());
+    // As libtorch's own batch norm: y = x * alpha + beta, alpha and beta per channel.
+    auto invstd_d = (var + eps).rsqrt();
+    auto alpha = weight.defined() ? invstd_d * weight.detach().to(at::kDouble) : invstd_d;
+    auto beta = -mean * alpha;
+    if (bias.defined()) beta = beta + bias.detach().to(at::kDouble);
+    auto invstd = invstd_d.to(x.scalar_type());
     auto mean_f = mean.to(x.scalar_type());
-    auto y = (x - mean_f.view(shape)) * invstd.view(shape);
-    if (weight.defined()) y = y * weight.view(shape);
-    if (bias.defined()) y = y + bias.view(shape);
+    auto y = x.detach() * alpha.to(x.scalar_type()).view(shape) +
+             beta.to(x.scalar_type()).view(shape);
     ctx->save_for_backward({x, weight, mean_f, invstd});
     ctx->saved_data["n"] = n;
     ctx->saved_data["pg"] = pg_ptr;
@@ -153,20 +157,25 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
     auto shape = channel_shape(x);
     const int64_t channels = x.size(1);
     auto xmu = x - mean.view(shape);
-    auto sum_dy_local = g.sum(dims);
-    auto sum_dy_xmu_local = (g * xmu).sum(dims);
+    // The per-channel sums accumulate in double, as libtorch's batch norm does on the CPU: they
+    // nearly cancel, so float accumulation would lose most of their digits.
+    auto sum_dy_local = g.sum(dims, false, at::kDouble);
+    auto sum_dy_xmu_local = (g * xmu).sum(dims, false, at::kDouble);
     auto packed = at::cat({sum_dy_local, sum_dy_xmu_local});
     all_reduce_sum(pg, packed);
     auto sum_dy = packed.narrow(0, 0, channels);
     auto sum_dy_xmu = packed.narrow(0, channels, channels);
-    auto scale = weight.defined() ? invstd * weight : invstd;
-    auto grad_x = (g - (sum_dy / n).view(shape) -
-                   xmu * (invstd * invstd * sum_dy_xmu / n).view(shape)) *
-                  scale.view(shape);
+    auto invstd_d = invstd.to(at::kDouble);
+    auto scale = weight.defined() ? invstd_d * weight.to(at::kDouble) : invstd_d;
+    // grad_x = (g - mean_dy - xmu * invstd^2 * mean_dy_xmu) * invstd * weight
+    auto k = (invstd_d * invstd_d * sum_dy_xmu / n).to(x.scalar_type());
+    auto mean_dy = (sum_dy / n).to(x.scalar_type());
+    auto grad_x = (g - mean_dy.view(shape) - xmu * k.view(shape)) *
+                  scale.to(x.scalar_type()).view(shape);
     at::Tensor grad_w;
-    if (weight.defined()) grad_w = sum_dy_xmu_local * invstd;
+    if (weight.defined()) grad_w = (sum_dy_xmu_local * invstd_d).to(weight.scalar_type());
     at::Tensor grad_b;
-    if (has_bias) grad_b = sum_dy_local;
+    if (has_bias) grad_b = sum_dy_local.to(x.scalar_type());
     return {grad_x, grad_w, grad_b, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor()};
   }

@@ -63,7 +63,10 @@ pub fn launch(cfg: &LaunchConfig) -> Result<LaunchOutcome> {
         return Err(Error::config("nproc", "must be >= 1"));
     }
     let Some(first) = cfg.command.first() else {
-        return Err(Error::config("command", "missing: give the command to run after --"));
+        return Err(Error::config(
+            "command",
+            "missing: give the command to run after --",
+        ));
     };
     let exe = program(first)?;
     let port = if cfg.master_port == 0 {

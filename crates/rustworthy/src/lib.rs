@@ -87,7 +87,6 @@ pub mod prelude {
         attack, robust_eval_run, AttackKind, AttackRequest, AttackSpec, ModelData,
     };
     pub use crate::train_run::{train, TrainOptions};
-    pub use rustworthy_train::DistOptions;
     pub use crate::trained::TrainedRun;
     pub use crate::unlearn_run::{self, PruneSpec, UnlearnRequest, UnlearnSetup};
     pub use crate::zo_run::{zo_check, ZoCheckConfig};
@@ -97,5 +96,6 @@ pub mod prelude {
     pub use rustworthy_models::{Arch, Model, ModelSpec};
     pub use rustworthy_prune::{PruneMethod, Scope};
     pub use rustworthy_robust::{Attack, AttackLoss, Norm, SuiteConfig, TargetSpec, ThreatModel};
+    pub use rustworthy_train::DistOptions;
     pub use rustworthy_unlearn::{ForgetSpec, MethodConfig, Profile};
 }

@@ -189,7 +189,11 @@ pub fn train(c: &RunConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     let t_total = Instant::now();
     set_threads(c.run.threads);
     let rank = opts.dist.as_ref().map(|d| d.group.rank()).unwrap_or(0);
-    let world = opts.dist.as_ref().map(|d| d.group.world_size()).unwrap_or(1);
+    let world = opts
+        .dist
+        .as_ref()
+        .map(|d| d.group.world_size())
+        .unwrap_or(1);
     let main = rank == 0;
     let mode = if main {
         opts.progress
@@ -208,16 +212,16 @@ pub fn train(c: &RunConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     let s = load_splits(c)?;
     if main {
         write_json_atomic(
-        &out.join("split.json"),
-        &SplitFile {
-            dataset: c.data.dataset.clone(),
-            val_fraction: c.data.val_fraction,
-            split_seed: c.data.split_seed,
-            train_subset: c.data.train_subset,
-            train: s.train_idx.clone(),
-            val: s.val_idx.clone(),
-        },
-    )?;
+            &out.join("split.json"),
+            &SplitFile {
+                dataset: c.data.dataset.clone(),
+                val_fraction: c.data.val_fraction,
+                split_seed: c.data.split_seed,
+                train_subset: c.data.train_subset,
+                train: s.train_idx.clone(),
+                val: s.val_idx.clone(),
+            },
+        )?;
     }
     let data_device = if c.data.on_device {
         device

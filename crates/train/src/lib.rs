@@ -18,6 +18,5 @@ pub use optim::{OptimConfig, Optimizer};
 pub use schedule::{LrSchedule, ScheduleConfig};
 pub use trainer::{
     fit, fit_with, DistOptions, EpochRecord, EpochVerdict, FitOptions, FitOutcome, MaskedStep,
-    StandardStep,
-    TrainConfig, TrainHook,
+    StandardStep, TrainConfig, TrainHook,
 };

@@ -469,7 +469,10 @@ pub fn fit_with(
         }
         history.push(rec);
         last_val = v;
-        if let Some(ck) = ckpt.as_ref().filter(|_| ddp.as_ref().is_none_or(|d| d.rank() == 0)) {
+        if let Some(ck) = ckpt
+            .as_ref()
+            .filter(|_| ddp.as_ref().is_none_or(|d| d.rank() == 0))
+        {
             let mut seeds = BTreeMap::new();
             seeds.insert("train".to_string(), cfg.seed);
             let meta = CheckpointMeta {
