@@ -242,6 +242,17 @@ int rw_pg_broadcast(rw_pg* pg, at::Tensor* t, int root, char** err) {
   });
 }
 
+// Gathers every rank's `input` into `output` ([world, ...input's shape], contiguous).
+int rw_pg_all_gather(rw_pg* pg, at::Tensor* input, at::Tensor* output, char** err) {
+  return guarded(err, [&] {
+    std::vector<at::Tensor> outs;
+    for (int r = 0; r < pg->world; r++) outs.push_back(output->select(0, r));
+    std::vector<std::vector<at::Tensor>> outputs{outs};
+    std::vector<at::Tensor> inputs{*input};
+    wait_work(pg->backend->allgather(outputs, inputs));
+  });
+}
+
 int rw_pg_barrier(rw_pg* pg, char** err) {
   return guarded(err, [&] { wait_work(pg->backend->barrier(c10d::BarrierOptions())); });
 }

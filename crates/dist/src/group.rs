@@ -37,6 +37,12 @@ extern "C" {
         err: *mut *mut c_char,
     ) -> c_int;
     fn rw_pg_barrier(pg: *mut RawGroup, err: *mut *mut c_char) -> c_int;
+    fn rw_pg_all_gather(
+        pg: *mut RawGroup,
+        input: *mut CTensor,
+        output: *mut CTensor,
+        err: *mut *mut c_char,
+    ) -> c_int;
     fn rw_sync_batch_norm(
         pg: *mut RawGroup,
         x: *const CTensor,
@@ -248,6 +254,22 @@ impl ProcessGroup {
         // SAFETY: as in `all_reduce_sum`.
         let rc = unsafe { rw_pg_broadcast(inner.raw, tensor_ptr(t), root as c_int, &mut err) };
         self.check("broadcast", rc, err)
+    }
+
+    /// Every rank's `t`, stacked in rank order (`[world, ...t's shape]`).
+    pub fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
+        let Some(inner) = &self.inner else {
+            return Ok(t.unsqueeze(0).copy());
+        };
+        Self::check_dense("all_gather", t)?;
+        let mut shape = vec![self.world_size as i64];
+        shape.extend(t.size());
+        let out = Tensor::empty(shape.as_slice(), (t.kind(), t.device()));
+        let mut err = std::ptr::null_mut();
+        // SAFETY: live group and tensors; `out` is contiguous with one row per rank.
+        let rc = unsafe { rw_pg_all_gather(inner.raw, tensor_ptr(t), tensor_ptr(&out), &mut err) };
+        self.check("all_gather", rc, err)?;
+        Ok(out)
     }
 
     /// Waits until every rank arrives.

@@ -4,6 +4,9 @@ use rustworthy_dist::ProcessGroup;
 use std::time::Duration;
 use tch::{Kind, Tensor};
 
+/// Output, input gradient, weight and bias gradients, running mean and variance of one rank.
+type RankResult = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -154,16 +157,15 @@ fn sync_batch_norm_equals_batch_norm_over_the_global_batch() {
     };
     close(&cat(0), &want.0, "output");
     close(&cat(1), &want.1, "input gradient");
-    let sum =
-        |f: &dyn Fn(&(Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>)) -> Vec<f32>| {
-            let mut acc = vec![0.0f32; 3];
-            for g in &got {
-                for (a, v) in acc.iter_mut().zip(f(g)) {
-                    *a += v;
-                }
+    let sum = |f: &dyn Fn(&RankResult) -> Vec<f32>| {
+        let mut acc = vec![0.0f32; 3];
+        for g in &got {
+            for (a, v) in acc.iter_mut().zip(f(g)) {
+                *a += v;
             }
-            acc
-        };
+        }
+        acc
+    };
     close(
         &sum(&|g| g.2.clone()),
         &want.2,
