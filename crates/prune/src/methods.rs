@@ -690,6 +690,8 @@ fn recipe_weight_decay(recipe: &TrainConfig) -> f64 {
         OptimConfig::Sgd { weight_decay, .. } => *weight_decay,
         OptimConfig::Adam { weight_decay, .. } => *weight_decay,
         OptimConfig::Adamw { weight_decay, .. } => *weight_decay,
+        OptimConfig::Lamb { weight_decay, .. } => *weight_decay,
+        OptimConfig::Lars { weight_decay, .. } => *weight_decay,
     }
 }
 

@@ -212,6 +212,7 @@ fn prune_then_unlearn_keeps_the_mask() {
         progress: ProgressMode::Quiet,
         original: &r,
         masks: Some(&masks),
+        dist: None,
     };
     for cfg in [
         MethodConfig::Ft(FtConfig::default()),

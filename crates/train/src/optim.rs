@@ -1,5 +1,7 @@
 //! First-order optimizers over named parameters: SGD (momentum, dampening, Nesterov, weight
-//! decay), Adam (L2 weight decay) and AdamW (decoupled weight decay).
+//! decay), Adam (L2 weight decay), AdamW (decoupled weight decay), and the large-batch
+//! optimizers with layer-wise trust ratios: LARS (You et al. 2017) and LAMB (You et al. 2020, as
+//! distributed adversarial training uses it).
 //!
 //! Every optimizer accepts an optional per-parameter mask (1 = may change, 0 = frozen). Masked
 //! entries are left bit-for-bit unchanged: their gradient, weight decay and momentum never reach
@@ -62,7 +64,54 @@ pub enum OptimConfig {
         #[serde(default = "default_adamw_wd")]
         weight_decay: f64,
     },
+    /// LAMB: the Adam direction plus weight decay, scaled per parameter tensor by the trust
+    /// ratio `min(||w||, 10) / ||direction||` (1 when either norm is 0). As the LAMB code used by
+    /// distributed adversarial training: no bias correction unless asked, eps 1e-6.
+    Lamb {
+        /// Decay of the first-moment estimate in [0, 1) (default 0.9).
+        #[serde(default = "default_beta1")]
+        beta1: f64,
+        /// Decay of the second-moment estimate in [0, 1) (default 0.999).
+        #[serde(default = "default_beta2")]
+        beta2: f64,
+        /// Term added to the denominator, > 0 (default 1e-6).
+        #[serde(default = "default_lamb_eps")]
+        eps: f64,
+        /// Weight decay added to the direction before the trust ratio (default 0).
+        #[serde(default)]
+        weight_decay: f64,
+        /// Divide the moments by `1 - beta^t` as Adam does (default false).
+        #[serde(default)]
+        bias_correction: bool,
+    },
+    /// LARS: SGD with momentum whose step for each parameter tensor is scaled by
+    /// `trust * ||w|| / (||g|| + weight_decay * ||w||)`; tensors of one dimension (biases,
+    /// batch-norm affine parameters) take plain SGD steps unless `adapt_1d`.
+    Lars {
+        /// Momentum factor in [0, 1) (default 0.9).
+        #[serde(default = "default_momentum")]
+        momentum: f64,
+        /// L2 penalty added to the gradient (default 0).
+        #[serde(default)]
+        weight_decay: f64,
+        /// Trust coefficient eta, > 0 (default 0.001).
+        #[serde(default = "default_lars_trust")]
+        trust: f64,
+        /// Adapt one-dimensional tensors too (default false).
+        #[serde(default)]
+        adapt_1d: bool,
+    },
 }
+
+fn default_lamb_eps() -> f64 {
+    1e-6
+}
+fn default_lars_trust() -> f64 {
+    0.001
+}
+
+/// LAMB's cap on the weight norm in the trust ratio.
+const LAMB_MAX_WEIGHT_NORM: f64 = 10.0;
 
 fn default_momentum() -> f64 {
     0.9
@@ -128,9 +177,39 @@ impl OptimConfig {
                 validate::positive("optim.eps", eps)?;
                 validate::non_negative("optim.weight_decay", weight_decay)?;
             }
+            OptimConfig::Lamb {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                ..
+            } => {
+                validate::in_half_open("optim.beta1", beta1, 0.0, 1.0)?;
+                validate::in_half_open("optim.beta2", beta2, 0.0, 1.0)?;
+                validate::positive("optim.eps", eps)?;
+                validate::non_negative("optim.weight_decay", weight_decay)?;
+            }
+            OptimConfig::Lars {
+                momentum,
+                weight_decay,
+                trust,
+                ..
+            } => {
+                validate::in_half_open("optim.momentum", momentum, 0.0, 1.0)?;
+                validate::non_negative("optim.weight_decay", weight_decay)?;
+                validate::positive("optim.trust", trust)?;
+            }
         }
         Ok(())
     }
+}
+
+/// `num / den` as a 0-dimensional tensor, or 1 where either is 0 (a zero weight or direction
+/// takes the unscaled step). Stays on the device: no host synchronization per tensor.
+fn trust_ratio(num: &Tensor, den: &Tensor) -> Tensor {
+    let ok = num.gt(0.0).logical_and(&den.gt(0.0));
+    let r = num / den.clamp_min(f64::MIN_POSITIVE);
+    r.where_self(&ok, &r.ones_like())
 }
 
 /// Per-parameter optimizer state.
@@ -138,7 +217,7 @@ struct Slot {
     name: String,
     param: Tensor,
     mask: Option<Tensor>,
-    /// SGD: [momentum]; Adam: [m, v].
+    /// SGD and LARS: [momentum]; Adam, AdamW and LAMB: [m, v].
     bufs: Vec<Tensor>,
 }
 
@@ -319,6 +398,75 @@ impl Optimizer {
                         };
                         base - upd * lr
                     }
+                    OptimConfig::Lamb {
+                        beta1,
+                        beta2,
+                        eps,
+                        weight_decay,
+                        bias_correction,
+                    } => {
+                        let mut d = g.shallow_clone();
+                        if let Some(m) = &s.mask {
+                            d = d.where_self(m, &d.zeros_like());
+                        }
+                        if s.bufs.is_empty() {
+                            s.bufs.push(p.zeros_like());
+                            s.bufs.push(p.zeros_like());
+                        }
+                        {
+                            let (m1, rest) = s.bufs.split_at_mut(1);
+                            let _ = m1[0].g_mul_scalar_(beta1);
+                            let _ = m1[0].g_add_(&(&d * (1.0 - beta1)));
+                            let _ = rest[0].g_mul_scalar_(beta2);
+                            let _ = rest[0].g_add_(&(&d * &d * (1.0 - beta2)));
+                        }
+                        let (bc1, bc2) = if bias_correction {
+                            (1.0 - beta1.powf(t), 1.0 - beta2.powf(t))
+                        } else {
+                            (1.0, 1.0)
+                        };
+                        let mut dir = (&s.bufs[0] / bc1) / ((&s.bufs[1] / bc2).sqrt() + eps);
+                        if weight_decay > 0.0 {
+                            dir = &dir + p * weight_decay;
+                        }
+                        if let Some(m) = &s.mask {
+                            dir = dir.where_self(m, &dir.zeros_like());
+                        }
+                        let ratio =
+                            trust_ratio(&p.norm().clamp_max(LAMB_MAX_WEIGHT_NORM), &dir.norm());
+                        p - dir * ratio * lr
+                    }
+                    OptimConfig::Lars {
+                        momentum,
+                        weight_decay,
+                        trust,
+                        adapt_1d,
+                    } => {
+                        let mut d = if weight_decay > 0.0 {
+                            &g + p * weight_decay
+                        } else {
+                            g.shallow_clone()
+                        };
+                        if let Some(m) = &s.mask {
+                            d = d.where_self(m, &d.zeros_like());
+                        }
+                        if adapt_1d || p.dim() > 1 {
+                            let wn = p.norm();
+                            let denom = g.norm() + &wn * weight_decay;
+                            d = &d * trust_ratio(&(wn * trust), &denom);
+                        }
+                        if momentum > 0.0 {
+                            if s.bufs.is_empty() {
+                                s.bufs.push(d.detach().copy());
+                            } else {
+                                let b = &mut s.bufs[0];
+                                let _ = b.g_mul_scalar_(momentum);
+                                let _ = b.g_add_(&d);
+                            }
+                            d = s.bufs[0].shallow_clone();
+                        }
+                        p - d * lr
+                    }
                 };
                 let new = match &s.mask {
                     Some(m) => new.where_self(m, p),
@@ -410,6 +558,68 @@ mod tests {
         let expect = 0.79 - 0.1 * (0.9 * 2.1 + 2.1 * 0.79);
         let w2: Vec<f32> = Vec::try_from(&w).unwrap();
         assert!((w2[0] - expect as f32).abs() < 1e-6, "{w2:?} vs {expect}");
+    }
+
+    #[test]
+    fn lamb_and_lars_first_steps_match_hand_computation() {
+        // LAMB, step 1, no bias correction: the direction is (1-b1)/sqrt(1-b2) * sign(g) (eps
+        // aside); the trust ratio rescales it to norm ||w|| (< 10 here): w - lr*||w||/2*sign(w).
+        let (w, params) = quad_params();
+        let w0 = Vec::<f32>::try_from(&w).unwrap();
+        let norm = w0.iter().map(|v| (v * v) as f64).sum::<f64>().sqrt();
+        let mut opt = Optimizer::new(
+            OptimConfig::Lamb {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-6,
+                weight_decay: 0.0,
+                bias_correction: false,
+            },
+            params,
+        )
+        .unwrap();
+        grad_step(&mut opt, &w, 0.1);
+        for (a, b) in Vec::<f32>::try_from(&w).unwrap().iter().zip(&w0) {
+            let want = *b as f64 - 0.1 * norm / 2.0 * (*b as f64).signum();
+            assert!((*a as f64 - want).abs() < 1e-4, "{a} vs {want}");
+        }
+        // LARS, step 1: g = 2w, local rate trust*||w||/||g|| = trust/2, so w <- w(1 - lr*trust).
+        let (w, params) = quad_params();
+        let cfg = OptimConfig::Lars {
+            momentum: 0.9,
+            weight_decay: 0.0,
+            trust: 0.02,
+            adapt_1d: true,
+        };
+        let mut opt = Optimizer::new(cfg, params).unwrap();
+        grad_step(&mut opt, &w, 0.5);
+        for (a, b) in Vec::<f32>::try_from(&w).unwrap().iter().zip(&w0) {
+            assert!((a - b * (1.0 - 0.5 * 0.02)).abs() < 1e-6, "{a} vs {b}");
+        }
+        // A one-dimensional tensor without adapt_1d takes the plain SGD step w - lr*2w.
+        let (w, params) = quad_params();
+        let cfg = OptimConfig::Lars {
+            momentum: 0.9,
+            weight_decay: 0.0,
+            trust: 0.02,
+            adapt_1d: false,
+        };
+        let mut opt = Optimizer::new(cfg, params).unwrap();
+        grad_step(&mut opt, &w, 0.1);
+        for (a, b) in Vec::<f32>::try_from(&w).unwrap().iter().zip(&w0) {
+            assert!((a - b * 0.8).abs() < 1e-6, "{a} vs {b}");
+        }
+        let bad = OptimConfig::Lars {
+            momentum: 0.9,
+            weight_decay: 0.0,
+            trust: 0.0,
+            adapt_1d: false,
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("optim.trust"));
     }
 
     #[test]
