@@ -99,6 +99,9 @@ pub struct TrainArgs {
     /// batch norm per rank instead of synchronizing it over the global batch.
     #[arg(long)]
     pub local_batch_norm: bool,
+    /// Data-parallel runs: gradient compression with error feedback (none, int8, sign).
+    #[arg(long, default_value = "none")]
+    pub grad_compression: String,
     /// Device, threads, seed, output folder and progress.
     #[command(flatten)]
     pub run: RunOpts,
@@ -165,7 +168,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         progress: mode,
         resume: a.resume,
         stop_after: a.stop_after,
-        dist: crate::cmd_dist::dist_options(a.local_batch_norm)?,
+        dist: crate::cmd_dist::dist_options(a.local_batch_norm, &a.grad_compression)?,
     };
     let main = opts.dist.as_ref().is_none_or(|d| d.group.is_main());
     let o = train_run(&c, &opts)?;

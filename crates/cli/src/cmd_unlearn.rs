@@ -121,7 +121,16 @@ pub fn unlearn(a: UnlearnArgs) -> Result<()> {
     }
     req.threads = a.run.threads.unwrap_or(0);
     req.progress = a.run.mode();
+    // Under a launcher: Retrain and the gradient methods run data-parallel.
+    req.dist = crate::cmd_dist::dist_options(false, "none")?;
+    let main = req.dist.as_ref().is_none_or(|d| d.group.is_main());
+    if !main {
+        req.progress = rustworthy::core::progress::ProgressMode::Quiet;
+    }
     let o = unlearn_run(&req)?;
+    if !main {
+        return Ok(());
+    }
     if emit_summary(req.progress, &o.report.metrics) {
         return Ok(());
     }

@@ -170,6 +170,9 @@ enum BenchCommand {
     /// Reverse engineering of deceptions end to end: perturbation estimation (PSNR, cosine,
     /// restored predictions), attack attribution and model parsing, in and out of distribution.
     Red(cmd_red::BenchRedArgs),
+    /// All-reduce of a gradient-sized buffer across processes: rustworthy's c10d Gloo bridge
+    /// against torch.distributed on the same backend, in one run.
+    Allreduce(cmd_dist::BenchAllReduceArgs),
 }
 
 /// Messages go to stderr: plain for information, prefixed for warnings and errors.
@@ -223,6 +226,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Diffusion(a)) => cmd_diffusion::bench_diffusion(a),
         Command::Bench(BenchCommand::DdpmStep(a)) => cmd_diffusion::bench_ddpm_step(a),
         Command::Bench(BenchCommand::Red(a)) => cmd_red::bench_red(a),
+        Command::Bench(BenchCommand::Allreduce(a)) => cmd_dist::bench_all_reduce(a),
         Command::Red(RedCommand::Generate(a)) => cmd_red::generate(a),
         Command::Red(RedCommand::Train(a)) => cmd_red::train(a),
         Command::Red(RedCommand::Infer(a)) => cmd_red::infer(a),

@@ -348,6 +348,7 @@ pub fn bench_unlearn(c: &BenchConfig, opts: &BenchOptions) -> Result<BenchOutcom
             progress: mode,
             original: &s.train_config,
             masks: masks.as_ref(),
+            dist: None,
         };
         let select: Selection = c.lr_search.select.parse()?;
 

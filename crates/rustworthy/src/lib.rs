@@ -58,6 +58,7 @@ pub use rustworthy_train as train;
 pub use rustworthy_unlearn as unlearn;
 pub use rustworthy_zo as zo;
 
+pub mod bench_dist;
 pub mod bench_script;
 pub mod bench_unlearn;
 pub mod config;

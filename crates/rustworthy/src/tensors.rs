@@ -167,6 +167,7 @@ pub fn unlearn(
         progress,
         original: &s.train_config,
         masks: None,
+        dist: None,
     };
     let (result, model) = unlearn_once(&s.original, method, &ctx, None)?;
     Ok(Unlearned {

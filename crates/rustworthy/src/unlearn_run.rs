@@ -364,6 +364,8 @@ pub struct UnlearnRequest {
     pub threads: usize,
     /// Progress display (library default: quiet).
     pub progress: ProgressMode,
+    /// Data-parallel run (every rank makes the same request; rank 0 alone writes the folder).
+    pub dist: Option<rustworthy_train::DistOptions>,
 }
 
 impl UnlearnRequest {
@@ -388,6 +390,7 @@ impl UnlearnRequest {
             out,
             threads: 0,
             progress: ProgressMode::Quiet,
+            dist: None,
         }
     }
 }
@@ -443,11 +446,18 @@ pub fn unlearn(req: &UnlearnRequest) -> Result<UnlearnOutcome> {
     let device = req.device.resolve()?;
     let cfg = &req.method;
     let out = &req.out;
-    let _lock = crate::train_run::lock_out(out)?;
+    let main = req.dist.as_ref().is_none_or(|d| d.group.is_main());
+    let _lock = if main {
+        Some(crate::train_run::lock_out(out)?)
+    } else {
+        None
+    };
 
     let t0 = Instant::now();
     let mut s = UnlearnSetup::for_request(req, device)?;
-    s.data.scenario.save(&out.join("scenario.json"))?;
+    if main {
+        s.data.scenario.save(&out.join("scenario.json"))?;
+    }
     let load_s = t0.elapsed().as_secs_f64();
     let svc = SvcConfig::default();
     let eval_batch = EVAL_BATCH;
@@ -469,6 +479,7 @@ pub fn unlearn(req: &UnlearnRequest) -> Result<UnlearnOutcome> {
         progress: req.progress,
         original: &s.train_config,
         masks: masks.as_ref(),
+        dist: req.dist.clone(),
     };
     let retrain = req.retrain.as_ref();
     let (result, model) = match &req.lr_search {
@@ -492,6 +503,17 @@ pub fn unlearn(req: &UnlearnRequest) -> Result<UnlearnOutcome> {
         }
         None => unlearn_once(&s.original, cfg, &ctx, retrain)?,
     };
+    if !main {
+        // The other ranks hold the same model and metrics; rank 0 writes them.
+        return Ok(UnlearnOutcome {
+            before,
+            result,
+            retrain: req.retrain.clone(),
+            model,
+            model_path: out.join("model.safetensors"),
+            report: RunReport::new("unlearn", serde_json::to_value(cfg)?, &device_name(device)),
+        });
+    }
 
     let model_path = out.join("model.safetensors");
     let mut seeds = BTreeMap::new();

@@ -97,6 +97,8 @@ pub struct DistOptions {
     pub sync_batch_norm: bool,
     /// Gradient bucket size in MiB (each bucket is one all-reduce).
     pub bucket_mib: f64,
+    /// Gradient compression with error feedback (default none: exact float32 all-reduce).
+    pub compression: crate::ddp::Compression,
 }
 
 impl DistOptions {
@@ -107,6 +109,7 @@ impl DistOptions {
             group,
             sync_batch_norm: true,
             bucket_mib: 25.0,
+            compression: Default::default(),
         }
     }
 }
@@ -382,7 +385,7 @@ pub fn fit_with(
             if let Some(d) = ddp.as_mut() {
                 // The global loss is the mean over the global batch: this shard's gradient
                 // counts with weight local / global.
-                d.average_gradients(model, local as f64 / (hi - lo) as f64)?;
+                d.average_gradients(local as f64 / (hi - lo) as f64)?;
             }
             opt.step(lr)?;
             let bs = local as i64;

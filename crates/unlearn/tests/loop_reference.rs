@@ -140,6 +140,7 @@ fn first_order_loops_match_their_pytorch_restatements() {
             progress: ProgressMode::Quiet,
             original: &original,
             masks: None,
+            dist: None,
         };
         cfg.build().unwrap().unlearn(&mut m, &ctx).unwrap();
         let mut c = settings.clone();

@@ -108,6 +108,7 @@ fn unlearn(
         progress: ProgressMode::Quiet,
         original: &original,
         masks: None,
+        dist: None,
     };
     let report = method.unlearn(&mut m, &ctx).unwrap();
     let after = acc(&m, d);
@@ -558,6 +559,7 @@ fn a_diverging_run_stops_with_a_clear_error() {
         progress: ProgressMode::Quiet,
         original: &original,
         masks: None,
+        dist: None,
     };
     let mut m = copy_of(&t.model);
     let e = cfg.build().unwrap().unlearn(&mut m, &ctx).unwrap_err();

@@ -77,6 +77,7 @@ fn ctx<'a>(t: &'a Task, data: &'a UnlearnData, seed: u64) -> UnlearnCtx<'a> {
         progress: ProgressMode::Quiet,
         original: &t.cfg,
         masks: None,
+        dist: None,
     }
 }
 

@@ -63,6 +63,7 @@ fn script_models_unlearn_except_with_feature_methods() {
         progress: ProgressMode::Quiet,
         original: &cfg,
         masks: None,
+        dist: None,
     };
     for name in MethodConfig::NAMES {
         let mut overrides = serde_json::Map::new();

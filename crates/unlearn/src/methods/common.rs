@@ -152,6 +152,35 @@ pub fn batches(
     order.chunks(batch_size).map(|c| c.to_vec()).collect()
 }
 
+/// The group of a data-parallel run with more than one rank, if any.
+fn parallel<'c>(ctx: &'c UnlearnCtx) -> Option<&'c rustworthy_train::DistOptions> {
+    ctx.dist.as_ref().filter(|d| d.group.world_size() > 1)
+}
+
+/// This rank's rows of a batch (every tensor in `rows` split the same way) and the weight of its
+/// loss: the shard's share of the batch, so that the per-rank losses sum to the batch mean. In
+/// a single process: the whole batch and 1.
+pub fn shard_rows(ctx: &UnlearnCtx, rows: &[&Tensor]) -> (Vec<Tensor>, f64) {
+    let Some(d) = parallel(ctx) else {
+        return (rows.iter().map(|t| t.shallow_clone()).collect(), 1.0);
+    };
+    let n = rows.first().map(|t| t.size()[0] as usize).unwrap_or(0);
+    let (start, len) = rustworthy_train::ddp::shard_range(n, d.group.rank(), d.group.world_size());
+    let out = rows
+        .iter()
+        .map(|t| t.narrow(0, start as i64, len as i64))
+        .collect();
+    (out, if n == 0 { 0.0 } else { len as f64 / n as f64 })
+}
+
+/// The loss weight of a step that every rank computes in full (the same on every rank): 1 over
+/// the world size, so that the summed gradient is the step's gradient.
+pub fn replicated_weight(ctx: &UnlearnCtx) -> f64 {
+    parallel(ctx)
+        .map(|d| 1.0 / d.group.world_size() as f64)
+        .unwrap_or(1.0)
+}
+
 /// Runs `epochs` of SGD over `ds`, calling `loss_fn(model, x, y, epoch)` for each batch.
 /// Returns the number of steps. The loss must be finite, else the run stops with an error.
 pub fn sgd_epochs<F>(
@@ -185,7 +214,11 @@ where
         |epoch| Ok(orders[epoch].len()),
         |epoch, i| {
             let (x, y) = ds.try_batch(&orders[epoch][i])?;
-            Ok(loss_fn(model, &x, &y, epoch))
+            // Each rank takes its shard; the loss (regularizers included) is weighted by the
+            // shard's share, so the summed gradient is the whole batch's.
+            let (rows, w) = shard_rows(ctx, &[&x, &y]);
+            let loss = loss_fn(model, &rows[0], &rows[1], epoch);
+            Ok(if w == 1.0 { loss } else { loss * w })
         },
     )
 }
@@ -237,6 +270,11 @@ pub fn try_random_other_labels(y: &Tensor, num_classes: i64, rng: &mut SeedRng) 
 /// `run.epochs` epochs of `steps_in(epoch)` optimizer steps each, where `loss_at(epoch, step)`
 /// builds the loss of one step. The learning-rate schedule, progress reporting and the
 /// finiteness check are those of [`sgd_epochs`]. Returns the number of steps taken.
+///
+/// In a data-parallel run (`ctx.dist`), every rank starts from rank 0's weights, the gradients
+/// are summed over the ranks after each backward pass and batch norm is synchronized: each
+/// rank's loss must be weighted so that the ranks' losses sum to the step's loss (see
+/// [`shard_rows`] and [`replicated_weight`]).
 pub fn sgd_loop<N, L>(
     opt: &mut Optimizer,
     run: &RunConfig,
@@ -250,6 +288,19 @@ where
     L: FnMut(usize, usize) -> Result<Tensor>,
 {
     let mut steps = 0u64;
+    let mut ddp = match parallel(ctx) {
+        // The optimizer holds the trainable parameters; every rank loaded the same model, and
+        // synchronized batch norm keeps the running statistics equal.
+        Some(d) => Some(rustworthy_train::ddp::Ddp::for_tensors(
+            d,
+            opt.named_params().into_iter().map(|(_, t)| t).collect(),
+            Vec::new(),
+        )?),
+        None => None,
+    };
+    let _sync_bn = parallel(ctx)
+        .filter(|d| d.sync_batch_norm)
+        .map(|d| rustworthy_dist::SyncBatchNormScope::enter(&d.group));
     for epoch in 0..run.epochs {
         let nb = steps_in(epoch)?;
         let bar = Progress::new(
@@ -259,9 +310,18 @@ where
         );
         for i in 0..nb {
             rustworthy_core::progress::check_interrupt()?;
-            let loss = loss_at(epoch, i)?;
+            let loss = loss_at(epoch, i);
+            if let Some(e) = rustworthy_dist::take_failure() {
+                return Err(e);
+            }
+            let loss = loss?;
             opt.zero_grad();
-            loss.f_backward()?;
+            if let Err(e) = loss.f_backward() {
+                return Err(rustworthy_dist::take_failure().unwrap_or(Error::Torch(e)));
+            }
+            if let Some(d) = ddp.as_mut() {
+                d.sum_gradients()?;
+            }
             let lr = run.lr_at(epoch as f64 + i as f64 / nb as f64);
             opt.step(lr)?;
             steps += 1;

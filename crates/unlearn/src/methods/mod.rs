@@ -50,6 +50,9 @@ pub struct UnlearnCtx<'a> {
     pub original: &'a TrainConfig,
     /// Masks of a pruned model (prune, then unlearn): pruned weights stay exactly zero.
     pub masks: Option<&'a Masks>,
+    /// Data-parallel run over several processes (Retrain and the single-batch gradient methods
+    /// shard every batch; the others compute the same steps on every rank).
+    pub dist: Option<rustworthy_train::DistOptions>,
 }
 
 /// What a method reports about its own run (metrics are computed by the caller).

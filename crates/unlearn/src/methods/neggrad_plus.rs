@@ -166,7 +166,10 @@ impl Unlearner for NegGradPlus {
                     ce
                 };
                 let forget_loss = m.forward_t(&xf, train).cross_entropy_for_logits(&yf);
-                Ok(retain_loss * cfg.beta - forget_loss * (1.0 - cfg.beta))
+                // Two batches of different sizes: every rank computes the whole step (the
+                // same on each), weighted so the ranks' gradients sum to the step's.
+                let loss = retain_loss * cfg.beta - forget_loss * (1.0 - cfg.beta);
+                Ok(loss * super::common::replicated_weight(ctx))
             },
         )?;
         Ok(MethodReport {

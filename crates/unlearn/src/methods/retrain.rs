@@ -71,6 +71,7 @@ impl Unlearner for Retrain {
         model.copy_from(&fresh)?;
         let opts = FitOptions {
             progress: ctx.progress,
+            dist: ctx.dist.clone(),
             ..Default::default()
         };
         let out = match ctx.masks {

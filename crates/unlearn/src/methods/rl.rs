@@ -198,7 +198,11 @@ pub(crate) fn run_rl(
             }
             let x = Tensor::f_cat(&xs, 0)?;
             let y = Tensor::f_cat(&ys, 0)?;
-            Ok(model.forward_t(&x, true).cross_entropy_for_logits(&y))
+            let (rows, w) = super::common::shard_rows(ctx, &[&x, &y]);
+            let loss = model
+                .forward_t(&rows[0], true)
+                .cross_entropy_for_logits(&rows[1]);
+            Ok(if w == 1.0 { loss } else { loss * w })
         },
     )
 }

@@ -169,17 +169,19 @@ impl Unlearner for Scrub {
                         .as_ref()
                         .ok_or_else(|| Error::invalid("scrub: no teacher logits"))?
                         .f_index_select(0, &index_tensor(idx, x.device())?)?;
-                    let student = m.forward_t(&x, true);
-                    Ok(-distill_kl(&student, &teacher, t))
+                    let (rows, w) = super::common::shard_rows(ctx, &[&x, &teacher]);
+                    let student = m.forward_t(&rows[0], true);
+                    Ok(-distill_kl(&student, &rows[1], t) * w)
                 } else {
                     let idx = &p.min[i - p.max.len()];
                     let (x, y) = retain.try_batch(idx)?;
                     let teacher =
                         teacher_retain.f_index_select(0, &index_tensor(idx, x.device())?)?;
-                    let student = m.forward_t(&x, true);
-                    let kl = distill_kl(&student, &teacher, t);
-                    let ce = student.cross_entropy_for_logits(&y);
-                    Ok(kl * cfg.alpha + ce * cfg.gamma)
+                    let (rows, w) = super::common::shard_rows(ctx, &[&x, &y, &teacher]);
+                    let student = m.forward_t(&rows[0], true);
+                    let kl = distill_kl(&student, &rows[2], t);
+                    let ce = student.cross_entropy_for_logits(&rows[1]);
+                    Ok((kl * cfg.alpha + ce * cfg.gamma) * w)
                 }
             },
         )?;
