@@ -95,7 +95,7 @@ fn adversarial_training_attack_and_robust_eval_on_fashion_mnist() {
         "--suite",
         "quick",
         "--n",
-        "200",
+        "100",
         "--curve",
         "0.05,0.1,0.5",
         "--device",
@@ -119,7 +119,7 @@ fn adversarial_training_attack_and_robust_eval_on_fashion_mnist() {
         "accuracy at eps 0.5: {curve:?}"
     );
     let csv = std::fs::read_to_string(ev.join("per_sample.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 201);
+    assert_eq!(csv.lines().count(), 101);
     assert!(ev.join("accuracy_vs_eps.png").is_file());
     assert_eq!(r["config"]["suite"]["name"], "quick");
 }

@@ -20,7 +20,7 @@ fn zo_training_and_black_box_attacks_on_fashion_mnist() {
         "--zo",
         "cge",
         "--sparsity",
-        "0.9",
+        "0.95",
         "--train-subset",
         "10240",
         "--epochs",
@@ -38,15 +38,15 @@ fn zo_training_and_black_box_attacks_on_fashion_mnist() {
     let r = json(&out.join("report.json"));
     let m = &r["metrics"];
     let coords = m["zo_coordinates_per_step"].as_u64().unwrap();
-    // 61706 parameters: 10% of the 61470 weights plus the 236 biases.
-    assert_eq!(coords, 6147 + 236);
+    // 61706 parameters: 5% of the 61470 weights (rounded up) plus the 236 biases.
+    assert_eq!(coords, 3074 + 236);
     // ZO-GraSP (2 x 65 queries) and 10240 / 64 = 160 steps of 1 + |S| queries.
     let steps = 10240u64 / 64;
     assert_eq!(
         m["zo_queries"].as_u64().unwrap(),
         130 + steps * (1 + coords)
     );
-    // 160 steps without a single gradient already beat chance (10%) clearly.
+    // 160 steps without a single gradient already beat chance (10%) clearly (about 42%).
     assert!(m["test_accuracy"].as_f64().unwrap() > 35.0, "{m}");
     let dens = json(&out.join("zo-densities.json"));
     assert_eq!(dens.as_object().unwrap().len(), 5);
