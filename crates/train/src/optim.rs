@@ -171,13 +171,8 @@ impl OptimConfig {
                 beta2,
                 eps,
                 weight_decay,
-            } => {
-                validate::in_half_open("optim.beta1", beta1, 0.0, 1.0)?;
-                validate::in_half_open("optim.beta2", beta2, 0.0, 1.0)?;
-                validate::positive("optim.eps", eps)?;
-                validate::non_negative("optim.weight_decay", weight_decay)?;
             }
-            OptimConfig::Lamb {
+            | OptimConfig::Lamb {
                 beta1,
                 beta2,
                 eps,
@@ -202,6 +197,20 @@ impl OptimConfig {
         }
         Ok(())
     }
+}
+
+/// Adam's moment estimates, created at zero on the first step: `m = b1 m + (1 - b1) d`,
+/// `v = b2 v + (1 - b2) d^2`.
+fn update_moments(bufs: &mut Vec<Tensor>, p: &Tensor, d: &Tensor, beta1: f64, beta2: f64) {
+    if bufs.is_empty() {
+        bufs.push(p.zeros_like());
+        bufs.push(p.zeros_like());
+    }
+    let (m1, rest) = bufs.split_at_mut(1);
+    let _ = m1[0].g_mul_scalar_(beta1);
+    let _ = m1[0].g_add_(&(d * (1.0 - beta1)));
+    let _ = rest[0].g_mul_scalar_(beta2);
+    let _ = rest[0].g_add_(&(d * d * (1.0 - beta2)));
 }
 
 /// `num / den` as a 0-dimensional tensor, or 1 where either is 0 (a zero weight or direction
@@ -376,17 +385,7 @@ impl Optimizer {
                         if let Some(m) = &s.mask {
                             d = d.where_self(m, &d.zeros_like());
                         }
-                        if s.bufs.is_empty() {
-                            s.bufs.push(p.zeros_like());
-                            s.bufs.push(p.zeros_like());
-                        }
-                        {
-                            let (m1, rest) = s.bufs.split_at_mut(1);
-                            let _ = m1[0].g_mul_scalar_(beta1);
-                            let _ = m1[0].g_add_(&(&d * (1.0 - beta1)));
-                            let _ = rest[0].g_mul_scalar_(beta2);
-                            let _ = rest[0].g_add_(&(&d * &d * (1.0 - beta2)));
-                        }
+                        update_moments(&mut s.bufs, p, &d, beta1, beta2);
                         let bc1 = 1.0 - beta1.powf(t);
                         let bc2 = 1.0 - beta2.powf(t);
                         let denom = (&s.bufs[1] / bc2).sqrt() + eps;
@@ -409,17 +408,7 @@ impl Optimizer {
                         if let Some(m) = &s.mask {
                             d = d.where_self(m, &d.zeros_like());
                         }
-                        if s.bufs.is_empty() {
-                            s.bufs.push(p.zeros_like());
-                            s.bufs.push(p.zeros_like());
-                        }
-                        {
-                            let (m1, rest) = s.bufs.split_at_mut(1);
-                            let _ = m1[0].g_mul_scalar_(beta1);
-                            let _ = m1[0].g_add_(&(&d * (1.0 - beta1)));
-                            let _ = rest[0].g_mul_scalar_(beta2);
-                            let _ = rest[0].g_add_(&(&d * &d * (1.0 - beta2)));
-                        }
+                        update_moments(&mut s.bufs, p, &d, beta1, beta2);
                         let (bc1, bc2) = if bias_correction {
                             (1.0 - beta1.powf(t), 1.0 - beta2.powf(t))
                         } else {
