@@ -233,6 +233,11 @@ pub const PRESETS: &[(&str, &str, &str)] = &[
         include_str!("../../../presets/fmnist-lenet-adv.toml"),
     ),
     (
+        "fmnist-lenet-adv-lamb",
+        "fmnist-lenet-adv at 8x the batch (1024) with LAMB and a one-epoch warm-up, for data-parallel runs",
+        include_str!("../../../presets/fmnist-lenet-adv-lamb.toml"),
+    ),
+    (
         "cifar10-resnet18",
         "ResNet-18 on CIFAR-10, the unlearning literature's original-model recipe (182 epochs)",
         include_str!("../../../presets/cifar10-resnet18.toml"),
