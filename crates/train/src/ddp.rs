@@ -226,6 +226,12 @@ impl Ddp {
         if !(d.bucket_mib > 0.0 && d.bucket_mib.is_finite()) {
             return Err(Error::config("dist.bucket_mib", "must be a number > 0"));
         }
+        if let Some(t) = params.iter().chain(&buffers).find(|t| t.device().is_cuda()) {
+            return Err(Error::Distributed(format!(
+                "the model is on {:?}: data-parallel runs use Gloo on the CPU for now (NCCL is not built); run with --device cpu",
+                t.device()
+            )));
+        }
         tch::no_grad(|| -> Result<()> {
             for t in params.iter().chain(&buffers) {
                 d.group.broadcast(t, 0)?;

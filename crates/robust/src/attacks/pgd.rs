@@ -125,6 +125,8 @@ impl Pgd {
                 xa.copy()
             };
             for _ in 0..self.steps {
+                // A long attack on one batch still stops promptly on Ctrl-C.
+                rustworthy_core::progress::check_interrupt()?;
                 let (logits, _, grad) = loss_and_grad(model, &x_adv, &ya, ta.as_ref(), self.loss);
                 let _ = queries.index_add_(0, &active, &active.ones_like());
                 let mut grad = grad;
