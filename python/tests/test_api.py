@@ -208,15 +208,15 @@ def test_zo_minimize_counts_queries_and_respects_the_budget():
 
 def test_ctrl_c_stops_a_long_call(fmnist, scripted):
     x, y = fmnist["test"]
-    x, y = x[:64], y[:64]
+    x, y = x[:256], y[:256]
     m = rustworthy.load(scripted, x=x)  # loaded before the timer starts
     timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
     t0 = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):
-        # Longer than the timer on any CPU (the 200 steps used before ended first on a fast one);
-        # PGD checks for signals every step, so the call ends soon after the signal.
-        rustworthy.attack(m, x, y, "pgd", eps=0.1, steps=2000, batch_size=16, early_stop=False)
+        # Seconds even on a fast CPU, far longer than the timer (2,000 steps on 64 images ended
+        # first); PGD checks for signals every step, so the call ends soon after the signal.
+        rustworthy.attack(m, x, y, "pgd", eps=0.1, steps=10000, batch_size=16, early_stop=False)
     timer.join()
     assert time.perf_counter() - t0 < 20
 
@@ -231,7 +231,7 @@ def test_ctrl_c_stops_a_long_call(fmnist, scripted):
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.5)
         with pytest.raises(Alarm):
-            rustworthy.attack(m, x, y, "pgd", eps=0.1, steps=2000, batch_size=16, early_stop=False)
+            rustworthy.attack(m, x, y, "pgd", eps=0.1, steps=10000, batch_size=16, early_stop=False)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
