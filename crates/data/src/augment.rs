@@ -86,10 +86,100 @@ impl Augment {
     }
 }
 
+/// The augmentation draws of a whole epoch, uploaded to the device in one copy each, so that a
+/// training step slices them there instead of copying per batch (no host-to-device transfer
+/// inside the step loop). Drawn in the same order as batch-by-batch [`Augment::try_apply`]:
+/// a run gets the same augmentation either way, on any device.
+pub struct EpochDraws {
+    /// Crop offsets `[n, 2]` (int64), or `None` without cropping.
+    offsets: Option<Tensor>,
+    /// Flip decisions `[n]` (bool), or `None` without flips.
+    flips: Option<Tensor>,
+    padding: i64,
+}
+
+impl Augment {
+    /// Draws the augmentation of an epoch whose batches have the given sizes, in order, from
+    /// `rng`, as [`Augment::try_apply`] would batch after batch, and uploads it to `device`.
+    pub fn draw_epoch(
+        &self,
+        batch_sizes: impl IntoIterator<Item = usize>,
+        rng: &mut SeedRng,
+        device: tch::Device,
+    ) -> Result<EpochDraws> {
+        self.validate()?;
+        let mut offsets = Vec::new();
+        let mut flips = Vec::new();
+        if !self.is_identity() {
+            let span = (2 * self.crop_padding + 1) as usize;
+            for b in batch_sizes {
+                if self.crop_padding > 0 {
+                    for _ in 0..b {
+                        offsets.push(rng.below(span) as i64);
+                        offsets.push(rng.below(span) as i64);
+                    }
+                }
+                if self.hflip {
+                    flips.extend((0..b).map(|_| rng.unit() < 0.5));
+                }
+            }
+        }
+        let offsets = if self.crop_padding > 0 {
+            Some(
+                Tensor::f_from_slice(&offsets)?
+                    .f_view([-1, 2])?
+                    .f_to_device(device)?,
+            )
+        } else {
+            None
+        };
+        let flips = if self.hflip {
+            Some(Tensor::f_from_slice(&flips)?.f_to_device(device)?)
+        } else {
+            None
+        };
+        Ok(EpochDraws {
+            offsets,
+            flips,
+            padding: self.crop_padding,
+        })
+    }
+}
+
+impl EpochDraws {
+    /// Augments the batch `x` made of the epoch's samples `lo..lo + B` (in draw order) with
+    /// their draws: slices on the device, no host synchronization and no transfer.
+    pub fn apply(&self, x: &Tensor, lo: usize) -> Result<Tensor> {
+        let (b, _, _, _) = x.size4()?;
+        let mut out = x.shallow_clone();
+        if let Some(o) = &self.offsets {
+            if lo as i64 + b > o.size()[0] {
+                return Err(Error::invalid(format!(
+                    "augmentation draws: samples {lo}..{} of an epoch of {}",
+                    lo as i64 + b,
+                    o.size()[0]
+                )));
+            }
+            out = crop_at_tensor(&out, self.padding, &o.f_narrow(0, lo as i64, b)?)?;
+        }
+        if let Some(f) = &self.flips {
+            if lo as i64 + b > f.size()[0] {
+                return Err(Error::invalid(format!(
+                    "augmentation draws: samples {lo}..{} of an epoch of {}",
+                    lo as i64 + b,
+                    f.size()[0]
+                )));
+            }
+            out = flip_where_tensor(&out, &f.f_narrow(0, lo as i64, b)?)?;
+        }
+        Ok(out)
+    }
+}
+
 /// Crops every image of `x` at the given offsets of its zero-padded version, with one gather.
 /// `offsets[b] = (dy, dx)`, each in `0..=2p`; offset `(p, p)` is the identity.
 pub fn crop_at(x: &Tensor, p: i64, offsets: &[(i64, i64)]) -> Result<Tensor> {
-    let (b, c, h, w) = x.size4()?;
+    let (b, _, _, _) = x.size4()?;
     if offsets.len() as i64 != b {
         return Err(Error::invalid(format!(
             "crop_at: {} offsets for a batch of {b}",
@@ -105,13 +195,20 @@ pub fn crop_at(x: &Tensor, p: i64, offsets: &[(i64, i64)]) -> Result<Tensor> {
             2 * p
         )));
     }
+    let flat: Vec<i64> = offsets.iter().flat_map(|&(dy, dx)| [dy, dx]).collect();
+    let off = Tensor::f_from_slice(&flat)?
+        .f_to_device(x.device())?
+        .f_view([b, 2])?;
+    crop_at_tensor(x, p, &off)
+}
+
+/// [`crop_at`] with the offsets as an int64 tensor `[B, 2]` on `x`'s device (trusted to lie in
+/// `0..=2p`: they index the padded image).
+fn crop_at_tensor(x: &Tensor, p: i64, off: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = x.size4()?;
     let dev = x.device();
     let wp = w + 2 * p;
     let padded = x.f_constant_pad_nd([p, p, p, p])?.f_reshape([b, c, -1])?;
-    let flat: Vec<i64> = offsets.iter().flat_map(|&(dy, dx)| [dy, dx]).collect();
-    let off = Tensor::f_from_slice(&flat)?
-        .f_to_device(dev)?
-        .f_view([b, 2])?;
     let dy = off.f_select(1, 0)?.f_view([b, 1, 1])?;
     let dx = off.f_select(1, 1)?.f_view([b, 1, 1])?;
     let rows = Tensor::f_arange(h, (Kind::Int64, dev))?.f_view([1, h, 1])?;
@@ -145,9 +242,14 @@ pub fn flip_where(x: &Tensor, mask: &[bool]) -> Result<Tensor> {
             mask.len()
         )));
     }
-    let m = Tensor::f_from_slice(mask)?
-        .f_to_device(x.device())?
-        .f_view([b, 1, 1, 1])?;
+    let m = Tensor::f_from_slice(mask)?.f_to_device(x.device())?;
+    flip_where_tensor(x, &m)
+}
+
+/// [`flip_where`] with the mask as a bool tensor `[B]` on `x`'s device.
+fn flip_where_tensor(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let b = x.size()[0];
+    let m = mask.f_view([b, 1, 1, 1])?;
     Ok(x.f_flip([3])?.f_where_self(&m, x)?)
 }
 
@@ -165,6 +267,41 @@ mod tests {
     fn batch(b: i64, c: i64, h: i64, w: i64) -> Tensor {
         Tensor::arange(b * c * h * w, (Kind::Float, Device::Cpu)).view([b, c, h, w])
             / (b * c * h * w) as f64
+    }
+
+    #[test]
+    fn epoch_draws_equal_batch_by_batch_augmentation() {
+        let x = batch(10, 2, 6, 6);
+        for aug in [
+            Augment::cifar(),
+            Augment {
+                crop_padding: 2,
+                hflip: false,
+            },
+            Augment {
+                crop_padding: 0,
+                hflip: true,
+            },
+        ] {
+            let sizes = [4usize, 4, 2];
+            let mut rng = SeedRng::new(9);
+            let mut want = Vec::new();
+            let mut lo = 0;
+            for &b in &sizes {
+                want.push(aug.apply(&x.narrow(0, lo as i64, b as i64), &mut rng));
+                lo += b;
+            }
+            let draws = aug
+                .draw_epoch(sizes, &mut SeedRng::new(9), Device::Cpu)
+                .unwrap();
+            let mut lo = 0;
+            for (&b, w) in sizes.iter().zip(&want) {
+                let got = draws.apply(&x.narrow(0, lo as i64, b as i64), lo).unwrap();
+                assert!(got.equal(w), "{aug:?} at {lo}");
+                lo += b;
+            }
+            assert!(draws.apply(&x, 5).is_err(), "past the epoch's draws");
+        }
     }
 
     #[test]

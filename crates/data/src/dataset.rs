@@ -282,6 +282,22 @@ impl Dataset {
         ))
     }
 
+    /// The examples at the int64 indices `idx` (a tensor on the dataset's device), gathered
+    /// there: no transfer and no host synchronization. The indices are trusted to be in range
+    /// (index with [`Dataset::try_batch`] to have them checked).
+    pub fn batch_at(&self, idx: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.images.f_index_select(0, idx)?,
+            self.labels.f_index_select(0, idx)?,
+        ))
+    }
+
+    /// The order of [`epoch_order`] as an int64 tensor on the dataset's device (one copy).
+    pub fn order_tensor(&self, order: &[usize]) -> Result<Tensor> {
+        self.check_indices(order)?;
+        Ok(self.index_tensor(order))
+    }
+
     /// Batches of one epoch: shuffled with the `shuffle` stream of `seed` for `epoch` when
     /// `shuffle`, in index order otherwise.
     pub fn batches(

@@ -41,7 +41,8 @@ pub mod spec;
 
 pub use foreign::{LoadReport, MapRules, Rename};
 pub use layout::LayerOp;
-pub use model::{LayerInfo, Model};
+pub use model::{Exec, LayerInfo, Model};
+pub use rustworthy_accel::Precision;
 pub use script::ScriptOptions;
 pub use spec::{
     Activation, Arch, ModelSpec, CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_MEAN, FASHION_MNIST_STD,

@@ -46,6 +46,17 @@ pub struct Model {
     vars: Vec<Var>,
     mean: Tensor,
     std: Tensor,
+    exec: Exec,
+}
+
+/// How forward passes execute: precision and memory layout. Neither changes what the model
+/// computes beyond rounding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Exec {
+    /// bf16 autocast or float32 (default).
+    pub precision: rustworthy_accel::Precision,
+    /// Inputs and 4-D weights in channels-last (NHWC) memory order (default off).
+    pub channels_last: bool,
 }
 
 /// What computes the logits: a zoo network (features + head) or a TorchScript module.
@@ -97,6 +108,7 @@ impl Model {
             vars,
             mean,
             std,
+            exec: Exec::default(),
         })
     }
 
@@ -185,6 +197,63 @@ impl Model {
     /// train/eval mode (dropout too). Panics if `x` does not fit; use [`Model::check_input`] or
     /// [`Model::try_forward_t`] at boundaries.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.with_exec(x, |x| self.forward_plain(x, train))
+    }
+
+    /// How forward passes execute (see [`Model::set_exec`]).
+    pub fn exec(&self) -> Exec {
+        self.exec
+    }
+
+    /// Sets the precision and memory layout of every later forward pass, as PyTorch AMP and
+    /// `model.to(memory_format=torch.channels_last)` do: with bf16, each forward pass (training,
+    /// attacks, unlearning, evaluation) runs inside a bf16 autocast region and its outputs are
+    /// cast back to float32 (the loss then runs in float32, as autocast runs losses; the
+    /// backward pass runs outside the region); parameters, gradients and optimizer state stay
+    /// float32. With channels-last, 4-D weights are stored NHWC now and inputs are converted
+    /// on entry.
+    pub fn set_exec(&mut self, exec: Exec) -> Result<()> {
+        let device = self.vs.device();
+        if !exec.precision.is_fp32() && !matches!(device, Device::Cpu | Device::Cuda(_)) {
+            return Err(Error::Device(format!(
+                "bf16 autocast needs a CPU or CUDA device, the model is on {device:?}"
+            )));
+        }
+        if exec.channels_last {
+            let vars: Vec<Tensor> = self.vars.iter().map(|v| v.tensor.shallow_clone()).collect();
+            rustworthy_accel::vars_to_channels_last(&vars)?;
+        }
+        self.exec = exec;
+        Ok(())
+    }
+
+    /// Runs `f` on `x` under this model's execution settings; outputs come back float32.
+    fn with_exec(&self, x: &Tensor, f: impl FnOnce(&Tensor) -> Tensor) -> Tensor {
+        if self.exec == Exec::default() {
+            return f(x);
+        }
+        let x = if self.exec.channels_last {
+            rustworthy_accel::to_channels_last(x)
+                .unwrap_or_else(|e| panic!("channels-last input: {e}"))
+        } else {
+            x.shallow_clone()
+        };
+        let out = match self.exec.precision {
+            rustworthy_accel::Precision::Fp32 => f(&x),
+            rustworthy_accel::Precision::Bf16 => {
+                let _g = rustworthy_accel::AutocastGuard::bf16(self.vs.device())
+                    .unwrap_or_else(|e| panic!("{e}"));
+                f(&x)
+            }
+        };
+        if out.kind() == Kind::BFloat16 {
+            out.to_kind(Kind::Float)
+        } else {
+            out
+        }
+    }
+
+    fn forward_plain(&self, x: &Tensor, train: bool) -> Tensor {
         match &self.body {
             Body::Zoo(net) => net.head().forward(&net.features(&self.normalize(x), train)),
             Body::Script(s) => s
@@ -200,7 +269,15 @@ impl Model {
         match &self.body {
             Body::Zoo(_) => Ok(self.forward_t(x, train)),
             Body::Script(s) => {
-                let out = s.forward(&self.normalize(x), train)?;
+                let mut res = Ok(());
+                let out = self.with_exec(x, |x| match s.forward(&self.normalize(x), train) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        res = Err(e);
+                        Tensor::zeros([0], (Kind::Float, x.device()))
+                    }
+                });
+                res?;
                 crate::script::check_logits(&out, x.size()[0], self.spec.num_classes)?;
                 Ok(out)
             }
@@ -210,16 +287,20 @@ impl Model {
     /// Penultimate features `[B, feature_dim]`: the input of the final linear layer. Panics for
     /// a TorchScript model (see [`Model::has_feature_head`]).
     pub fn features_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.zoo_net("features_t")
-            .features(&self.normalize(x), train)
+        let net = self.zoo_net("features_t");
+        self.with_exec(x, |x| net.features(&self.normalize(x), train))
     }
 
     /// Applies the final linear layer to features from [`Model::features_t`]. Panics for a
     /// TorchScript model (see [`Model::has_feature_head`]).
     pub fn logits_from_features(&self, features: &Tensor) -> Tensor {
-        self.zoo_net("logits_from_features")
-            .head()
-            .forward(features)
+        let head = self.zoo_net("logits_from_features").head();
+        if self.exec.precision.is_fp32() {
+            return head.forward(features);
+        }
+        let _g = rustworthy_accel::AutocastGuard::bf16(self.vs.device())
+            .unwrap_or_else(|e| panic!("{e}"));
+        head.forward(features).to_kind(Kind::Float)
     }
 
     /// Width of the penultimate features. Panics for a TorchScript model (see

@@ -156,6 +156,9 @@ pub fn sgd_recipe(epochs: usize, batch_size: usize, lr: f64, seed: u64) -> Train
         augment: Default::default(),
         drop_last: false,
         seed,
+        precision: Default::default(),
+        channels_last: false,
+        optim_impl: Default::default(),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use crate::checkpoint::{Checkpoint, CheckpointMeta};
 use crate::eval::{evaluate, EvalResult};
-use crate::optim::{OptimConfig, Optimizer};
+use crate::optim::{OptimConfig, OptimImpl, Optimizer};
 use crate::schedule::ScheduleConfig;
 use rustworthy_core::progress::{emit_json, Progress, ProgressMode};
 use rustworthy_core::seed::derive;
@@ -12,7 +12,7 @@ use rustworthy_core::validate;
 use rustworthy_core::{Error, Result, SeedRng};
 use rustworthy_data::augment::Augment;
 use rustworthy_data::dataset::{epoch_order, Dataset};
-use rustworthy_models::Model;
+use rustworthy_models::{Exec, Model, Precision};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -42,6 +42,16 @@ pub struct TrainConfig {
     pub drop_last: bool,
     /// Seed of the training randomness (shuffle, augmentation, libtorch's generator).
     pub seed: u64,
+    /// Precision of forward passes: `fp32` (default) or `bf16` autocast (PyTorch AMP).
+    #[serde(default, skip_serializing_if = "Precision::is_fp32")]
+    pub precision: Precision,
+    /// Convolution weights and inputs in channels-last memory order (default off).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub channels_last: bool,
+    /// How SGD, Adam and AdamW apply updates: `auto` (default: fused kernels on CUDA, the loop
+    /// on the CPU), `loop` or `fused`.
+    #[serde(default, skip_serializing_if = "OptimImpl::is_auto")]
+    pub optim_impl: OptimImpl,
 }
 
 fn default_eval_batch() -> usize {
@@ -70,6 +80,9 @@ impl TrainConfig {
             augment: Default::default(),
             drop_last: false,
             seed,
+            precision: Precision::Fp32,
+            channels_last: false,
+            optim_impl: OptimImpl::Auto,
         }
     }
 
@@ -252,7 +265,9 @@ pub fn fit(
     fit_with(model, train, val, cfg, opts, &mut StandardStep)
 }
 
-/// [`fit`] with a custom training step.
+/// [`fit`] with a custom training step. A config with bf16 precision or channels-last sets
+/// them on the model for the call ([`Model::set_exec`]) and restores the model's own settings
+/// after.
 pub fn fit_with(
     model: &mut Model,
     train: &Dataset,
@@ -274,6 +289,33 @@ pub fn fit_with(
         )));
     }
     let mut opt = Optimizer::new(cfg.optim.clone(), named_trainable(model))?;
+    opt.set_impl(cfg.optim_impl);
+    let prev_exec = model.exec();
+    let run_exec = Exec {
+        precision: cfg.precision,
+        channels_last: cfg.channels_last,
+    };
+    if run_exec != Exec::default() {
+        model.set_exec(run_exec)?;
+    }
+    let result = fit_loop(model, train, val, cfg, opts, hook, opt);
+    if run_exec != Exec::default() {
+        model.set_exec(prev_exec)?;
+    }
+    result
+}
+
+/// The body of [`fit_with`] once the model runs with the config's execution settings.
+fn fit_loop(
+    model: &mut Model,
+    train: &Dataset,
+    val: Option<&Dataset>,
+    cfg: &TrainConfig,
+    opts: &FitOptions,
+    hook: &mut dyn TrainHook,
+    mut opt: Optimizer,
+) -> Result<FitOutcome> {
+    let device = model.vs.device();
     if let Some(m) = hook.masks() {
         crate::mask::apply_masks(model, m)?;
         // Parameters without a mask stay dense.
@@ -348,8 +390,15 @@ pub fn fit_with(
             Some(d) if d.rank() > 0 => derive(torch_seed, "rank", d.rank() as u64),
             _ => torch_seed,
         });
-        let order = epoch_order(n, true, cfg.seed, epoch as u64);
+        // The epoch's order and augmentation go to the device in one copy each; steps slice
+        // them there (no transfer and no host synchronization inside the step loop).
+        let order = train.order_tensor(&epoch_order(n, true, cfg.seed, epoch as u64))?;
         let mut aug_rng = SeedRng::stream(cfg.seed, "augment", epoch as u64);
+        let draws = cfg.augment.draw_epoch(
+            (0..steps_per_epoch).map(|s| (n - s * cfg.batch_size).min(cfg.batch_size)),
+            &mut aug_rng,
+            device,
+        )?;
         let bar = Progress::new(
             opts.progress,
             &format!("epoch {}/{}", epoch + 1, cfg.epochs),
@@ -364,10 +413,10 @@ pub fn fit_with(
             rustworthy_core::progress::check_interrupt()?;
             let lo = step * cfg.batch_size;
             let hi = (lo + cfg.batch_size).min(n);
-            let (x, y) = train.batch(&order[lo..hi]);
+            let (x, y) = train.batch_at(&order.narrow(0, lo as i64, (hi - lo) as i64))?;
             // Augmentation is drawn for the whole global batch, so every sample gets the same
             // draw whatever the world size; each rank then keeps its shard.
-            let x = cfg.augment.apply(&x, &mut aug_rng);
+            let x = draws.apply(&x, lo)?;
             let (x, y, local) = match &ddp {
                 Some(d) => d.shard(&x, &y),
                 None => (x, y, hi - lo),
@@ -398,7 +447,10 @@ pub fn fit_with(
                     .g_add_(&out.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64));
             });
             seen += local;
-            let refresh = step % 25 == 24 || step + 1 == steps_per_epoch;
+            // Reading the running loss back synchronizes with the device: only a visible
+            // progress display does it within the epoch (every 25 steps).
+            let refresh = opts.progress != ProgressMode::Quiet
+                && (step % 25 == 24 || step + 1 == steps_per_epoch);
             if refresh {
                 let l = loss_sum.double_value(&[]) / seen as f64;
                 if !l.is_finite() {
@@ -425,6 +477,12 @@ pub fn fit_with(
             totals = d.sum_over_ranks(totals)?;
         }
         let train_loss = totals[0] / totals[2];
+        if !train_loss.is_finite() {
+            return Err(Error::Numerical(format!(
+                "training loss became {train_loss} in epoch {}; lower the learning rate",
+                epoch + 1
+            )));
+        }
         let train_accuracy = 100.0 * totals[1] / totals[2];
         if let Some(d) = &ddp {
             d.sync_buffers()?;

@@ -39,6 +39,9 @@ fn cfg(epochs: usize) -> TrainConfig {
         },
         drop_last: false,
         seed: 7,
+        precision: Default::default(),
+        channels_last: false,
+        optim_impl: Default::default(),
     }
 }
 

@@ -184,6 +184,9 @@ fn deepzero_trains_without_backpropagation() {
         augment: Default::default(),
         drop_last: false,
         seed: 1,
+        precision: Default::default(),
+        channels_last: false,
+        optim_impl: Default::default(),
     };
     let (gx, gy) = train.batch(&(0..64).collect::<Vec<_>>());
     let dir = tempfile::tempdir().unwrap();
