@@ -761,3 +761,72 @@ fn unknown_keys_are_rejected() {
         }
     );
 }
+
+/// The first-order methods' step loops never make the host wait for the device: the number of
+/// synchronizing operators (counted on the CPU) does not depend on the number of steps.
+#[test]
+fn step_loops_do_not_synchronize() {
+    let _torch = torch_lock();
+    let t = task();
+    let d = data(&t, random20());
+    let methods = |bs: usize| -> Vec<(&'static str, Box<dyn Unlearner>)> {
+        vec![
+            (
+                "ga",
+                Box::new(
+                    GaConfig {
+                        run: run(1, 0.01, bs),
+                    }
+                    .build()
+                    .unwrap(),
+                ),
+            ),
+            (
+                "rl",
+                Box::new(
+                    RlConfig {
+                        run: run(1, 0.01, bs),
+                        ..Default::default()
+                    }
+                    .build()
+                    .unwrap(),
+                ),
+            ),
+            (
+                "l1-sparse",
+                Box::new(
+                    L1SparseConfig {
+                        run: run(1, 0.01, bs),
+                        ..Default::default()
+                    }
+                    .build()
+                    .unwrap(),
+                ),
+            ),
+            (
+                "scrub",
+                Box::new(
+                    ScrubConfig {
+                        run: run(2, 0.01, bs),
+                        forget_batch_size: bs,
+                        ..Default::default()
+                    }
+                    .build()
+                    .unwrap(),
+                ),
+            ),
+        ]
+    };
+    for (k, ((name, few), (_, many))) in methods(64).into_iter().zip(methods(4)).enumerate() {
+        let count = |m: &dyn Unlearner| {
+            let w = rustworthy_accel::SyncWatch::start();
+            let _ = unlearn(&t, &d, m, k as u64);
+            w.stop()
+        };
+        let (a, b) = (count(few.as_ref()), count(many.as_ref()));
+        assert_eq!(
+            a, b,
+            "{name}: {a} synchronizations in few steps, {b} in many"
+        );
+    }
+}

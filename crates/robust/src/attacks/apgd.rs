@@ -181,6 +181,19 @@ impl Apgd {
             // Records the samples fooled at the current iterate (and drops them with early
             // stopping); returns the rows kept, or None when every row is kept.
             let record = |s: &mut State, fooled: &Tensor| -> Option<Tensor> {
+                if !self.early_stop {
+                    // On the device, without reading anything back: each fooled row takes
+                    // its latest fooling iterate.
+                    let f4 = broadcast_to(fooled, &s.x_adv);
+                    let kept = s.x_adv.where_self(&f4, &x_out.index_select(0, &s.active));
+                    let _ = x_out.shallow_clone().index_copy_(0, &s.active, &kept);
+                    let was = success.index_select(0, &s.active);
+                    let _ =
+                        success
+                            .shallow_clone()
+                            .index_copy_(0, &s.active, &was.logical_or(fooled));
+                    return None;
+                }
                 if fooled.any().int64_value(&[]) == 0 {
                     return None;
                 }
@@ -190,9 +203,6 @@ impl Apgd {
                     .shallow_clone()
                     .index_copy_(0, &pos, &s.x_adv.index_select(0, &f));
                 let _ = success.shallow_clone().index_fill_(0, &pos, 1);
-                if !self.early_stop {
-                    return None;
-                }
                 let keep = nonzero_idx(&fooled.logical_not());
                 s.keep(&keep);
                 Some(keep)

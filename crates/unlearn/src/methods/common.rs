@@ -308,6 +308,10 @@ where
             &format!("{stream} {}/{}", epoch + 1, run.epochs),
             nb as u64,
         );
+        // Losses are summed on the device and read back once per epoch (and every 20 steps
+        // only for a visible progress display): no host synchronization per step.
+        let mut loss_sum: Option<Tensor> = None;
+        let visible = ctx.progress != rustworthy_core::progress::ProgressMode::Quiet;
         for i in 0..nb {
             rustworthy_core::progress::check_interrupt()?;
             let loss = loss_at(epoch, i);
@@ -325,8 +329,13 @@ where
             let lr = run.lr_at(epoch as f64 + i as f64 / nb as f64);
             opt.step(lr)?;
             steps += 1;
-            if i % 20 == 19 || i + 1 == nb {
-                let l = loss.f_double_value(&[])?;
+            let l = loss.detach();
+            loss_sum = Some(match loss_sum {
+                Some(acc) => acc + &l,
+                None => l.shallow_clone(),
+            });
+            if visible && (i % 20 == 19 || i + 1 == nb) {
+                let l = l.f_double_value(&[])?;
                 check_finite(l, stream, epoch)?;
                 bar.inc(
                     if i % 20 == 19 {
@@ -337,6 +346,10 @@ where
                     || format!("loss {l:.4}"),
                 );
             }
+        }
+        if let Some(acc) = loss_sum {
+            // A non-finite step loss makes the sum non-finite.
+            check_finite(acc.f_double_value(&[])?, stream, epoch)?;
         }
         bar.finish(serde_json::json!({"epoch": epoch + 1}));
     }
