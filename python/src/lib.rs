@@ -254,6 +254,20 @@ impl PyModel {
         json(&self.model.spec)
     }
 
+    /// Sets the precision (`fp32` or `bf16` autocast, as PyTorch AMP) and the memory layout
+    /// (`channels_last`) of every later forward pass: attacks, evaluation and unlearning (its
+    /// copies of the model keep them).
+    #[pyo3(signature = (precision="fp32", channels_last=false))]
+    fn set_exec(&mut self, precision: &str, channels_last: bool) -> PyResult<()> {
+        let precision = rustworthy::models::Precision::parse(precision).map_err(py_err)?;
+        self.model
+            .set_exec(rustworthy::models::Exec {
+                precision,
+                channels_last,
+            })
+            .map_err(py_err)
+    }
+
     /// Writes a TorchScript model back as a TorchScript file.
     fn save_torchscript(&self, path: PathBuf) -> PyResult<()> {
         self.model.save_torchscript(path).map_err(py_err)

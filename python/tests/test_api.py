@@ -123,6 +123,23 @@ def test_state_dict_models_round_trip():
         rustworthy.load(("lenet", {k: v for k, v in ref.items() if k != "fc3.bias"}))
 
 
+def test_bf16_autocast_and_channels_last(fmnist):
+    x, y = fmnist["test"]
+    x = x[:64]
+    m = rustworthy.load(("lenet", _lenet_state()))
+    want = m.logits(x)
+    m.set_exec("bf16", channels_last=True)
+    got = m.logits(x)
+    # Outputs come back float32, within bf16 rounding of the float32 model.
+    assert got.dtype == torch.float32
+    err = (got - want).abs().max().item()
+    assert 0 < err < 0.05 * want.abs().max().item()
+    r = rustworthy.attack(m, x, y[:64], "pgd", eps=0.1)
+    assert r.x_adv.dtype == torch.float32 and r.x_adv.shape == x.shape
+    with pytest.raises(ValueError, match="fp8"):
+        m.set_exec("fp8")
+
+
 def _lenet_state():
     torch.manual_seed(1)
     shapes = {

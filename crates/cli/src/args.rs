@@ -59,6 +59,32 @@ impl RunOpts {
     }
 }
 
+/// Precision and layout of a model's forward passes.
+#[derive(Args, Debug, Clone)]
+pub struct ExecArgs {
+    /// Precision of forward passes: fp32, or bf16 autocast (as PyTorch AMP).
+    #[arg(long, default_value = "fp32", value_parser = parse_precision)]
+    pub precision: rustworthy::models::Precision,
+    /// Convolution weights and inputs in channels-last (NHWC) memory order.
+    #[arg(long)]
+    pub channels_last: bool,
+}
+
+impl ExecArgs {
+    /// The library's form.
+    pub fn exec(&self) -> rustworthy::models::Exec {
+        rustworthy::models::Exec {
+            precision: self.precision,
+            channels_last: self.channels_last,
+        }
+    }
+}
+
+/// Parses `--precision` (fp32 or bf16).
+pub fn parse_precision(s: &str) -> Result<rustworthy::models::Precision, String> {
+    rustworthy::models::Precision::parse(s).map_err(|e| e.to_string())
+}
+
 /// Parses `--device` (`auto`, `cpu`, `cuda`, `cuda:N`), with the library's error as the message.
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
     s.parse::<DeviceSpec>().map_err(|e| e.to_string())

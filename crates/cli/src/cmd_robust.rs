@@ -34,6 +34,9 @@ pub struct ModelDataArgs {
     /// Batch size.
     #[arg(long, default_value_t = 500)]
     pub batch_size: usize,
+    /// Precision and layout.
+    #[command(flatten)]
+    pub exec: crate::args::ExecArgs,
     /// Device, threads, seed, output folder and progress.
     #[command(flatten)]
     pub run: RunOpts,
@@ -52,6 +55,7 @@ impl ModelDataArgs {
             device: self.run.device(),
             threads: self.run.threads.unwrap_or(0),
             out: self.run.out.clone(),
+            exec: self.exec.exec(),
         }
     }
 }

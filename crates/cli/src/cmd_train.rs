@@ -1,6 +1,6 @@
 //! `train`, `eval` and `info`.
 
-use crate::args::{choice, ModelHints, RunOpts, ADV_METHODS, ARCHS};
+use crate::args::{choice, parse_precision, ModelHints, RunOpts, ADV_METHODS, ARCHS};
 use crate::print::{emit_summary, print_pairs};
 use clap::Args;
 use rustworthy::config::{apply_sets, preset, to_toml, RunConfig, TrainOverrides};
@@ -102,9 +102,27 @@ pub struct TrainArgs {
     /// Data-parallel runs: gradient compression with error feedback (none, int8, sign).
     #[arg(long, default_value = "none")]
     pub grad_compression: String,
+    /// Precision of forward passes: fp32, or bf16 autocast (as PyTorch AMP; parameters,
+    /// gradients and optimizer state stay float32).
+    #[arg(long, value_parser = parse_precision)]
+    pub precision: Option<rustworthy::models::Precision>,
+    /// Convolution weights and inputs in channels-last (NHWC) memory order.
+    #[arg(long)]
+    pub channels_last: bool,
+    /// How SGD, Adam and AdamW update: auto (fused kernels on CUDA, the loop on the CPU), loop
+    /// or fused.
+    #[arg(long, value_parser = parse_optim_impl)]
+    pub optim_impl: Option<rustworthy::train::optim::OptimImpl>,
     /// Device, threads, seed, output folder and progress.
     #[command(flatten)]
     pub run: RunOpts,
+}
+
+/// Parses `--optim-impl` (auto, loop or fused).
+pub fn parse_optim_impl(
+    s: &str,
+) -> std::result::Result<rustworthy::train::optim::OptimImpl, String> {
+    rustworthy::train::optim::OptimImpl::parse(s).map_err(|e| e.to_string())
 }
 
 /// `PossibleValuesParser` for plain strings (the value stays a `String`).
@@ -142,6 +160,9 @@ impl TrainArgs {
             sparsity: self.sparsity,
             zo_mu: self.zo_mu,
             resample_every: self.resample_every,
+            precision: self.precision,
+            channels_last: self.channels_last,
+            optim_impl: self.optim_impl,
         }
     }
 
@@ -348,5 +369,87 @@ pub fn info(a: InfoArgs) -> Result<()> {
         );
         println!("{}: {} trainable parameters", m.arch, m.num_params);
     }
+    Ok(())
+}
+
+/// Flags of `rustworthy bench train-step`.
+#[derive(Args, Debug)]
+pub struct BenchTrainStepArgs {
+    /// Architecture of the model zoo.
+    #[arg(long, value_parser = choice::<Arch>(ARCHS), default_value = "resnet18")]
+    pub arch: Arch,
+    /// Input shape and classes: cifar10 (3x32x32) or fashion-mnist (1x28x28).
+    #[arg(long, default_value = "cifar10", value_parser = PossibleValuesParserStr(&["cifar10", "fashion-mnist"]))]
+    pub shape: String,
+    /// Images per step.
+    #[arg(long, default_value_t = 128)]
+    pub batch: i64,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// Timed steps per block.
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Timed blocks (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Precision of forward passes (fp32 or bf16).
+    #[arg(long, value_parser = parse_precision, default_value = "fp32")]
+    pub precision: rustworthy::models::Precision,
+    /// Channels-last memory layout.
+    #[arg(long)]
+    pub channels_last: bool,
+    /// Optimizer implementation (auto, loop or fused).
+    #[arg(long, value_parser = parse_optim_impl, default_value = "auto")]
+    pub optim_impl: rustworthy::train::optim::OptimImpl,
+    /// Device, threads, seed, output folder (default runs/bench-train-step) and progress.
+    #[command(flatten)]
+    pub run: RunOpts,
+}
+
+/// Runs `bench train-step` and prints seconds per step and images per second.
+pub fn bench_train_step(a: BenchTrainStepArgs) -> Result<()> {
+    use rustworthy::models::ModelSpec;
+    use rustworthy::train::speed::{bench_train_step, TrainStepBench};
+    if let Some(t) = a.run.threads.filter(|&t| t > 0) {
+        rustworthy::tch::set_num_threads(t as i32);
+    }
+    let device = a.run.device().resolve()?;
+    let spec = if a.shape == "cifar10" {
+        ModelSpec::cifar10(a.arch)
+    } else {
+        ModelSpec::fashion_mnist(a.arch)
+    };
+    let b = TrainStepBench {
+        spec,
+        batch: a.batch,
+        warmup: a.warmup,
+        steps: a.steps,
+        repeats: a.repeats,
+        precision: a.precision,
+        channels_last: a.channels_last,
+        optim_impl: a.optim_impl,
+        seed: a.run.seed.unwrap_or(0),
+        ..TrainStepBench::resnet18(a.batch)
+    };
+    let out = a
+        .run
+        .out
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("runs/bench-train-step"));
+    let r = bench_train_step(&b, &out, device)?;
+    println!(
+        "{} batch {} {}{} on {}: {:.4} s per step ({:.0} images/s; blocks {:?}); first loss {:.6}, last {:.4}",
+        b.spec.arch,
+        b.batch,
+        b.precision,
+        if b.channels_last { " channels-last" } else { "" },
+        r.device,
+        r.median_s,
+        r.images_per_s,
+        r.block_s.iter().map(|s| format!("{s:.4}")).collect::<Vec<_>>(),
+        r.first_loss_eval,
+        r.last_loss
+    );
     Ok(())
 }

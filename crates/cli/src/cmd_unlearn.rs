@@ -80,6 +80,9 @@ pub struct UnlearnArgs {
     /// Folder holding the dataset files.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Precision and layout of every forward pass.
+    #[command(flatten)]
+    pub exec: crate::args::ExecArgs,
     /// Device, threads, seed, output folder and progress.
     #[command(flatten)]
     pub run: RunOpts,
@@ -123,6 +126,7 @@ pub fn unlearn(a: UnlearnArgs) -> Result<()> {
     req.progress = a.run.mode();
     // Under a launcher: Retrain and the gradient methods run data-parallel.
     req.dist = crate::cmd_dist::dist_options(false, "none")?;
+    req.exec = a.exec.exec();
     let main = req.dist.as_ref().is_none_or(|d| d.group.is_main());
     if !main {
         req.progress = rustworthy::core::progress::ProgressMode::Quiet;

@@ -167,6 +167,10 @@ enum BenchCommand {
     /// Seconds per DDPM training step; `scripts/bench-ddpm-step.sh` runs it beside the same
     /// steps in PyTorch.
     DdpmStep(cmd_diffusion::BenchDdpmStepArgs),
+    /// Seconds per training step of a zoo model (ResNet-18 by default) under a precision,
+    /// layout and optimizer implementation; `scripts/bench-train-step.sh` runs it beside eager
+    /// PyTorch and torch.compile on the same weights and batches.
+    TrainStep(cmd_train::BenchTrainStepArgs),
     /// Reverse engineering of deceptions end to end: perturbation estimation (PSNR, cosine,
     /// restored predictions), attack attribution and model parsing, in and out of distribution.
     Red(cmd_red::BenchRedArgs),
@@ -225,6 +229,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::LlmStep(a)) => cmd_llm::bench_llm_step(a),
         Command::Bench(BenchCommand::Diffusion(a)) => cmd_diffusion::bench_diffusion(a),
         Command::Bench(BenchCommand::DdpmStep(a)) => cmd_diffusion::bench_ddpm_step(a),
+        Command::Bench(BenchCommand::TrainStep(a)) => cmd_train::bench_train_step(a),
         Command::Bench(BenchCommand::Red(a)) => cmd_red::bench_red(a),
         Command::Bench(BenchCommand::Allreduce(a)) => cmd_dist::bench_all_reduce(a),
         Command::Red(RedCommand::Generate(a)) => cmd_red::generate(a),

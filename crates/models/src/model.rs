@@ -51,12 +51,20 @@ pub struct Model {
 
 /// How forward passes execute: precision and memory layout. Neither changes what the model
 /// computes beyond rounding.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Exec {
     /// bf16 autocast or float32 (default).
     pub precision: rustworthy_accel::Precision,
     /// Inputs and 4-D weights in channels-last (NHWC) memory order (default off).
     pub channels_last: bool,
+}
+
+impl Exec {
+    /// Whether this is the default (float32, standard layout).
+    pub fn is_default(&self) -> bool {
+        *self == Exec::default()
+    }
 }
 
 /// What computes the logits: a zoo network (features + head) or a TorchScript module.

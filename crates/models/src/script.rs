@@ -489,9 +489,9 @@ impl Model {
         })
     }
 
-    /// A new, independent model with the same spec, variables and values (and, for a
-    /// TorchScript model, the same module, reloaded from the archive kept in memory), on the
-    /// same device.
+    /// A new, independent model with the same spec, variables, values and execution settings
+    /// (and, for a TorchScript model, the same module, reloaded from the archive kept in
+    /// memory), on the same device.
     pub fn try_clone(&self) -> Result<Model> {
         let mut m = match self.script_net() {
             None => Model::new(self.spec.clone(), self.device())?,
@@ -508,6 +508,7 @@ impl Model {
             }
         };
         m.copy_from(self)?;
+        m.set_exec(self.exec())?;
         Ok(m)
     }
 

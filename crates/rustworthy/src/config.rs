@@ -311,6 +311,12 @@ pub struct TrainOverrides {
     pub zo_mu: Option<f64>,
     /// Zeroth-order: redraw the coordinates every this many epochs.
     pub resample_every: Option<usize>,
+    /// Precision of forward passes (fp32 or bf16 autocast).
+    pub precision: Option<crate::models::Precision>,
+    /// Channels-last memory layout.
+    pub channels_last: bool,
+    /// Optimizer implementation (auto, loop or fused).
+    pub optim_impl: Option<crate::train::optim::OptimImpl>,
 }
 
 impl TrainOverrides {
@@ -319,6 +325,15 @@ impl TrainOverrides {
         let a = self;
         if let Some(v) = a.epochs {
             c.train.epochs = v;
+        }
+        if let Some(v) = a.precision {
+            c.train.precision = v;
+        }
+        if a.channels_last {
+            c.train.channels_last = true;
+        }
+        if let Some(v) = a.optim_impl {
+            c.train.optim_impl = v;
         }
         if let Some(v) = a.batch_size {
             c.train.batch_size = v;

@@ -8,7 +8,9 @@
 //! `report.json` holding its full config, seeds, versions and timings.
 //!
 //! The building blocks are re-exported as modules ([`core`], [`data`], [`models`], [`train`],
-//! [`unlearn`], [`robust`], [`prune`], [`zo`]); [`prelude`] brings the common names into scope.
+//! [`unlearn`], [`robust`], [`prune`], [`zo`], and [`accel`] for the fused optimizer kernels,
+//! bf16 autocast, channels-last and the host-synchronization counter); [`prelude`] brings the
+//! common names into scope.
 //! Library calls draw no progress bar unless asked (`ProgressMode::Bar`), and report what they
 //! do through `tracing` (silent unless the application installs a subscriber).
 //!
@@ -45,6 +47,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub use rustworthy_accel as accel;
 pub use rustworthy_core as core;
 pub use rustworthy_data as data;
 pub use rustworthy_diffusion as diffusion;

@@ -10,6 +10,7 @@ use rustworthy_core::progress::ProgressMode;
 use rustworthy_core::report::RunReport;
 use rustworthy_core::{DeviceSpec, Error, Result};
 use rustworthy_data::Dataset;
+use rustworthy_models::Exec;
 use rustworthy_models::Model;
 use rustworthy_robust::{
     attack_dataset, robust_eval, Apgd, ApgdTargeted, Attack, AttackLoss, AttackRun, CarliniWagner,
@@ -42,6 +43,9 @@ pub struct ModelData {
     pub threads: usize,
     /// Output folder (default: beside the model).
     pub out: Option<PathBuf>,
+    /// Precision and layout of the model's forward passes (default float32).
+    #[serde(default, skip_serializing_if = "Exec::is_default")]
+    pub exec: Exec,
 }
 
 impl ModelData {
@@ -57,6 +61,7 @@ impl ModelData {
             device: DeviceSpec::default(),
             threads: 0,
             out: None,
+            exec: Exec::default(),
         }
     }
 }
@@ -94,8 +99,9 @@ pub fn load(md: &ModelData, default_out: &str) -> Result<Loaded> {
     for n in &opened.notes {
         tracing::info!("{n}");
     }
-    let model = opened.model;
+    let mut model = opened.model;
     model.check_finite(&md.model.path.display().to_string())?;
+    model.set_exec(md.exec)?;
     let n = if md.n == 0 {
         test.len()
     } else {

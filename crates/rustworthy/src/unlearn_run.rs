@@ -366,6 +366,9 @@ pub struct UnlearnRequest {
     pub progress: ProgressMode,
     /// Data-parallel run (every rank makes the same request; rank 0 alone writes the folder).
     pub dist: Option<rustworthy_train::DistOptions>,
+    /// Precision and layout of every forward pass (the methods', Retrain's and the
+    /// evaluations'); default float32.
+    pub exec: rustworthy_models::Exec,
 }
 
 impl UnlearnRequest {
@@ -391,6 +394,7 @@ impl UnlearnRequest {
             threads: 0,
             progress: ProgressMode::Quiet,
             dist: None,
+            exec: Default::default(),
         }
     }
 }
@@ -455,6 +459,11 @@ pub fn unlearn(req: &UnlearnRequest) -> Result<UnlearnOutcome> {
 
     let t0 = Instant::now();
     let mut s = UnlearnSetup::for_request(req, device)?;
+    if !req.exec.is_default() {
+        s.original.set_exec(req.exec)?;
+        s.train_config.precision = req.exec.precision;
+        s.train_config.channels_last = req.exec.channels_last;
+    }
     if main {
         s.data.scenario.save(&out.join("scenario.json"))?;
     }
@@ -553,6 +562,7 @@ pub fn unlearn(req: &UnlearnRequest) -> Result<UnlearnOutcome> {
             "original_training": &s.run_config,
             "prune": req.prune.map(|p| p.to_string()),
             "prune_finetune_epochs": req.prune.map(|_| PRUNE_FINETUNE_EPOCHS),
+            "exec": req.exec,
         }),
         &device_name(device),
     );

@@ -9,6 +9,7 @@ pub mod eval;
 pub mod mask;
 pub mod optim;
 pub mod schedule;
+pub mod speed;
 pub mod trainer;
 
 pub use checkpoint::{Checkpoint, CheckpointMeta};
