@@ -6,6 +6,7 @@
 // message to Rust.
 
 #include <ATen/ATen.h>
+#include <rw_bridge.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/record_function.h>
 
@@ -18,36 +19,7 @@
 
 namespace {
 
-char* dup_message(const std::string& s) {
-  char* out = static_cast<char*>(std::malloc(s.size() + 1));
-  if (out != nullptr) {
-    std::memcpy(out, s.c_str(), s.size() + 1);
-  }
-  return out;
-}
-
-// Keeps the first line of a c10 error (the rest is a C++ backtrace).
-std::string short_message(const std::exception& e) {
-  std::string m = e.what();
-  auto cut = m.find("\nException raised from");
-  if (cut != std::string::npos) {
-    m = m.substr(0, cut);
-  }
-  return m;
-}
-
-template <typename F>
-int guarded(char** err, F&& f) {
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    if (err != nullptr) *err = dup_message(short_message(e));
-  } catch (...) {
-    if (err != nullptr) *err = dup_message("unknown C++ exception");
-  }
-  return 1;
-}
+using rw_bridge::guarded;
 
 std::vector<at::Tensor> gather(at::Tensor** ts, int64_t n) {
   std::vector<at::Tensor> out;

@@ -70,16 +70,27 @@ extern "C" {
     fn rwa_sync_watch_stop() -> i64;
 }
 
-fn take_message(err: *mut c_char) -> String {
+/// The message a bridge entry point reported through its `err` out-pointer (a malloc'd,
+/// NUL-terminated string, freed here), or "unknown failure" for a null pointer. Shared by
+/// rustworthy's C++ bridges (`rw_bridge.h`).
+///
+/// # Safety
+/// `err` is null or a string allocated by a bridge's `guarded` and not freed yet.
+pub unsafe fn take_bridge_message(err: *mut c_char) -> String {
     if err.is_null() {
         return "unknown failure".to_string();
     }
-    // SAFETY: the bridge hands out a NUL-terminated malloc'd string, freed here exactly once.
+    // SAFETY: the caller hands over a NUL-terminated malloc'd string, freed here exactly once.
     let s = unsafe { CStr::from_ptr(err) }
         .to_string_lossy()
         .into_owned();
     unsafe { rwa_free_message(err) };
     s
+}
+
+fn take_message(err: *mut c_char) -> String {
+    // SAFETY: every `err` here comes from this crate's bridge.
+    unsafe { take_bridge_message(err) }
 }
 
 fn check(what: &str, rc: c_int, err: *mut c_char) -> Result<()> {

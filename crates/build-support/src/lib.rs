@@ -49,3 +49,34 @@ pub fn export_libtorch_version() {
         .unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=RUSTWORTHY_LIBTORCH_VERSION={version}");
 }
+
+/// A C++17 build of the bridge source `file` against the linked libtorch's headers (and the
+/// shared `rw_bridge.h`), or `None` when `LIBTORCH` is not set. Compile it with
+/// `.compile(name)`, then call [`link_bridge`].
+pub fn bridge_build(file: &str) -> Option<cc::Build> {
+    let header = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
+    println!("cargo:rerun-if-changed={file}");
+    println!("cargo:rerun-if-changed={header}/rw_bridge.h");
+    let root = PathBuf::from(std::env::var_os("LIBTORCH")?);
+    let include = root.join("include");
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .file(file)
+        .std("c++17")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .include(header)
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .flag_if_supported("-Wno-unused-parameter")
+        .flag_if_supported("-Wno-deprecated-declarations")
+        .warnings(false)
+        .opt_level(2);
+    Some(build)
+}
+
+/// Links the libtorch libraries a compiled bridge calls into.
+pub fn link_bridge() {
+    println!("cargo:rustc-link-lib=dylib=torch_cpu");
+    println!("cargo:rustc-link-lib=dylib=c10");
+}

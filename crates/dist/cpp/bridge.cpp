@@ -3,6 +3,7 @@
 // autograd function. Every entry point catches C++ exceptions and hands their message to Rust.
 
 #include <ATen/ATen.h>
+#include <rw_bridge.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef RW_HAVE_GLOO
@@ -14,36 +15,7 @@
 
 namespace {
 
-char* dup_message(const std::string& s) {
-  char* out = static_cast<char*>(std::malloc(s.size() + 1));
-  if (out != nullptr) {
-    std::memcpy(out, s.c_str(), s.size() + 1);
-  }
-  return out;
-}
-
-// Keeps the first line of a c10 error (the rest is a C++ backtrace).
-std::string short_message(const std::exception& e) {
-  std::string m = e.what();
-  auto cut = m.find("\nException raised from");
-  if (cut != std::string::npos) {
-    m = m.substr(0, cut);
-  }
-  return m;
-}
-
-template <typename F>
-int guarded(char** err, F&& f) {
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    if (err != nullptr) *err = dup_message(short_message(e));
-  } catch (...) {
-    if (err != nullptr) *err = dup_message("unknown C++ exception");
-  }
-  return 1;
-}
+using rw_bridge::guarded;
 
 }  // namespace
 
@@ -184,8 +156,6 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
 }  // namespace
 
 extern "C" {
-
-void rw_free_message(char* m) { std::free(m); }
 
 int rw_have_gloo() {
 #ifdef RW_HAVE_GLOO

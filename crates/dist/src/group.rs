@@ -1,7 +1,7 @@
 //! The process group: a handle on a c10d Gloo backend.
 
 use rustworthy_core::{Error, Result};
-use std::ffi::{c_char, c_int, CStr, CString};
+use std::ffi::{c_char, c_int, CString};
 use std::sync::Arc;
 use std::time::Duration;
 use tch::Tensor;
@@ -18,7 +18,6 @@ struct RawGroup {
 use torch_sys::C_tensor as CTensor;
 
 extern "C" {
-    fn rw_free_message(m: *mut c_char);
     fn rw_have_gloo() -> c_int;
     fn rw_pg_new(
         host: *const c_char,
@@ -57,15 +56,8 @@ extern "C" {
 }
 
 fn take_message(err: *mut c_char) -> String {
-    if err.is_null() {
-        return "unknown failure".to_string();
-    }
-    // SAFETY: the bridge hands out a NUL-terminated malloc'd string, freed here exactly once.
-    let s = unsafe { CStr::from_ptr(err) }
-        .to_string_lossy()
-        .into_owned();
-    unsafe { rw_free_message(err) };
-    s
+    // SAFETY: every `err` here comes from the c10d bridge's `guarded`.
+    unsafe { rustworthy_accel::take_bridge_message(err) }
 }
 
 fn tensor_ptr(t: &Tensor) -> *mut CTensor {

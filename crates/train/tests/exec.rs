@@ -6,9 +6,8 @@ use rustworthy_accel::{is_channels_last, SyncWatch};
 use rustworthy_data::augment::Augment;
 use rustworthy_data::Dataset;
 use rustworthy_models::{Arch, Exec, Model, Precision};
-use rustworthy_testkit::{quiet, seeded_model, synthetic_split, tiny_spec, torch_lock};
+use rustworthy_testkit::{quiet, seeded_model, sgd_recipe, synthetic_split, tiny_spec, torch_lock};
 use rustworthy_train::optim::OptimImpl;
-use rustworthy_train::schedule::{LrSchedule, ScheduleConfig};
 use rustworthy_train::{evaluate, fit, OptimConfig, TrainConfig};
 use tch::Kind;
 
@@ -16,32 +15,20 @@ fn data() -> (Dataset, Dataset) {
     synthetic_split(60, 16, 0.35, 3, 200)
 }
 
+/// The testkit's SGD recipe with Nesterov momentum and a 1-pixel random crop.
 fn cfg(epochs: usize, batch_size: usize) -> TrainConfig {
-    TrainConfig {
-        epochs,
-        batch_size,
-        eval_batch_size: 100,
-        optim: OptimConfig::Sgd {
-            momentum: 0.9,
-            dampening: 0.0,
-            nesterov: true,
-            weight_decay: 5e-4,
-        },
-        lr: ScheduleConfig {
-            lr: 0.05,
-            schedule: LrSchedule::Cosine { min_lr: 0.0 },
-            warmup_epochs: 0.0,
-        },
-        augment: Augment {
-            crop_padding: 1,
-            hflip: false,
-        },
-        drop_last: false,
-        seed: 5,
-        precision: Precision::Fp32,
-        channels_last: false,
-        optim_impl: OptimImpl::Auto,
-    }
+    let mut c = sgd_recipe(epochs, batch_size, 0.05, 5);
+    c.optim = OptimConfig::Sgd {
+        momentum: 0.9,
+        dampening: 0.0,
+        nesterov: true,
+        weight_decay: 5e-4,
+    };
+    c.augment = Augment {
+        crop_padding: 1,
+        hflip: false,
+    };
+    c
 }
 
 fn lenet() -> Model {
