@@ -227,15 +227,21 @@ def test_ctrl_c_stops_a_long_call(fmnist, scripted):
     x, y = fmnist["test"]
     x, y = x[:256], y[:256]
     m = rustworthy.load(scripted, x=x)  # loaded before the timer starts
-    timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
-    timer.start()
-    t0 = time.perf_counter()
-    with pytest.raises(KeyboardInterrupt):
-        # Seconds even on a fast CPU, far longer than the timer (2,000 steps on 64 images ended
-        # first); PGD checks for signals every step, so the call ends soon after the signal.
-        rustworthy.attack(m, x, y, "pgd", eps=0.1, steps=10000, batch_size=16, early_stop=False)
-    timer.join()
-    assert time.perf_counter() - t0 < 20
+    # A process started in the background by a shell without job control inherits SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler: install it here.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+        timer.start()
+        t0 = time.perf_counter()
+        with pytest.raises(KeyboardInterrupt):
+            # Seconds even on a fast CPU, far longer than the timer (2,000 steps on 64 images
+            # ended first); PGD checks for signals every step, so the call ends soon after.
+            rustworthy.attack(m, x, y, "pgd", eps=0.1, steps=10000, batch_size=16, early_stop=False)
+        timer.join()
+        assert time.perf_counter() - t0 < 20
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
     # A handler's own exception comes through as itself.
     class Alarm(Exception):
