@@ -85,9 +85,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 "$PY" -c 'import torch; print("torch", torch.__version__)'
 
 if ((quick)); then
-    batches=(32); steps=5; ep_subset=2000; n_atk=100; zo_coords=200; zo_ref=50; r18_subset=500
+    batches=(32); steps=5; ep_subset=2000; n_atk=100; zo_coords=200; zo_ref=50; r18_subset=500; r18_timeout=400
 else
-    batches=(128 512); steps=20; ep_subset=0; n_atk=1000; zo_coords=2000; zo_ref=300; r18_subset=10000
+    batches=(128 512); steps=20; ep_subset=0; n_atk=1000; zo_coords=2000; zo_ref=300; r18_subset=10000; r18_timeout=120
 fi
 
 # 1. ResNet-18 training steps against eager PyTorch.
@@ -121,7 +121,8 @@ if [[ -f $lenet_model ]] && phase "PGD-10 and APGD-CE on LeNet" 60; then
     table attack "$out/attack-lenet" LeNet
 fi
 if phase "PGD-10 and APGD-CE on ResNet-18" 90; then
-    timeout 120 "$BIN" train --preset fmnist-resnet18 --epochs 1 --train-subset "$r18_subset" --device "$dev" \
+    timeout "$r18_timeout" "$BIN" train --preset fmnist-resnet18 --epochs 1 --train-subset "$r18_subset" \
+        --val-fraction 0 --device "$dev" \
         --progress quiet --out "$out/resnet18" >"$out/resnet18.log" 2>&1
     if [[ -f $out/resnet18/model.safetensors ]]; then
         timeout 240 "$PY" scripts/bench_attack.py --model "$out/resnet18/model.safetensors" --device "$dev" \
