@@ -76,7 +76,11 @@ rows=$out/rows.jsonl
 START=$(date +%s)
 left() { echo $((budget - ($(date +%s) - START))); }
 log() { echo "== [$(($(date +%s) - START))s] $*" >&2; }
-table() { "$PY" scripts/gpu_table.py add "$rows" "$@" || log "could not read the results of $1"; }
+table() { # KIND DIR [LABEL]: the phase's rows, or a row saying it left no results
+    "$PY" scripts/gpu_table.py add "$rows" "$@" 2>/dev/null && return
+    "$PY" scripts/gpu_table.py skip "$rows" "$1 ${3:-$(basename "$2")}" "no results in $2 (see the logs there)"
+    log "could not read the results of $1 in $2"
+}
 skip() { "$PY" scripts/gpu_table.py skip "$rows" "$1" "$2"; log "skipped $1: $2"; }
 # phase NAME NEEDED_SECONDS: true when the budget leaves NEEDED_SECONDS.
 phase() { if (($(left) >= $2)); then log "$1"; return 0; fi; skip "$1" "time budget spent"; return 1; }
@@ -85,9 +89,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 "$PY" -c 'import torch; print("torch", torch.__version__)'
 
 if ((quick)); then
-    batches=(32); steps=5; ep_subset=2000; n_atk=100; zo_coords=200; zo_ref=50; r18_subset=500; r18_timeout=400
+    batches=(32); steps=5; ep_subset=2000; n_atk=100; zo_coords=200; zo_ref=50; r18_subset=500; r18_timeout=400; n_atk_r18=20; atk_repeats=1
 else
-    batches=(128 512); steps=20; ep_subset=0; n_atk=1000; zo_coords=2000; zo_ref=300; r18_subset=10000; r18_timeout=120
+    batches=(128 512); steps=20; ep_subset=0; n_atk=1000; zo_coords=2000; zo_ref=300; r18_subset=10000; r18_timeout=120; n_atk_r18=1000; atk_repeats=3
 fi
 
 # 1. ResNet-18 training steps against eager PyTorch.
@@ -117,7 +121,7 @@ fi
 lenet_model=$out/lenet-epoch/rustworthy/model.safetensors
 if [[ -f $lenet_model ]] && phase "PGD-10 and APGD-CE on LeNet" 60; then
     timeout 200 "$PY" scripts/bench_attack.py --model "$lenet_model" --device "$dev" --n "$n_atk" \
-        --batch-size 1000 --repeats 3 --bin "$BIN" --out "$out/attack-lenet" 2>&1 | tail -n 4 >&2
+        --batch-size 1000 --repeats "$atk_repeats" --bin "$BIN" --out "$out/attack-lenet" 2>&1 | tail -n 4 >&2
     table attack "$out/attack-lenet" LeNet
 fi
 if phase "PGD-10 and APGD-CE on ResNet-18" 90; then
@@ -126,7 +130,7 @@ if phase "PGD-10 and APGD-CE on ResNet-18" 90; then
         --progress quiet --out "$out/resnet18" >"$out/resnet18.log" 2>&1
     if [[ -f $out/resnet18/model.safetensors ]]; then
         timeout 240 "$PY" scripts/bench_attack.py --model "$out/resnet18/model.safetensors" --device "$dev" \
-            --n "$n_atk" --batch-size 500 --repeats 3 --bin "$BIN" --out "$out/attack-resnet18" 2>&1 | tail -n 4 >&2
+            --n "$n_atk_r18" --batch-size 500 --repeats "$atk_repeats" --bin "$BIN" --out "$out/attack-resnet18" 2>&1 | tail -n 4 >&2
         table attack "$out/attack-resnet18" ResNet-18
     else
         skip "PGD-10 and APGD-CE on ResNet-18" "training the model failed (see resnet18.log)"
