@@ -151,26 +151,23 @@ impl EpochDraws {
     /// their draws: slices on the device, no host synchronization and no transfer.
     pub fn apply(&self, x: &Tensor, lo: usize) -> Result<Tensor> {
         let (b, _, _, _) = x.size4()?;
+        // The draws of samples lo..lo + b, checked to lie within the epoch's.
+        let window = |t: &Tensor| -> Result<Tensor> {
+            if lo as i64 + b > t.size()[0] {
+                return Err(Error::invalid(format!(
+                    "augmentation draws: samples {lo}..{} of an epoch of {}",
+                    lo as i64 + b,
+                    t.size()[0]
+                )));
+            }
+            Ok(t.f_narrow(0, lo as i64, b)?)
+        };
         let mut out = x.shallow_clone();
         if let Some(o) = &self.offsets {
-            if lo as i64 + b > o.size()[0] {
-                return Err(Error::invalid(format!(
-                    "augmentation draws: samples {lo}..{} of an epoch of {}",
-                    lo as i64 + b,
-                    o.size()[0]
-                )));
-            }
-            out = crop_at_tensor(&out, self.padding, &o.f_narrow(0, lo as i64, b)?)?;
+            out = crop_at_tensor(&out, self.padding, &window(o)?)?;
         }
         if let Some(f) = &self.flips {
-            if lo as i64 + b > f.size()[0] {
-                return Err(Error::invalid(format!(
-                    "augmentation draws: samples {lo}..{} of an epoch of {}",
-                    lo as i64 + b,
-                    f.size()[0]
-                )));
-            }
-            out = flip_where_tensor(&out, &f.f_narrow(0, lo as i64, b)?)?;
+            out = flip_where_tensor(&out, &window(f)?)?;
         }
         Ok(out)
     }
