@@ -1,12 +1,11 @@
 //! `rustworthy._rustworthy`: the native half of the Python package. Every function here parses
 //! its arguments, calls the library (`rustworthy::tensors` and friends) and converts the
-//! result; tensors cross in both directions without copies (`pyo3-tch`), results come back as
+//! result; tensors cross in both directions without copies (DLPack, see `tensor`), results come back as
 //! JSON text that the Python half turns into dicts. Long calls release the GIL and check for
 //! Ctrl-C between batches.
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3_tch::PyTensor;
 use rustworthy::core::progress::{set_interrupt_check, ProgressMode};
 use rustworthy::core::{DeviceSpec, Error};
 use rustworthy::model_source::{open_model, ModelSource};
@@ -20,6 +19,9 @@ use rustworthy::zo::{
     minimize, Cge, Diff, Dist, Estimator, Objective, Oracle, Rge, Update, ZoConfig,
 };
 use std::path::PathBuf;
+use tensor::PyTensor;
+
+mod tensor;
 
 /// Library errors as Python exceptions: bad arguments are `ValueError`, the rest
 /// `RuntimeError`, a Ctrl-C `KeyboardInterrupt`; the message is the library's.

@@ -63,6 +63,23 @@ def test_inputs_are_shared_not_copied_and_left_unchanged(fmnist, scripted):
     assert torch.allclose(m.logits(x[:4]), out0 + 1.0, atol=1e-5)
 
 
+def test_tensors_cross_in_any_layout_and_wrong_types_are_named(fmnist, scripted):
+    x, y = fmnist["test"]
+    m = rustworthy.load(scripted, x=x[:8])
+    with torch.no_grad():
+        ref = scripted(x[:8])
+    # A non-contiguous view (DLPack carries the strides), and a tensor in an autograd graph.
+    xt = x[:8].transpose(2, 3).contiguous().transpose(2, 3)
+    assert not xt.is_contiguous()
+    assert torch.allclose(m.logits(xt), ref, atol=1e-5)
+    xg = x[:8].clone().requires_grad_(True) * 1.0
+    out = m.logits(xg)
+    assert not out.requires_grad and torch.allclose(out, ref, atol=1e-5)
+    assert xg.grad_fn is not None
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        m.logits(x[:8].numpy())
+
+
 def test_every_attack_runs(fmnist, scripted):
     x, y = fmnist["test"]
     x, y = x[:32], y[:32]

@@ -7,6 +7,7 @@
 
 #include <ATen/ATen.h>
 #include <rw_bridge.h>
+#include <ATen/DLConvertor.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/record_function.h>
 
@@ -156,6 +157,28 @@ void rwa_sync_watch_start() {
 int64_t rwa_sync_watch_stop() {
   tl_watch = false;
   return tl_syncs;
+}
+
+// A DLPack view of `t` (the legacy `DLManagedTensor`, as `torch.utils.dlpack.to_dlpack` makes):
+// it shares `t`'s memory and keeps it alive until its deleter runs.
+void* rwa_to_dlpack(at::Tensor* t, char** err) {
+  void* out = nullptr;
+  guarded(err, [&] { out = at::toDLPack(*t); });
+  return out;
+}
+
+// A tensor over a DLPack tensor's memory. On success the tensor owns `m` and runs its deleter
+// when freed; on failure `m` is left to the caller.
+at::Tensor* rwa_from_dlpack(void* m, char** err) {
+  at::Tensor* out = nullptr;
+  guarded(err, [&] { out = new at::Tensor(at::fromDLPack(static_cast<DLManagedTensor*>(m))); });
+  return out;
+}
+
+// Frees a DLPack tensor nobody consumed.
+void rwa_dlpack_release(void* m) {
+  auto* d = static_cast<DLManagedTensor*>(m);
+  if (d != nullptr && d->deleter != nullptr) d->deleter(d);
 }
 
 }  // extern "C"

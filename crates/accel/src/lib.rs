@@ -11,12 +11,15 @@
 //! * [`SyncWatch`]: counts the operators that make the host wait for an accelerator (reading a
 //!   scalar back, data-dependent output sizes), through a record-function callback. It sees
 //!   them on the CPU too, so a CPU test proves that a step loop would not synchronize on a GPU.
+//! * [`to_dlpack`] and [`from_dlpack`]: tensors exchanged without copies through DLPack, the
+//!   protocol `torch.utils.dlpack` speaks (the Python package hands tensors to and from PyTorch
+//!   this way).
 
 #![warn(missing_docs)]
 
 use rustworthy_core::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::ffi::{c_char, c_int, CStr};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use tch::{Device, Kind, Tensor};
 use torch_sys::C_tensor as CTensor;
 
@@ -68,6 +71,9 @@ extern "C" {
     fn rwa_is_channels_last(t: *mut CTensor) -> c_int;
     fn rwa_sync_watch_start();
     fn rwa_sync_watch_stop() -> i64;
+    fn rwa_to_dlpack(t: *mut CTensor, err: *mut *mut c_char) -> *mut c_void;
+    fn rwa_from_dlpack(m: *mut c_void, err: *mut *mut c_char) -> *mut CTensor;
+    fn rwa_dlpack_release(m: *mut c_void);
 }
 
 /// The message a bridge entry point reported through its `err` out-pointer (a malloc'd,
@@ -404,9 +410,91 @@ impl SyncWatch {
     }
 }
 
+/// A DLPack view of `t`: a pointer to a legacy `DLManagedTensor` that shares `t`'s memory and
+/// keeps it alive until its deleter runs. Hand it to a consumer (for example in a `"dltensor"`
+/// capsule for `torch.utils.dlpack.from_dlpack`), or free it with [`dlpack_release`].
+pub fn to_dlpack(t: &Tensor) -> Result<*mut c_void> {
+    let mut err = std::ptr::null_mut();
+    // SAFETY: `t` is a live tensor; the bridge returns a new managed tensor or null on error.
+    let out = unsafe { rwa_to_dlpack(t.as_ptr() as *mut CTensor, &mut err) };
+    if out.is_null() {
+        return Err(Error::invalid(format!(
+            "DLPack export: {}",
+            take_message(err)
+        )));
+    }
+    Ok(out)
+}
+
+/// The tensor over the memory of the DLPack tensor `m`, without a copy. On success the tensor
+/// owns `m` (its deleter runs when the tensor's storage is freed); on error `m` still belongs to
+/// the caller.
+///
+/// # Safety
+/// `m` must point to a live legacy `DLManagedTensor` that nothing else consumes or frees.
+pub unsafe fn from_dlpack(m: *mut c_void) -> Result<Tensor> {
+    let mut err = std::ptr::null_mut();
+    // SAFETY: the caller guarantees `m`; the bridge returns a heap at::Tensor or null on error.
+    let out = unsafe { rwa_from_dlpack(m, &mut err) };
+    if out.is_null() {
+        return Err(Error::invalid(format!(
+            "DLPack import: {}",
+            take_message(err)
+        )));
+    }
+    // SAFETY: `out` is a heap-allocated at::Tensor that `from_ptr` takes ownership of.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// Runs the deleter of a DLPack tensor that nobody consumed.
+///
+/// # Safety
+/// `m` must point to a live legacy `DLManagedTensor` (or be null); it is invalid afterwards.
+pub unsafe fn dlpack_release(m: *mut c_void) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { rwa_dlpack_release(m) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dlpack_round_trip_shares_memory_and_keeps_kind_and_strides() {
+        for kind in [
+            Kind::Float,
+            Kind::Int64,
+            Kind::Bool,
+            Kind::BFloat16,
+            Kind::Uint8,
+        ] {
+            let x = Tensor::arange(12, (Kind::Int64, Device::Cpu))
+                .remainder(3)
+                .to_kind(kind)
+                .reshape([3, 4]);
+            // A transposed view: DLPack carries strides, so nothing is copied.
+            let v = x.tr();
+            let m = to_dlpack(&v).unwrap();
+            // SAFETY: `m` was just made and is consumed once.
+            let y = unsafe { from_dlpack(m) }.unwrap();
+            assert_eq!(y.kind(), kind);
+            assert_eq!(y.size(), v.size());
+            assert_eq!(y.stride(), v.stride());
+            assert_eq!(y.data_ptr(), v.data_ptr());
+            assert!(y.equal(&v));
+        }
+        // The imported tensor keeps the memory alive after the original is gone.
+        let x = Tensor::from_slice(&[1.5f32, -2.0]);
+        // SAFETY: consumed once, right away.
+        let y = unsafe { from_dlpack(to_dlpack(&x).unwrap()) }.unwrap();
+        drop(x);
+        assert_eq!(Vec::<f32>::try_from(&y).unwrap(), vec![1.5, -2.0]);
+        // An unconsumed export is freed without leaking or touching the tensor.
+        let m = to_dlpack(&y).unwrap();
+        // SAFETY: `m` is live and not consumed.
+        unsafe { dlpack_release(m) };
+        assert_eq!(y.double_value(&[0]), 1.5);
+    }
 
     #[test]
     fn sync_watch_counts_scalar_reads_only() {
