@@ -3,7 +3,10 @@
 # Real-data and PyTorch-fixture tests are required here, not skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh --no-run
+# (.ci/run has just done it and says so with RUSTWORTHY_SETUP_DONE=1.)
+if [[ "${RUSTWORTHY_SETUP_DONE:-}" != 1 ]]; then
+    scripts/setup.sh --no-run
+fi
 export RUSTWORTHY_REQUIRE_DATA=1 RUSTWORTHY_REQUIRE_PYTHON=1
 cargo test --workspace --release "$@"
 # The Python package (built and installed by the set-up above).

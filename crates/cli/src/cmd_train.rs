@@ -50,6 +50,9 @@ pub struct TrainArgs {
     /// Train on this many training samples only (0 = all).
     #[arg(long)]
     pub train_subset: Option<usize>,
+    /// Evaluate on this many test samples only, drawn at random with the split seed (0 = all).
+    #[arg(long)]
+    pub test_subset: Option<usize>,
     /// Share of each training class held out for validation.
     #[arg(long)]
     pub val_fraction: Option<f64>,
@@ -144,6 +147,7 @@ impl TrainArgs {
             dataset: self.dataset.clone(),
             data_dir: self.data_dir.clone(),
             train_subset: self.train_subset,
+            test_subset: self.test_subset,
             val_fraction: self.val_fraction,
             device: self.run.device,
             out: self.run.out.clone(),

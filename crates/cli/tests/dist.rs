@@ -54,7 +54,7 @@ fn one_two_and_four_ranks_train_the_same_model() {
         "--set",
         "data.val_fraction=0",
         "--set",
-        "data.test_fraction=0.01",
+        "data.test_subset=500",
         "--epochs",
         "1",
         "--batch-size",
@@ -86,6 +86,14 @@ fn one_two_and_four_ranks_train_the_same_model() {
     );
     let r1 = json(&out(1).join("report.json"));
     assert!(r1["metrics"].get("distributed").is_none());
+    // The test split is the seeded 500-image subset asked for.
+    let evaluated: u64 = r1["metrics"]["test_confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()))
+        .sum();
+    assert_eq!(evaluated, 500);
     for w in [2usize, 4] {
         let r = json(&out(w).join("report.json"));
         let d = &r["metrics"]["distributed"];
@@ -126,7 +134,7 @@ fn a_killed_rank_stops_the_others_and_resume_reproduces_the_run() {
             "--set",
             "data.train_subset=3200",
             "--set",
-            "data.test_fraction=0.05",
+            "data.test_subset=500",
             "--epochs",
             "2",
             "--batch-size",
@@ -236,7 +244,7 @@ fn unlearning_and_compressed_training_run_data_parallel() {
             "--set",
             "data.train_subset=1280",
             "--set",
-            "data.test_fraction=0.02",
+            "data.test_subset=2000",
             "--epochs",
             "3",
             "--batch-size",

@@ -4,6 +4,11 @@
 mod common;
 
 use common::{fashion_mnist_present, json, run, stderr};
+use std::sync::Mutex;
+
+/// The two zeroth-order training runs take the CPU's cores each; run side by side they slow
+/// each other down by more than they overlap.
+static TRAINING: Mutex<()> = Mutex::new(());
 
 #[test]
 fn zo_training_and_black_box_attacks_on_fashion_mnist() {
@@ -11,6 +16,7 @@ fn zo_training_and_black_box_attacks_on_fashion_mnist() {
         eprintln!("skipped: Fashion-MNIST is not installed");
         return;
     }
+    let _cores = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("zo");
     let o = run(&[
@@ -168,6 +174,7 @@ fn interrupted_zo_training_resumes_to_the_same_model() {
         eprintln!("skipped: Fashion-MNIST is not installed");
         return;
     }
+    let _cores = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let train = |out: &str, extra: &[&str]| {
         let out = dir.path().join(out);

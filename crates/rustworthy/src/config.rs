@@ -34,9 +34,17 @@ pub struct DataConfig {
     /// Train on only this many (seeded, class-balanced-at-random) training samples; 0 = all.
     #[serde(default)]
     pub train_subset: usize,
+    /// Evaluate on only this many (seeded, drawn at random) test samples; 0 = the whole test
+    /// split. For quick runs: metrics on a subset are noisier (report which one you used).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub test_subset: usize,
     /// Keep the whole dataset on the training device (avoids host->device copies per batch).
     #[serde(default = "yes")]
     pub on_device: bool,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn default_val_fraction() -> f64 {
@@ -279,6 +287,8 @@ pub struct TrainOverrides {
     pub data_dir: Option<PathBuf>,
     /// Training subset size (0 = all).
     pub train_subset: Option<usize>,
+    /// Test subset size (0 = all).
+    pub test_subset: Option<usize>,
     /// Validation share.
     pub val_fraction: Option<f64>,
     /// Device.
@@ -358,6 +368,9 @@ impl TrainOverrides {
         }
         if let Some(v) = a.train_subset {
             c.data.train_subset = v;
+        }
+        if let Some(v) = a.test_subset {
+            c.data.test_subset = v;
         }
         if let Some(v) = a.val_fraction {
             c.data.val_fraction = v;

@@ -59,6 +59,16 @@ pub fn load_splits(c: &RunConfig) -> Result<Splits> {
         train_idx.sort_unstable();
     }
     let train = full.subset(&train_idx)?;
+    let test = if c.data.test_subset > 0 && c.data.test_subset < test.len() {
+        let mut idx: Vec<usize> = (0..test.len()).collect();
+        let mut rng = SeedRng::stream(c.data.split_seed, "test-subset", 0);
+        rng.shuffle(&mut idx);
+        idx.truncate(c.data.test_subset);
+        idx.sort_unstable();
+        test.subset(&idx)?
+    } else {
+        test
+    };
     let val = if val_idx.is_empty() {
         None
     } else {
@@ -465,4 +475,57 @@ pub fn lock_out(dir: &std::path::Path) -> Result<RunLock> {
         tracing::warn!("{m}");
     }
     Ok(lock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind, Tensor};
+
+    #[test]
+    fn test_subset_is_seeded_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, n: i64| {
+            // uint8 pixels; the first pixel of each image is its index, to tell samples apart.
+            let x = Tensor::zeros([n, 1, 4, 4], (Kind::Uint8, Device::Cpu));
+            x.narrow(2, 0, 1)
+                .narrow(3, 0, 1)
+                .copy_(&Tensor::arange(n, (Kind::Uint8, Device::Cpu)).view([n, 1, 1, 1]));
+            let y = Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(3);
+            let p = dir.path().join(name);
+            Tensor::write_safetensors(&[("x", &x), ("y", &y)], &p).unwrap();
+            p
+        };
+        let (tr, te) = (
+            write("train.safetensors", 60),
+            write("test.safetensors", 40),
+        );
+        let mut c = crate::config::preset("fmnist-lenet").unwrap();
+        c.data.dataset = format!("file:{},{}", tr.display(), te.display());
+        let ids = |c: &RunConfig| -> Vec<i64> {
+            let t = load_splits(c).unwrap().test;
+            let first = t.images.select(1, 0).select(1, 0).select(1, 0);
+            Vec::<f32>::try_from(&first)
+                .unwrap()
+                .into_iter()
+                .map(|v| (v * 255.0).round() as i64)
+                .collect()
+        };
+        assert_eq!(ids(&c), (0..40).collect::<Vec<_>>());
+        c.data.test_subset = 15;
+        let a = ids(&c);
+        assert_eq!(a.len(), 15);
+        assert!(a.windows(2).all(|w| w[0] < w[1]), "{a:?}");
+        assert_ne!(a, (0..15).collect::<Vec<_>>(), "a draw, not the first 15");
+        assert_eq!(ids(&c), a, "the same seed draws the same subset");
+        c.data.split_seed = 1;
+        assert_ne!(ids(&c), a);
+        // A subset larger than the split keeps it whole; the default config omits the field.
+        c.data.test_subset = 1000;
+        assert_eq!(ids(&c).len(), 40);
+        c.data.test_subset = 0;
+        assert!(!serde_json::to_string(&c.data)
+            .unwrap()
+            .contains("test_subset"));
+    }
 }
