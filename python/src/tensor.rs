@@ -3,7 +3,8 @@
 //! imports the managed tensor it holds, and the reverse way round for results. Only libtorch's
 //! own DLPack converters are involved, so the extension needs nothing of `libtorch_python`.
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use crate::py_err;
+use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyCapsule;
@@ -45,8 +46,7 @@ impl<'py> FromPyObject<'py> for PyTensor {
             return Err(PyErr::fetch(py));
         }
         // SAFETY: `m` is the capsule's unconsumed managed tensor.
-        let tensor =
-            unsafe { accel::from_dlpack(m) }.map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let tensor = unsafe { accel::from_dlpack(m) }.map_err(py_err)?;
         // The tensor owns `m` now: mark the capsule consumed so that its destructor skips it.
         // SAFETY: renaming a live capsule to a static name.
         if unsafe { ffi::PyCapsule_SetName(capsule.as_ptr(), USED.as_ptr()) } != 0 {
@@ -74,8 +74,7 @@ impl<'py> IntoPyObject<'py> for PyTensor {
     type Error = PyErr;
 
     fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let m: *mut c_void =
-            accel::to_dlpack(&self.0).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let m: *mut c_void = accel::to_dlpack(&self.0).map_err(py_err)?;
         // SAFETY: `m` is a fresh managed tensor; the capsule takes it, and its destructor frees
         // it unless PyTorch consumes (and renames) it.
         let raw = unsafe { ffi::PyCapsule_New(m, LIVE.as_ptr(), Some(release_unconsumed)) };

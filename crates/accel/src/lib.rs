@@ -107,6 +107,15 @@ fn check(what: &str, rc: c_int, err: *mut c_char) -> Result<()> {
     }
 }
 
+/// `out` from a bridge entry point that returns a new object, or null with a message in `err`.
+fn non_null<T>(what: &str, out: *mut T, err: *mut c_char) -> Result<*mut T> {
+    if out.is_null() {
+        Err(Error::invalid(format!("{what}: {}", take_message(err))))
+    } else {
+        Ok(out)
+    }
+}
+
 fn ptrs(ts: &[Tensor]) -> Vec<*mut CTensor> {
     ts.iter().map(|t| t.as_ptr() as *mut CTensor).collect()
 }
@@ -354,12 +363,7 @@ pub fn to_channels_last(t: &Tensor) -> Result<Tensor> {
     let mut err = std::ptr::null_mut();
     // SAFETY: `t` is a live tensor; the bridge returns a new heap at::Tensor or null on error.
     let out = unsafe { rwa_channels_last(t.as_ptr() as *mut CTensor, &mut err) };
-    if out.is_null() {
-        return Err(Error::invalid(format!(
-            "channels-last: {}",
-            take_message(err)
-        )));
-    }
+    let out = non_null("channels-last", out, err)?;
     // SAFETY: `out` is a heap-allocated at::Tensor that `from_ptr` takes ownership of.
     Ok(unsafe { Tensor::from_ptr(out) })
 }
@@ -417,13 +421,7 @@ pub fn to_dlpack(t: &Tensor) -> Result<*mut c_void> {
     let mut err = std::ptr::null_mut();
     // SAFETY: `t` is a live tensor; the bridge returns a new managed tensor or null on error.
     let out = unsafe { rwa_to_dlpack(t.as_ptr() as *mut CTensor, &mut err) };
-    if out.is_null() {
-        return Err(Error::invalid(format!(
-            "DLPack export: {}",
-            take_message(err)
-        )));
-    }
-    Ok(out)
+    non_null("DLPack export", out, err)
 }
 
 /// The tensor over the memory of the DLPack tensor `m`, without a copy. On success the tensor
@@ -435,13 +433,11 @@ pub fn to_dlpack(t: &Tensor) -> Result<*mut c_void> {
 pub unsafe fn from_dlpack(m: *mut c_void) -> Result<Tensor> {
     let mut err = std::ptr::null_mut();
     // SAFETY: the caller guarantees `m`; the bridge returns a heap at::Tensor or null on error.
-    let out = unsafe { rwa_from_dlpack(m, &mut err) };
-    if out.is_null() {
-        return Err(Error::invalid(format!(
-            "DLPack import: {}",
-            take_message(err)
-        )));
-    }
+    let out = non_null(
+        "DLPack import",
+        unsafe { rwa_from_dlpack(m, &mut err) },
+        err,
+    )?;
     // SAFETY: `out` is a heap-allocated at::Tensor that `from_ptr` takes ownership of.
     Ok(unsafe { Tensor::from_ptr(out) })
 }

@@ -52,20 +52,21 @@ pub fn load_splits(c: &RunConfig) -> Result<Splits> {
         c.data.val_fraction,
         c.data.split_seed,
     )?;
-    if c.data.train_subset > 0 && c.data.train_subset < train_idx.len() {
-        let mut rng = SeedRng::stream(c.data.split_seed, "train-subset", 0);
-        rng.shuffle(&mut train_idx);
-        train_idx.truncate(c.data.train_subset);
-        train_idx.sort_unstable();
-    }
+    seeded_subset(
+        &mut train_idx,
+        c.data.train_subset,
+        c.data.split_seed,
+        "train-subset",
+    );
     let train = full.subset(&train_idx)?;
-    let test = if c.data.test_subset > 0 && c.data.test_subset < test.len() {
-        let mut idx: Vec<usize> = (0..test.len()).collect();
-        let mut rng = SeedRng::stream(c.data.split_seed, "test-subset", 0);
-        rng.shuffle(&mut idx);
-        idx.truncate(c.data.test_subset);
-        idx.sort_unstable();
-        test.subset(&idx)?
+    let mut test_idx: Vec<usize> = (0..test.len()).collect();
+    let test = if seeded_subset(
+        &mut test_idx,
+        c.data.test_subset,
+        c.data.split_seed,
+        "test-subset",
+    ) {
+        test.subset(&test_idx)?
     } else {
         test
     };
@@ -82,6 +83,19 @@ pub fn load_splits(c: &RunConfig) -> Result<Splits> {
         train_idx,
         val_idx,
     })
+}
+
+/// Keeps `n` of `idx`, drawn with the seed's `stream` and sorted, when `n` is neither 0 (all)
+/// nor at least `idx.len()`; says whether it drew.
+fn seeded_subset(idx: &mut Vec<usize>, n: usize, seed: u64, stream: &str) -> bool {
+    if n == 0 || n >= idx.len() {
+        return false;
+    }
+    let mut rng = SeedRng::stream(seed, stream, 0);
+    rng.shuffle(idx);
+    idx.truncate(n);
+    idx.sort_unstable();
+    true
 }
 
 /// Sets libtorch's intra-op threads (0 keeps libtorch's default).
