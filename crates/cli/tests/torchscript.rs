@@ -115,13 +115,16 @@ fn scripted_pytorch_models_are_attacked_unlearned_and_evaluated() {
             clean > 60.0 && ours < clean - 20.0,
             "{name}: clean {clean}, PGD {ours}"
         );
-        // With random starts (different draws on each side), within sampling noise.
-        let ours = pgd(&model, &data, true, &dir.join(format!("pgd-rs-{name}")));
-        let theirs = r["pgd_random_start"].as_f64().unwrap();
-        assert!(
-            (ours - theirs).abs() <= 2.0,
-            "{name}: PGD {ours} vs torchattacks {theirs}"
-        );
+        // With random starts (different draws on each side), within sampling noise; on the
+        // CNN only (the costly ResNet-18 runs the deterministic comparison above).
+        if name == "cnn" {
+            let ours = pgd(&model, &data, true, &dir.join(format!("pgd-rs-{name}")));
+            let theirs = r["pgd_random_start"].as_f64().unwrap();
+            assert!(
+                (ours - theirs).abs() <= 2.0,
+                "{name}: PGD {ours} vs torchattacks {theirs}"
+            );
+        }
 
         // Every method on the CNN; on ResNet-18 (the costly one on CPU) SalUn, which runs the
         // saliency pass and the relabelled loop of RL on top of the shared machinery.
@@ -159,7 +162,11 @@ fn scripted_pytorch_models_are_attacked_unlearned_and_evaluated() {
             // The unlearned module is written back as TorchScript too.
             assert!(out.join("model.pt").is_file());
         }
-        let n = if name == "cnn" { "10" } else { "4" };
+        // The robust-evaluation suite on the CNN (on ResNet-18 its Square queries alone take
+        // 8 s of CPU for nothing the CNN does not already show).
+        if name != "cnn" {
+            continue;
+        }
         let out = dir.join(format!("robust-{name}"));
         let o = run(&[
             "robust-eval",
@@ -172,7 +179,7 @@ fn scripted_pytorch_models_are_attacked_unlearned_and_evaluated() {
             "--suite",
             "quick",
             "--n",
-            n,
+            "10",
             "--curve",
             "0.2",
             "--device",

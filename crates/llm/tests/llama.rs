@@ -289,9 +289,9 @@ fn smollm2_matches_transformers() {
         got.size()
     );
     assert!(max < 1e-3, "logits differ by {max}");
-    // Greedy continuations of the first 8 chat prompts, 32 tokens: the same tokens.
+    // Greedy continuations of the first 4 chat prompts, 32 tokens: the same tokens.
     let greedy: Vec<Vec<i64>> = serde_json::from_value(r["greedy"].clone()).unwrap();
-    assert_eq!(greedy.len(), 8);
+    assert_eq!(greedy.len(), 4);
     let opts = GenerateOptions::greedy(32, tok.eos);
     for (i, p) in chat_ids.iter().take(greedy.len()).enumerate() {
         let out = generate(&model, p, &opts).unwrap();
