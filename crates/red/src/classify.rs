@@ -138,6 +138,10 @@ pub struct ClassifyConfig {
     pub max_examples: usize,
     /// Bins of the soft histogram of each input channel (0: none).
     pub hist_bins: i64,
+    /// Exact level statistics of the first input channel, with each image's radius sought in
+    /// this many 8-bit levels (0: none).
+    #[serde(default)]
+    pub levels: i64,
     /// Seed of initialisation, example draw and batch order.
     pub seed: u64,
 }
@@ -152,6 +156,12 @@ impl ClassifyConfig {
             return Err(Error::config(
                 "classify.width",
                 format!("must be in [1, 512], got {}", self.width),
+            ));
+        }
+        if !(0..=255).contains(&self.levels) {
+            return Err(Error::config(
+                "classify.levels",
+                format!("must be in [0, 255], got {}", self.levels),
             ));
         }
         Ok(())
@@ -235,6 +245,7 @@ pub fn train_classifier(
         scale,
         hist_bins: cfg.hist_bins,
         hist_range,
+        levels: cfg.levels,
     };
     tch::manual_seed(cfg.seed as i64);
     let net = MultiHead::new(&hc, device)?;

@@ -153,10 +153,11 @@ impl Denoiser {
 }
 
 /// The multi-head classifier's shape: four 3x3 convolutions (the second and fourth stride 2)
-/// with batch norm and ReLU and global average pooling, beside a soft histogram of each input
-/// channel's raw values (the features a pooled ConvNet cannot form: how many pixels sit exactly
-/// at a radius, how many in between); both go through one hidden layer of 128 units, then one
-/// linear head per task.
+/// with batch norm and ReLU and global average pooling, beside two optional sets of value
+/// statistics a pooled ConvNet cannot form: a soft histogram of each input channel's raw values,
+/// and exact 8-bit level counts of the first channel (how many pixels sit exactly at a radius,
+/// how many in between, which levels neighbour each other). Everything goes through one hidden
+/// layer of 128 units, then one linear head per task.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeadsConfig {
@@ -174,6 +175,10 @@ pub struct HeadsConfig {
     pub hist_bins: i64,
     /// The histogram's range per input channel, `(lo, hi)` of the raw values.
     pub hist_range: Vec<(f64, f64)>,
+    /// Level statistics of the first channel, with the image's radius sought in this many 8-bit
+    /// levels (0: none); see [`MultiHead::level_features`].
+    #[serde(default)]
+    pub levels: i64,
 }
 
 impl HeadsConfig {
@@ -230,9 +235,27 @@ impl HeadsConfig {
                 }
             }
         }
+        if !(0..=255).contains(&self.levels) {
+            return Err(Error::config(
+                "heads.levels",
+                format!("must be in [0, 255], got {}", self.levels),
+            ));
+        }
         Ok(())
     }
+
+    /// Width of the level statistics (0 when they are off).
+    pub fn level_width(&self) -> i64 {
+        if self.levels == 0 {
+            0
+        } else {
+            2 * (4 * LEVEL_STEPS + 1) + 16
+        }
+    }
 }
+
+/// Steps per radius of the level statistics' relative histograms.
+pub const LEVEL_STEPS: i64 = 8;
 
 /// Units of the hidden layer before the heads.
 const HIDDEN: i64 = 128;
@@ -246,6 +269,7 @@ pub struct MultiHead {
     body: nn::SequentialT,
     hidden: nn::Linear,
     heads: Vec<nn::Linear>,
+    level_bn: Option<nn::BatchNorm>,
 }
 
 impl MultiHead {
@@ -280,7 +304,10 @@ impl MultiHead {
                 .add(nn::batch_norm2d(&p / "bn", cout, Default::default()))
                 .add_fn(|x| x.relu());
         }
-        let feat = 4 * w + config.channels * config.hist_bins;
+        let feat = 4 * w + config.channels * config.hist_bins + config.level_width();
+        let level_bn = (config.levels > 0).then(|| {
+            nn::batch_norm1d(&root / "level_bn", config.level_width(), Default::default())
+        });
         let hidden = nn::linear(&root / "hidden", feat, HIDDEN, Default::default());
         let heads = config
             .heads
@@ -293,6 +320,7 @@ impl MultiHead {
             body,
             hidden,
             heads,
+            level_bn,
         })
     }
 
@@ -305,6 +333,10 @@ impl MultiHead {
             .mean_dim(&[2i64, 3][..], false, None);
         if self.config.hist_bins > 0 {
             f = Tensor::cat(&[f, self.histogram(x)], 1);
+        }
+        if let Some(bn) = &self.level_bn {
+            let l = self.level_features(x).log1p();
+            f = Tensor::cat(&[f, l.apply_t(bn, train)], 1);
         }
         let h = self.hidden.forward(&f).relu();
         self.heads.iter().map(|l| l.forward(&h)).collect()
@@ -329,6 +361,58 @@ impl MultiHead {
             })
             .collect();
         Tensor::cat(&parts, 1)
+    }
+
+    /// Exact level statistics of the first channel, as counts `[B, level_width]`, relative to
+    /// each image's own radius so that they carry over to radii never trained on. With `q` the
+    /// channel's values in 8-bit levels (`round(255 x)`), `m` the image's most common level in
+    /// `1..=levels` (the radius an l_inf attack leaves a black background pixel at) and
+    /// `K = LEVEL_STEPS`:
+    ///
+    /// - the histogram of `round(K q / m)` clamped to `[-2K, 2K]` (`4K + 1` counts);
+    /// - the same of the differences between horizontal and vertical neighbours (`4K + 1`);
+    /// - the co-occurrences of neighbours' classes `|q| = 0`, `0 < |q| < m`, `|q| = m` and
+    ///   `|q| > m` (16).
+    ///
+    /// FGSM and Square leave a background pixel of a clean image at 0 or exactly at the radius;
+    /// iterated attacks leave some in between, in patterns of their own; these counts see that
+    /// where a pooled ConvNet averages it away. The values are taken on the 8-bit grid, so
+    /// adversarial images saved as 8-bit files give the same features.
+    pub fn level_features(&self, x: &Tensor) -> Tensor {
+        let l = self.config.levels;
+        let k = LEVEL_STEPS;
+        let b = x.size()[0];
+        let dev = x.device();
+        let int = tch::Kind::Int64;
+        let q = (x.select(1, 0) * 255.0).round().to_kind(int);
+        // Per-row histograms through one bincount: row r's value v lands at r * n + v.
+        let counts = |v: &Tensor, n: i64| -> Tensor {
+            let v = v.flatten(1, -1);
+            let rows = Tensor::arange(b, (int, dev)).unsqueeze(1) * n;
+            (v + rows)
+                .flatten(0, -1)
+                .bincount::<Tensor>(None, b * n)
+                .view([b, n])
+                .to_kind(tch::Kind::Float)
+        };
+        // The radius: the most common level in 1..=L (1 where no pixel is there).
+        let low = counts(&(q.abs().clamp(0, l + 1)), l + 2).narrow(1, 1, l);
+        let m = (low.argmax(1, false) + 1).view([b, 1, 1]);
+        let rel = |v: &Tensor| -> Tensor {
+            let r = (v * k).to_kind(tch::Kind::Double) / m.to_kind(tch::Kind::Double);
+            r.round().to_kind(int).clamp(-2 * k, 2 * k) + 2 * k
+        };
+        let levels = counts(&rel(&q), 4 * k + 1);
+        let (h, w) = (q.size()[1], q.size()[2]);
+        let dx = q.narrow(2, 1, w - 1) - q.narrow(2, 0, w - 1);
+        let dy = q.narrow(1, 1, h - 1) - q.narrow(1, 0, h - 1);
+        let diffs = counts(&rel(&dx), 4 * k + 1) + counts(&rel(&dy), 4 * k + 1);
+        let a = q.abs();
+        let c = a.gt(0).to_kind(int) + a.ge_tensor(&m).to_kind(int) + a.gt_tensor(&m).to_kind(int);
+        let px = c.narrow(2, 0, w - 1) * 4 + c.narrow(2, 1, w - 1);
+        let py = c.narrow(1, 0, h - 1) * 4 + c.narrow(1, 1, h - 1);
+        let pairs = counts(&px, 16) + counts(&py, 16);
+        Tensor::cat(&[levels, diffs, pairs], 1)
     }
 
     /// Writes `dir/<name>.safetensors` and `dir/<name>.json`.

@@ -10,7 +10,7 @@ use rustworthy_red::family::{
     AttackBudget, AttackFamily, AttackSetting, VictimFamily, VictimRecipe,
 };
 use rustworthy_red::generate::{self, load_split, read_shard, GenConfig, Manifest, Split};
-use rustworthy_red::nets::DenoiserConfig;
+use rustworthy_red::nets::{DenoiserConfig, HeadsConfig, MultiHead, LEVEL_STEPS};
 use rustworthy_robust::Norm;
 use rustworthy_testkit::torch_lock;
 use std::path::Path;
@@ -424,6 +424,7 @@ fn attribution_learns_separable_attacks_and_skips_unknown_strengths() {
         lr: 3e-3,
         max_examples: 0,
         hist_bins: 16,
+        levels: 40,
         seed: 0,
     };
     let classes = std::collections::BTreeMap::from([("family", 2), ("norm", 2), ("strength", 2)]);
@@ -467,6 +468,64 @@ fn attribution_learns_separable_attacks_and_skips_unknown_strengths() {
     assert!(e.to_string().contains("unknown label"), "{e}");
     // The estimated input needs estimates.
     assert!(classify::inputs(InputKind::Estimated, &te, None).is_err());
+}
+
+#[test]
+fn level_features_count_exact_levels_relative_to_the_radius() {
+    let _g = torch_lock();
+    let cfg = HeadsConfig {
+        width: 4,
+        channels: 1,
+        heads: vec![("family".into(), 2)],
+        shift: 0.0,
+        scale: 1.0,
+        hist_bins: 0,
+        hist_range: vec![],
+        levels: 20,
+    };
+    let net = MultiHead::new(&cfg, Device::Cpu).unwrap();
+    let k = LEVEL_STEPS as usize;
+    let width = 2 * (4 * k + 1) + 16;
+    assert_eq!(cfg.level_width(), width as i64);
+    // Levels [[0, 8, 3], [8, 0, 8]]: clean pixels at 0, the radius 8 (the most common level),
+    // one in between.
+    let q = Tensor::from_slice(&[0.0f32, 8.0, 3.0, 8.0, 0.0, 8.0]).view([1, 1, 2, 3]);
+    let feats =
+        |x: &Tensor| -> Vec<f32> { Vec::try_from(net.level_features(x).flatten(0, -1)).unwrap() };
+    let f = feats(&(&q / 255.0));
+    let mut want = vec![0f32; width];
+    // Histogram of round(K q / 8) over [-2K, 2K], offset 2K: K q / 8 = q here.
+    let at = |v: i64| (2 * k as i64 + v) as usize;
+    want[at(0)] = 2.0;
+    want[at(3)] = 1.0;
+    want[at(8)] = 3.0;
+    // Neighbour differences: horizontal 8, -5, -8, 8; vertical 8, -8, 5.
+    let d0 = 4 * k + 1;
+    for (d, c) in [(8, 3.0), (-8, 2.0), (-5, 1.0), (5, 1.0)] {
+        want[d0 + at(d)] = c;
+    }
+    // Classes at the radius: 0 -> 0, 3 -> 1, 8 -> 2. Horizontal pairs (0,2), (2,1), (2,0),
+    // (0,2); vertical (0,2), (2,0), (1,2).
+    let p0 = 2 * d0;
+    for (pair, c) in [(2, 3.0), (9, 1.0), (8, 2.0), (6, 1.0)] {
+        want[p0 + pair] = c;
+    }
+    assert_eq!(f, want);
+    // An image a hair off the 8-bit grid (as float attacks leave it) gives the same features,
+    // and so does the same pattern at twice the radius: the statistics are relative to it.
+    assert_eq!(feats(&((&q + 0.3) / 255.0)), want);
+    assert_eq!(feats(&(&q * 2.0 / 255.0)), want);
+    // A network with level statistics saves and loads, and gives the same logits.
+    let dir = tempfile::tempdir().unwrap();
+    net.save(dir.path(), "net").unwrap();
+    let back = MultiHead::load(dir.path(), "net", Device::Cpu).unwrap();
+    assert_eq!(back.config, cfg);
+    let x = Tensor::rand([3, 1, 2, 3], (Kind::Float, Device::Cpu));
+    assert!(net.forward(&x, false)[0].equal(&back.forward(&x, false)[0]));
+    // Out of range: refused by name.
+    let bad = HeadsConfig { levels: 300, ..cfg };
+    let e = MultiHead::new(&bad, Device::Cpu).err().unwrap();
+    assert!(e.to_string().contains("levels"), "{e}");
 }
 
 #[test]
