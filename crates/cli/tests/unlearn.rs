@@ -183,6 +183,7 @@ fn bench_writes_tables_plot_and_resumes() {
             r#"
 original = "fmnist-mlp"
 original_epochs = 3
+original_sets = ["data.train_subset=100"]
 forget = "random:0.2"
 methods = ["retrain", "ft", "salun"]
 device = "cpu"
@@ -225,6 +226,16 @@ batch_size = 32
     assert_eq!(csv.lines().count(), 4);
     let png = std::fs::read(out.join("gap_vs_time.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
+    // `original_sets` trained the original on a 100-image subset, and the scenario is drawn
+    // from that subset: 20% forgotten, the rest retained.
+    let sc = json(&out.join("scenario.json"));
+    let (f, r) = (
+        sc["forget"].as_array().unwrap().len(),
+        sc["retain"].as_array().unwrap().len(),
+    );
+    assert_eq!((f, r), (20, 80), "forget {f}, retain {r}");
+    let orig = json(&out.join("original").join("report.json"));
+    assert_eq!(orig["config"]["data"]["train_subset"], 100);
     // A second run reuses the original model and every finished method.
     let o = run(&args);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -33,6 +33,11 @@ pub struct BenchConfig {
     /// Epochs of the original model (default: the training preset's).
     #[serde(default)]
     pub original_epochs: Option<usize>,
+    /// Settings of the original model's training preset changed as `train --set` changes them
+    /// (`key=value`, e.g. `data.train_subset=10000` for a quick benchmark on a seeded subset;
+    /// the forget set, Retrain and every method then use that subset).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub original_sets: Vec<String>,
     /// Where the original model lives (default: `<out>/original`); presets that share an
     /// original model point here so it is trained once.
     #[serde(default)]
@@ -261,7 +266,7 @@ pub fn bench_unlearn(c: &BenchConfig, opts: &BenchOptions) -> Result<BenchOutcom
     let mut timings = BTreeMap::new();
 
     // 1. The original model: reuse it if it was trained with the same config.
-    let mut orig_cfg = preset(&c.original)?;
+    let mut orig_cfg = crate::config::apply_sets(&preset(&c.original)?, &c.original_sets)?;
     if let Some(e) = c.original_epochs {
         orig_cfg.train.epochs = e;
     }
