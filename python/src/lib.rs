@@ -1,8 +1,8 @@
 //! `rustworthy._rustworthy`: the native half of the Python package. Every function here parses
 //! its arguments, calls the library (`rustworthy::tensors` and friends) and converts the
 //! result; tensors cross in both directions without copies (DLPack, see `tensor`), results
-//! come back as JSON text that the Python half turns into dicts. Long calls release the GIL and check for
-//! Ctrl-C between batches.
+//! come back as JSON text that the Python half turns into dicts. Long calls release the GIL
+//! and check for Ctrl-C between batches.
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;

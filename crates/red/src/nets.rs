@@ -396,7 +396,7 @@ impl MultiHead {
                 .to_kind(tch::Kind::Float)
         };
         // The radius: the most common level in 1..=L (1 where no pixel is there).
-        let low = counts(&(q.abs().clamp(0, l + 1)), l + 2).narrow(1, 1, l);
+        let low = counts(&q.abs().clamp_max(l + 1), l + 2).narrow(1, 1, l);
         let m = (low.argmax(1, false) + 1).view([b, 1, 1]);
         let rel = |v: &Tensor| -> Tensor {
             let r = (v * k).to_kind(tch::Kind::Double) / m.to_kind(tch::Kind::Double);
