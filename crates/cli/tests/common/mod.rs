@@ -8,9 +8,18 @@ use std::process::{Command, Output};
 /// Whether Fashion-MNIST is installed (from the test kit; panics when it is required).
 pub use rustworthy_testkit::fashion_mnist_present;
 
+/// The binary, run in a working folder of its own (under cargo's scratch folder for tests), so a
+/// command that falls back on a default output folder such as `runs/unlearn-ft` neither writes into
+/// the source tree nor meets another test running the same command at the same time.
 pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rustworthy"));
     c.env_remove("RUSTWORTHY_DATA");
+    let cwd = tempfile::Builder::new()
+        .prefix("cwd")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("a working folder for the binary")
+        .keep();
+    c.current_dir(cwd);
     c
 }
 
