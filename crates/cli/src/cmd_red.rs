@@ -127,6 +127,10 @@ pub struct TrainArgs {
     /// the preset's).
     #[arg(long)]
     pub input: Option<String>,
+    /// Attribution: add the counts of values off the 8-bit grid to the level statistics (for
+    /// examples kept in float precision; an 8-bit image has none).
+    #[arg(long)]
+    pub off_grid: bool,
 }
 
 /// Runs `red train`.
@@ -135,6 +139,10 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let tool: Tool = a.tool.parse()?;
     if let Some(i) = &a.input {
         cfg.attribution_input = i.parse()?;
+    }
+    if a.off_grid {
+        cfg.attribution.off_grid = true;
+        cfg.attribution.validate()?;
     }
     if let Some(e) = a.epochs {
         cfg.denoise.epochs = e;

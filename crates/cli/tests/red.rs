@@ -91,6 +91,37 @@ fn red_commands_run_end_to_end_and_name_bad_input() {
         table.contains("| activation |") && table.contains("confusion"),
         "{table}"
     );
+    // Attribution from the adversarial images with the off-grid counts, then scored.
+    ok(&[
+        "red",
+        "train",
+        "--tool",
+        "attribution",
+        "--input",
+        "adv",
+        "--off-grid",
+        "--data",
+        &p("data"),
+        "--out",
+        &p("attr"),
+        "--epochs",
+        "1",
+        "--threads",
+        "2",
+    ]);
+    let heads = json(&dir.path().join("attr/attribution.json"));
+    assert_eq!(heads["off_grid"], true, "{heads}");
+    let table = ok(&[
+        "red",
+        "infer",
+        "--tool",
+        &p("attr"),
+        "--data",
+        &p("data"),
+        "--split",
+        "test",
+    ]);
+    assert!(table.contains("| family |"), "{table}");
 
     // Errors name the problem.
     let bad = |args: &[&str], want: &str| {

@@ -42,6 +42,11 @@ pub struct RedBenchConfig {
     pub attribution: ClassifyConfig,
     /// What the attribution classifier sees.
     pub attribution_input: InputKind,
+    /// Also train an attribution classifier that adds the off-grid counts to the level
+    /// statistics (`attribution.levels` must be set): it reads the float precision of the
+    /// examples, so it is scored on the same examples saved as 8-bit images too.
+    #[serde(default)]
+    pub attribution_off_grid: bool,
     /// The model parser (trained on true perturbations).
     pub parsing: ClassifyConfig,
     /// Attack families left out of the parser's training (its unseen-attack test).
@@ -151,9 +156,11 @@ pub fn preset(name: &str) -> Result<RedBenchConfig> {
             max_examples: 0,
             hist_bins: 0,
             levels: 64,
+            off_grid: false,
             seed: 0,
         },
         attribution_input: InputKind::AdvEstimated,
+        attribution_off_grid: true,
         parsing: ClassifyConfig {
             width: 16,
             epochs: 6,
@@ -162,6 +169,7 @@ pub fn preset(name: &str) -> Result<RedBenchConfig> {
             max_examples: 0,
             hist_bins: 0,
             levels: 0,
+            off_grid: false,
             seed: 1,
         },
         unseen_families: vec![AttackFamily::Apgd, AttackFamily::Nes],
@@ -248,8 +256,20 @@ pub struct RedBenchResult {
     pub estimation: Vec<EstimateRow>,
     /// Perturbation estimation on the held-out strengths (all families together).
     pub estimation_ood: EstimateRow,
+    /// Perturbation estimation with each estimate shrunk by a factor per *predicted* attack
+    /// family and norm (the attribution classifier's, fitted on the training split): per true family on
+    /// the test split, all, and all at the held-out strengths.
+    #[serde(default)]
+    pub estimation_shrunk: Vec<EstimateRow>,
+    /// The shrinkage factors: denoiser (`pixel`, `cdd`) -> predicted family and norm (e.g.
+    /// `pgd-l2`) -> factor, for the groups some training example was predicted in.
+    #[serde(default)]
+    pub shrinkage: BTreeMap<String, BTreeMap<String, f64>>,
     /// Attribution accuracy per evaluation.
     pub attribution: Vec<ScoreRow>,
+    /// The same with the off-grid counts (when `attribution_off_grid`).
+    #[serde(default)]
+    pub attribution_off_grid: Vec<ScoreRow>,
     /// Parsing accuracy per evaluation.
     pub parsing: Vec<ScoreRow>,
     /// Seconds per stage.
@@ -344,6 +364,12 @@ pub fn run_bench(
     cfg.denoise.validate()?;
     cfg.attribution.validate()?;
     cfg.parsing.validate()?;
+    if cfg.attribution_off_grid && cfg.attribution.levels == 0 {
+        return Err(Error::config(
+            "attribution_off_grid",
+            "the off-grid counts join the level statistics: set attribution.levels > 0",
+        ));
+    }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let cfg_path = out.join("bench_config.json");
     let now = serde_json::to_value(cfg)?;
@@ -448,21 +474,7 @@ pub fn run_bench(
     let s_id = denoise::score_estimates(&te.x_adv, &te, &victims, "family")?;
     let s_pix = denoise::score_estimates(&est_pix_te, &te, &victims, "family")?;
     let s_cdd = denoise::score_estimates(&est_cdd_te, &te, &victims, "family")?;
-    let mut estimation = Vec::new();
-    for (k, id) in &s_id {
-        let group = if *k == i64::MIN {
-            "all".to_string()
-        } else {
-            m.families[*k as usize].name().to_string()
-        };
-        estimation.push(EstimateRow {
-            group,
-            identity: id.clone(),
-            pixel: s_pix[k].clone(),
-            cdd: s_cdd[k].clone(),
-        });
-    }
-    estimation.sort_by_key(|r| (r.group == "all", r.group.clone()));
+    let estimation = estimate_rows(&m, &s_id, &s_pix, &s_cdd);
     let est_cdd_ood = denoise::estimate(Some(&d_cdd), &ood.x_adv);
     let est_pix_ood = denoise::estimate(Some(&d_pix), &ood.x_adv);
     let all = |s: BTreeMap<i64, EstimateScore>| s.get(&i64::MIN).cloned().unwrap_or_default();
@@ -486,35 +498,9 @@ pub fn run_bench(
     };
     seconds.insert("estimation-eval".into(), t.elapsed().as_secs_f64());
     let classes = m.head_classes();
-    // Attribution.
-    let t = Instant::now();
-    say(&format!(
-        "attribution classifier (input: {})",
-        cfg.attribution_input.name()
-    ));
-    let needs_est = matches!(
-        cfg.attribution_input,
-        InputKind::Estimated | InputKind::AdvEstimated
-    );
-    let est_cdd_tr = if needs_est {
-        Some(denoise::estimate(Some(&d_cdd), &tr.x_adv))
-    } else {
-        None
-    };
-    let x_tr = classify::inputs(cfg.attribution_input, &tr, est_cdd_tr.as_ref())?;
-    let attr = classifier_stage(
-        &out.join("attribution"),
-        "attribution",
-        &cfg.attribution,
-        Task::Attribution,
-        &x_tr,
-        &tr,
-        &classes,
-        device,
-        &mut say,
-    )?;
-    drop(x_tr);
+    // Attribution: the classifier of the preset, and optionally the one with off-grid counts.
     let input = cfg.attribution_input;
+    let needs_est = matches!(input, InputKind::Estimated | InputKind::AdvEstimated);
     let est_of = |e: &Tensor| {
         if needs_est {
             Some(e.shallow_clone())
@@ -522,26 +508,152 @@ pub fn run_bench(
             None
         }
     };
-    let mut attribution = Vec::new();
-    let te_linf = te.filter(&te.labels["norm"].eq(0));
-    let est_te_linf = est_cdd_te.index_select(0, &te.labels["norm"].eq(0).nonzero().squeeze_dim(1));
-    for (eval, set, est) in [
-        ("in-distribution", &te, est_of(&est_cdd_te)),
+    let est_cdd_tr = denoise::estimate(Some(&d_cdd), &tr.x_adv);
+    let linf = te.labels["norm"].eq(0).nonzero().squeeze_dim(1);
+    let te_linf = te.select(&linf);
+    let est_te_linf = est_cdd_te.index_select(0, &linf);
+    // The same l_inf examples saved as 8-bit images (and denoised as such).
+    let te_linf_8bit = RedSet {
+        x_clean: te_linf.x_clean.shallow_clone(),
+        x_adv: (&te_linf.x_adv * 255.0).round() / 255.0,
+        labels: te_linf
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.shallow_clone()))
+            .collect(),
+        eps: te_linf.eps.shallow_clone(),
+    };
+    let est_te_linf_8bit = denoise::estimate(Some(&d_cdd), &te_linf_8bit.x_adv);
+    let evals: [(&str, &RedSet, &Tensor); 4] = [
+        ("in-distribution", &te, &est_cdd_te),
+        ("in-distribution, l_inf only", &te_linf, &est_te_linf),
         (
-            "in-distribution, l_inf only",
-            &te_linf,
-            est_of(&est_te_linf),
+            "in-distribution, l_inf only, 8-bit images",
+            &te_linf_8bit,
+            &est_te_linf_8bit,
         ),
-        ("unseen strengths", &ood, est_of(&est_cdd_ood)),
-    ] {
-        let x = classify::inputs(input, set, est.as_ref())?;
-        attribution.push(ScoreRow {
-            eval: eval.into(),
-            input: input.name().into(),
-            heads: classify::score(&attr, &x, set)?,
-        });
+        ("unseen strengths", &ood, &est_cdd_ood),
+    ];
+    let mut variants = vec![("attribution", cfg.attribution.clone())];
+    if cfg.attribution_off_grid {
+        let mut c = cfg.attribution.clone();
+        c.off_grid = true;
+        variants.push(("attribution-off-grid", c));
     }
-    seconds.insert("attribution".into(), t.elapsed().as_secs_f64());
+    let mut attr_nets = Vec::new();
+    let mut attr_rows = Vec::new();
+    for (name, ccfg) in &variants {
+        let t = Instant::now();
+        say(&format!(
+            "{name} classifier (input: {}{})",
+            input.name(),
+            if ccfg.off_grid {
+                ", level statistics with off-grid counts"
+            } else if ccfg.levels > 0 {
+                ", level statistics"
+            } else {
+                ""
+            }
+        ));
+        let x_tr = classify::inputs(input, &tr, est_of(&est_cdd_tr).as_ref())?;
+        let net = classifier_stage(
+            &out.join(name),
+            name,
+            ccfg,
+            Task::Attribution,
+            &x_tr,
+            &tr,
+            &classes,
+            device,
+            &mut say,
+        )?;
+        drop(x_tr);
+        let mut rows = Vec::new();
+        for (eval, set, est) in &evals {
+            let x = classify::inputs(input, set, est_of(est).as_ref())?;
+            rows.push(ScoreRow {
+                eval: eval.to_string(),
+                input: input.name().into(),
+                heads: classify::score(&net, &x, set)?,
+            });
+        }
+        seconds.insert(name.to_string(), t.elapsed().as_secs_f64());
+        attr_nets.push(net);
+        attr_rows.push(rows);
+    }
+    let attribution_off_grid = if attr_rows.len() > 1 {
+        attr_rows.pop().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let attribution = attr_rows.pop().unwrap_or_default();
+    // Shrinkage of the estimates per family predicted by the preset's attribution classifier
+    // (the one that does not read float precision), fitted on the training split.
+    let t = Instant::now();
+    say("shrink the estimates per predicted attack family");
+    let attr = &attr_nets[0];
+    let head = |name: &str| {
+        attr.config
+            .heads
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| {
+                Error::invalid(format!("the attribution classifier has no `{name}` head"))
+            })
+    };
+    let (fam_head, norm_head) = (head("family")?, head("norm")?);
+    // The group of an example: its predicted family and norm (`family * 2 + norm`).
+    let predicted_group = |set: &RedSet, est: &Tensor| -> Result<Tensor> {
+        let x = classify::inputs(input, set, est_of(est).as_ref())?;
+        let p = classify::predict(attr, &x);
+        Ok(&p[fam_head] * 2 + &p[norm_head])
+    };
+    let ng = 2 * m.families.len();
+    let pf_tr = predicted_group(&tr, &est_cdd_tr)?;
+    let est_pix_tr = denoise::estimate(Some(&d_pix), &tr.x_adv);
+    let f_pix = denoise::fit_shrinkage(&tr.x_adv, &est_pix_tr, &tr.x_clean, &pf_tr, ng)?;
+    let f_cdd = denoise::fit_shrinkage(&tr.x_adv, &est_cdd_tr, &tr.x_clean, &pf_tr, ng)?;
+    let fitted: Vec<i64> = Vec::try_from(pf_tr.bincount::<Tensor>(None, ng as i64))?;
+    drop((est_pix_tr, est_cdd_tr, pf_tr));
+    let mut shrinkage = BTreeMap::new();
+    for (who, f) in [("pixel", &f_pix), ("cdd", &f_cdd)] {
+        let mut by = BTreeMap::new();
+        for (g, v) in f.iter().enumerate() {
+            if fitted[g] > 0 {
+                let norm = if g % 2 == 0 { "linf" } else { "l2" };
+                by.insert(format!("{}-{norm}", m.families[g / 2].name()), *v);
+            }
+        }
+        shrinkage.insert(who.to_string(), by);
+    }
+    let shrunk = |set: &RedSet, pix: &Tensor, cdd: &Tensor, pf: &Tensor| -> Result<_> {
+        Ok((
+            denoise::score_estimates(
+                &denoise::shrink(&set.x_adv, pix, pf, &f_pix)?,
+                set,
+                &victims,
+                "family",
+            )?,
+            denoise::score_estimates(
+                &denoise::shrink(&set.x_adv, cdd, pf, &f_cdd)?,
+                set,
+                &victims,
+                "family",
+            )?,
+        ))
+    };
+    let pf_te = predicted_group(&te, &est_cdd_te)?;
+    let (sp, sc) = shrunk(&te, &est_pix_te, &est_cdd_te, &pf_te)?;
+    let mut estimation_shrunk = estimate_rows(&m, &s_id, &sp, &sc);
+    let pf_ood = predicted_group(&ood, &est_cdd_ood)?;
+    let (sp, sc) = shrunk(&ood, &est_pix_ood, &est_cdd_ood, &pf_ood)?;
+    estimation_shrunk.push(EstimateRow {
+        group: "all (unseen strengths)".into(),
+        identity: estimation_ood.identity.clone(),
+        pixel: all(sp),
+        cdd: all(sc),
+    });
+    seconds.insert("shrinkage".into(), t.elapsed().as_secs_f64());
     // Parsing: trained on true perturbations of the seen attack families.
     let t = Instant::now();
     say("model parser (input: true perturbations, seen attack families)");
@@ -632,7 +744,10 @@ pub fn run_bench(
         examples,
         estimation,
         estimation_ood,
+        estimation_shrunk,
+        shrinkage,
         attribution,
+        attribution_off_grid,
         parsing,
         seconds: seconds.clone(),
     };
@@ -648,6 +763,30 @@ pub fn run_bench(
     report.finished_utc = Some(rustworthy_core::report::utc_now());
     report.write(&out.join("report.json"))?;
     Ok(res)
+}
+
+/// One row per attack family, then `all`, from scores grouped by family label (`i64::MIN`: all).
+fn estimate_rows(
+    m: &Manifest,
+    identity: &BTreeMap<i64, EstimateScore>,
+    pixel: &BTreeMap<i64, EstimateScore>,
+    cdd: &BTreeMap<i64, EstimateScore>,
+) -> Vec<EstimateRow> {
+    let mut rows: Vec<EstimateRow> = identity
+        .iter()
+        .map(|(k, id)| EstimateRow {
+            group: if *k == i64::MIN {
+                "all".to_string()
+            } else {
+                m.families[*k as usize].name().to_string()
+            },
+            identity: id.clone(),
+            pixel: pixel.get(k).cloned().unwrap_or_default(),
+            cdd: cdd.get(k).cloned().unwrap_or_default(),
+        })
+        .collect();
+    rows.sort_by_key(|r| (r.group == "all", r.group.clone()));
+    rows
 }
 
 fn head_cell(r: &ScoreRow, h: &str) -> String {
@@ -701,36 +840,77 @@ pub fn markdown(res: &RedBenchResult) -> String {
             r.cdd.restored
         );
     }
-    s += "\n## Attack attribution (accuracy %)\n\n| evaluation | input | family | norm | strength |\n|---|---|---|---|---|\n";
-    for r in &res.attribution {
-        s += &format!(
-            "| {} | {} | {} | {} | {} |\n",
-            r.eval,
-            r.input,
-            head_cell(r, "family"),
-            head_cell(r, "norm"),
-            head_cell(r, "strength")
-        );
+    if !res.estimation_shrunk.is_empty() {
+        s += "\n## Estimates shrunk per predicted attack family (test split)\n\n";
+        s += "Each estimated perturbation is scaled by a factor of its *predicted* family and norm (the attribution classifier's, without off-grid counts), fitted on the training split to maximise mean PSNR. Factors (pixel / CDD): ";
+        let empty = BTreeMap::new();
+        let cdd = res.shrinkage.get("cdd").unwrap_or(&empty);
+        s += &res
+            .shrinkage
+            .get("pixel")
+            .unwrap_or(&empty)
+            .iter()
+            .map(|(g, v)| {
+                let c = cdd.get(g).map_or("-".to_string(), |c| format!("{c:.3}"));
+                format!("{g} {v:.3} / {c}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        s += ".\n\n| family | n | PSNR identity | PSNR pixel, shrunk | PSNR CDD, shrunk | restored pixel, shrunk % | restored CDD, shrunk % |\n|---|---|---|---|---|---|---|\n";
+        for r in &res.estimation_shrunk {
+            s += &format!(
+                "| {} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} |\n",
+                r.group,
+                r.identity.n,
+                r.identity.psnr,
+                r.pixel.psnr,
+                r.cdd.psnr,
+                r.pixel.restored,
+                r.cdd.restored
+            );
+        }
     }
-    if let Some(r) = res.attribution.iter().find(|r| r.eval.contains("l_inf")) {
-        if let Some(h) = r.heads.get("family") {
-            let fams: Vec<&str> = attack_family_names(res);
-            s += "\nFamily confusion on l_inf test examples (rows: true, columns: predicted):\n\n| |";
-            for f in &fams {
-                s += &format!(" {f} |");
-            }
-            s += "\n|---|";
-            s += &"---|".repeat(fams.len());
-            s += "\n";
-            for (i, row) in h.confusion.iter().enumerate() {
-                if row.iter().sum::<u64>() == 0 {
-                    continue;
+    for (title, rows) in [
+        ("level statistics", &res.attribution),
+        (
+            "level statistics with off-grid counts",
+            &res.attribution_off_grid,
+        ),
+    ] {
+        if rows.is_empty() {
+            continue;
+        }
+        s += &format!("\n## Attack attribution, {title} (accuracy %)\n\n| evaluation | input | family | norm | strength |\n|---|---|---|---|---|\n");
+        for r in rows {
+            s += &format!(
+                "| {} | {} | {} | {} | {} |\n",
+                r.eval,
+                r.input,
+                head_cell(r, "family"),
+                head_cell(r, "norm"),
+                head_cell(r, "strength")
+            );
+        }
+        if let Some(r) = rows.iter().find(|r| r.eval.contains("l_inf")) {
+            if let Some(h) = r.heads.get("family") {
+                let fams: Vec<&str> = attack_family_names(res);
+                s += "\nFamily confusion on l_inf test examples (rows: true, columns: predicted):\n\n| |";
+                for f in &fams {
+                    s += &format!(" {f} |");
                 }
-                s += &format!("| {} |", fams.get(i).copied().unwrap_or("?"));
-                for c in row {
-                    s += &format!(" {c} |");
-                }
+                s += "\n|---|";
+                s += &"---|".repeat(fams.len());
                 s += "\n";
+                for (i, row) in h.confusion.iter().enumerate() {
+                    if row.iter().sum::<u64>() == 0 {
+                        continue;
+                    }
+                    s += &format!("| {} |", fams.get(i).copied().unwrap_or("?"));
+                    for c in row {
+                        s += &format!(" {c} |");
+                    }
+                    s += "\n";
+                }
             }
         }
     }
@@ -797,7 +977,22 @@ pub fn csv(res: &RedBenchResult) -> String {
             }
         }
     }
-    for (section, rows) in [("attribution", &res.attribution), ("parsing", &res.parsing)] {
+    for r in &res.estimation_shrunk {
+        for (who, sc) in [("pixel-shrunk", &r.pixel), ("cdd-shrunk", &r.cdd)] {
+            for (metric, v) in [
+                ("psnr", sc.psnr),
+                ("cosine", sc.cosine),
+                ("restored", sc.restored),
+            ] {
+                s += &format!("estimation,{},test,{who},{metric},{v}\n", r.group);
+            }
+        }
+    }
+    for (section, rows) in [
+        ("attribution", &res.attribution),
+        ("attribution-off-grid", &res.attribution_off_grid),
+        ("parsing", &res.parsing),
+    ] {
         for r in rows {
             for (h, sc) in &r.heads {
                 s += &format!(

@@ -142,6 +142,10 @@ pub struct ClassifyConfig {
     /// this many 8-bit levels (0: none).
     #[serde(default)]
     pub levels: i64,
+    /// Beside the level statistics, counts of the first input channel's values off the 8-bit
+    /// grid (needs `levels`; only meaningful for examples kept in float precision).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub off_grid: bool,
     /// Seed of initialisation, example draw and batch order.
     pub seed: u64,
 }
@@ -162,6 +166,12 @@ impl ClassifyConfig {
             return Err(Error::config(
                 "classify.levels",
                 format!("must be in [0, 255], got {}", self.levels),
+            ));
+        }
+        if self.off_grid && self.levels == 0 {
+            return Err(Error::config(
+                "classify.off_grid",
+                "the off-grid counts are taken per level class: set levels > 0",
             ));
         }
         Ok(())
@@ -246,6 +256,7 @@ pub fn train_classifier(
         hist_bins: cfg.hist_bins,
         hist_range,
         levels: cfg.levels,
+        off_grid: cfg.off_grid,
     };
     tch::manual_seed(cfg.seed as i64);
     let net = MultiHead::new(&hc, device)?;

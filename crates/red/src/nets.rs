@@ -179,6 +179,10 @@ pub struct HeadsConfig {
     /// levels (0: none); see [`MultiHead::level_features`].
     #[serde(default)]
     pub levels: i64,
+    /// Beside the level statistics, counts of the first channel's values that lie off the
+    /// 8-bit grid (needs `levels`); see [`MultiHead::level_features`].
+    #[serde(default)]
+    pub off_grid: bool,
 }
 
 impl HeadsConfig {
@@ -241,6 +245,12 @@ impl HeadsConfig {
                 format!("must be in [0, 255], got {}", self.levels),
             ));
         }
+        if self.off_grid && self.levels == 0 {
+            return Err(Error::config(
+                "heads.off_grid",
+                "the off-grid counts are taken per level class: set levels > 0",
+            ));
+        }
         Ok(())
     }
 
@@ -249,10 +259,18 @@ impl HeadsConfig {
         if self.levels == 0 {
             0
         } else {
-            2 * (4 * LEVEL_STEPS + 1) + 16
+            2 * (4 * LEVEL_STEPS + 1) + 16 + if self.off_grid { OFF_GRID_WIDTH } else { 0 }
         }
     }
 }
+
+/// Width of the off-grid counts: level class x on/off the grid (8), neighbour pairs on/off the
+/// grid (4), and the histogram of the offsets from the grid (8).
+pub const OFF_GRID_WIDTH: i64 = 20;
+
+/// A value is off the 8-bit grid when `255 x` is farther than this from an integer (float32
+/// arithmetic on grid values such as `k/255 + 8/255` stays within about 1e-5).
+pub const OFF_GRID_TOL: f64 = 1e-3;
 
 /// Steps per radius of the level statistics' relative histograms.
 pub const LEVEL_STEPS: i64 = 8;
@@ -378,13 +396,23 @@ impl MultiHead {
     /// iterated attacks leave some in between, in patterns of their own; these counts see that
     /// where a pooled ConvNet averages it away. The values are taken on the 8-bit grid, so
     /// adversarial images saved as 8-bit files give the same features.
+    ///
+    /// With `off_grid`, 20 more counts see the float values themselves: a pixel is off the grid
+    /// when `255 x` is not an integer (within [`OFF_GRID_TOL`]). Clean Fashion-MNIST images and
+    /// every radius `k/255` lie on the grid, so FGSM and Square (steps of exactly the radius)
+    /// leave none off it, while a uniform random start (PGD, APGD) or fractional steps leave
+    /// many. Counted are: each level class above on and off the grid (8), neighbour pairs on and
+    /// off the grid (4), and the histogram of the offsets `255 x - q` of the off-grid pixels in 8
+    /// bins over `[-0.5, 0.5]`. These counts are only as good as the examples' precision: an
+    /// example saved as an 8-bit image has none off the grid.
     pub fn level_features(&self, x: &Tensor) -> Tensor {
         let l = self.config.levels;
         let k = LEVEL_STEPS;
         let b = x.size()[0];
         let dev = x.device();
         let int = tch::Kind::Int64;
-        let q = (x.select(1, 0) * 255.0).round().to_kind(int);
+        let v255 = x.select(1, 0) * 255.0;
+        let q = v255.round().to_kind(int);
         // Per-row histograms through one bincount: row r's value v lands at r * n + v.
         let counts = |v: &Tensor, n: i64| -> Tensor {
             let v = v.flatten(1, -1);
@@ -412,7 +440,20 @@ impl MultiHead {
         let px = c.narrow(2, 0, w - 1) * 4 + c.narrow(2, 1, w - 1);
         let py = c.narrow(1, 0, h - 1) * 4 + c.narrow(1, 1, h - 1);
         let pairs = counts(&px, 16) + counts(&py, 16);
-        Tensor::cat(&[levels, diffs, pairs], 1)
+        if !self.config.off_grid {
+            return Tensor::cat(&[levels, diffs, pairs], 1);
+        }
+        let frac = &v255 - v255.round();
+        let off = frac.abs().gt(OFF_GRID_TOL).to_kind(int);
+        let by_class = counts(&(&c * 2 + &off), 8);
+        let ox = off.narrow(2, 0, w - 1) * 2 + off.narrow(2, 1, w - 1);
+        let oy = off.narrow(1, 0, h - 1) * 2 + off.narrow(1, 1, h - 1);
+        let off_pairs = counts(&ox, 4) + counts(&oy, 4);
+        // Bins 0..8 of the offsets of off-grid pixels; on-grid pixels land in bin 8, dropped.
+        let bin = ((frac + 0.5) * 8.0).floor().to_kind(int).clamp(0, 7);
+        let bin = &bin * &off + (1i64 - &off) * 8i64;
+        let offsets = counts(&bin, 9).narrow(1, 0, 8);
+        Tensor::cat(&[levels, diffs, pairs, by_class, off_pairs, offsets], 1)
     }
 
     /// Writes `dir/<name>.safetensors` and `dir/<name>.json`.

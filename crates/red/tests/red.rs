@@ -10,7 +10,7 @@ use rustworthy_red::family::{
     AttackBudget, AttackFamily, AttackSetting, VictimFamily, VictimRecipe,
 };
 use rustworthy_red::generate::{self, load_split, read_shard, GenConfig, Manifest, Split};
-use rustworthy_red::nets::{DenoiserConfig, HeadsConfig, MultiHead, LEVEL_STEPS};
+use rustworthy_red::nets::{DenoiserConfig, HeadsConfig, MultiHead, LEVEL_STEPS, OFF_GRID_WIDTH};
 use rustworthy_robust::Norm;
 use rustworthy_testkit::torch_lock;
 use std::path::Path;
@@ -372,6 +372,48 @@ fn metrics_of_estimates() {
     );
 }
 
+/// The shrinkage factors recover a denoiser's known overshoot per group, and applying them is
+/// checked for shapes and groups.
+#[test]
+fn shrinkage_fits_the_factor_that_undoes_an_overshoot() {
+    let _g = torch_lock();
+    tch::manual_seed(3);
+    let clean = Tensor::rand([40, 1, 8, 8], (Kind::Float, Device::Cpu)) * 0.5 + 0.25;
+    let sign = Tensor::rand([40, 1, 8, 8], (Kind::Float, Device::Cpu))
+        .gt(0.5)
+        .to_kind(Kind::Float)
+        * 2.0
+        - 1.0;
+    let delta = sign * 0.05;
+    let x_adv = &clean + &delta;
+    // Group 0 (20 examples): the estimated perturbation is twice the true one; group 1: exact;
+    // group 2: no example.
+    let group = Tensor::arange(40, (Kind::Int64, Device::Cpu))
+        .ge(20)
+        .to_kind(Kind::Int64);
+    let g0 = group.eq(0).to_kind(Kind::Float).view([-1, 1, 1, 1]);
+    let est = &x_adv - &delta * (&g0 + 1.0);
+    let f = denoise::fit_shrinkage(&x_adv, &est, &clean, &group, 3).unwrap();
+    assert_eq!(f, vec![0.5, 1.0, 1.0]);
+    let shrunk = denoise::shrink(&x_adv, &est, &group, &f).unwrap();
+    let err = (&shrunk - &clean).abs().max().double_value(&[]);
+    assert!(
+        err < 1e-6,
+        "shrunk estimates miss the clean images by {err}"
+    );
+    // An estimate worse than the identity in every group is shrunk to the identity (factor 0).
+    let bad = &x_adv + &delta;
+    let f0 = denoise::fit_shrinkage(&x_adv, &bad, &clean, &group, 2).unwrap();
+    assert_eq!(f0, vec![0.0, 0.0]);
+    // A group outside the factors and mismatched shapes are refused by name.
+    let e = denoise::shrink(&x_adv, &est, &(&group + 2), &f).unwrap_err();
+    assert!(e.to_string().contains("group 3"), "{e}");
+    let e = denoise::shrink(&x_adv, &est.narrow(0, 0, 10), &group, &f).unwrap_err();
+    assert!(e.to_string().contains("disagree"), "{e}");
+    let e = denoise::fit_shrinkage(&x_adv, &est, &clean.narrow(0, 0, 5), &group, 3).unwrap_err();
+    assert!(e.to_string().contains("clean images"), "{e}");
+}
+
 fn toy_set() -> generate::RedSet {
     // Clean images and two kinds of perturbation: +-eps signs everywhere (family 0) or a single
     // bright square patch (family 1); strength bucket 0 for eps 0.05, 1 for 0.1.
@@ -425,6 +467,7 @@ fn attribution_learns_separable_attacks_and_skips_unknown_strengths() {
         max_examples: 0,
         hist_bins: 16,
         levels: 40,
+        off_grid: false,
         seed: 0,
     };
     let classes = std::collections::BTreeMap::from([("family", 2), ("norm", 2), ("strength", 2)]);
@@ -482,6 +525,7 @@ fn level_features_count_exact_levels_relative_to_the_radius() {
         hist_bins: 0,
         hist_range: vec![],
         levels: 20,
+        off_grid: false,
     };
     let net = MultiHead::new(&cfg, Device::Cpu).unwrap();
     let k = LEVEL_STEPS as usize;
@@ -522,6 +566,41 @@ fn level_features_count_exact_levels_relative_to_the_radius() {
     assert_eq!(back.config, cfg);
     let x = Tensor::rand([3, 1, 2, 3], (Kind::Float, Device::Cpu));
     assert!(net.forward(&x, false)[0].equal(&back.forward(&x, false)[0]));
+    // Off-grid counts: the same levels with the pixel at level 3 moved 0.3 off the grid. The
+    // level statistics stay as they were; 20 counts follow them.
+    let og = HeadsConfig {
+        off_grid: true,
+        ..cfg.clone()
+    };
+    assert_eq!(og.level_width(), width as i64 + OFF_GRID_WIDTH);
+    let net_og = MultiHead::new(&og, Device::Cpu).unwrap();
+    let bump = Tensor::from_slice(&[0.0f32, 0.0, 0.3, 0.0, 0.0, 0.0]).view([1, 1, 2, 3]);
+    let f_og: Vec<f32> =
+        Vec::try_from(net_og.level_features(&((&q + bump) / 255.0)).flatten(0, -1)).unwrap();
+    assert_eq!(&f_og[..width], &want[..]);
+    let mut off = vec![0f32; OFF_GRID_WIDTH as usize];
+    // Level class x on/off the grid: classes [[0, 2, 1], [2, 0, 2]], the class-1 pixel off it.
+    off[0] = 2.0;
+    off[2 + 1] = 1.0;
+    off[2 * 2] = 3.0;
+    // Neighbour pairs of off-grid flags [[0, 0, 1], [0, 0, 0]]: horizontal (0,0), (0,1),
+    // (0,0), (0,0); vertical (0,0), (0,0), (1,0).
+    off[8] = 5.0;
+    off[8 + 1] = 1.0;
+    off[8 + 2] = 1.0;
+    // The offset 0.3 lies in bin floor((0.3 + 0.5) * 8) = 6.
+    off[12 + 6] = 1.0;
+    assert_eq!(&f_og[width..], &off[..]);
+    // On the grid, nothing is counted off it.
+    let f_on: Vec<f32> =
+        Vec::try_from(net_og.level_features(&(&q / 255.0)).flatten(0, -1)).unwrap();
+    assert_eq!(&f_on[width + 12..], &[0f32; 8][..]);
+    assert_eq!(f_on[width + 8], 7.0);
+    // Off-grid counts without level statistics are refused by name.
+    let e = MultiHead::new(&HeadsConfig { levels: 0, ..og }, Device::Cpu)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("off_grid"), "{e}");
     // Out of range: refused by name.
     let bad = HeadsConfig { levels: 300, ..cfg };
     let e = MultiHead::new(&bad, Device::Cpu).err().unwrap();
