@@ -3,6 +3,7 @@
 use clap::Args;
 use rustworthy::core::Result;
 use rustworthy::red::bench;
+use rustworthy::red::generate::Split;
 use rustworthy::red::workflow::{self, Inference, Tool};
 use rustworthy::tch::{self, Device};
 use std::path::PathBuf;
@@ -180,18 +181,27 @@ pub struct InferArgs {
     /// A denoiser folder (for a classifier of estimated perturbations).
     #[arg(long)]
     pub denoiser: Option<PathBuf>,
+    /// Folder of the scores and the report (default: `<tool>/infer-<split>`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// Runs `red infer`.
 pub fn infer(a: InferArgs) -> Result<()> {
     let (dev, cfg) = a.common.apply()?;
-    let r = workflow::infer(
+    let split: Split = a.split.parse()?;
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| a.tool.join(format!("infer-{}", split.name())));
+    let r = workflow::infer_with_report(
         &cfg,
         &a.tool,
         &a.data,
-        a.split.parse()?,
+        split,
         a.denoiser.as_deref(),
         dev,
+        &out,
     )?;
     match r {
         Inference::Denoiser(s) => {
@@ -217,6 +227,7 @@ pub fn infer(a: InferArgs) -> Result<()> {
             }
         }
     }
+    println!("\nreport {}", out.join("report.json").display());
     Ok(())
 }
 

@@ -91,6 +91,16 @@ fn red_commands_run_end_to_end_and_name_bad_input() {
         table.contains("| activation |") && table.contains("confusion"),
         "{table}"
     );
+    // It writes its scores and a report beside the tool.
+    let rep = json(&dir.path().join("parse/infer-test/report.json"));
+    assert_eq!(rep["command"], "red infer");
+    assert_eq!(rep["config"]["split"], "test");
+    assert!(rep["timings_s"]["infer"].as_f64().unwrap() > 0.0, "{rep}");
+    let scores = json(&dir.path().join("parse/infer-test/inference.json"));
+    assert!(
+        scores["Classifier"]["arch"]["n"].as_u64().unwrap() > 0,
+        "{scores}"
+    );
     // Attribution from the adversarial images with the off-grid counts, then scored.
     ok(&[
         "red",

@@ -556,9 +556,12 @@ pub fn run_bench(
             }
         ));
         let x_tr = classify::inputs(input, &tr, est_of(&est_cdd_tr).as_ref())?;
+        // Saved as `attribution` with its input kind, as `red train` writes it, so that
+        // `red infer` reads either folder.
+        let dir = out.join(name);
         let net = classifier_stage(
-            &out.join(name),
-            name,
+            &dir,
+            "attribution",
             ccfg,
             Task::Attribution,
             &x_tr,
@@ -568,6 +571,7 @@ pub fn run_bench(
             &mut say,
         )?;
         drop(x_tr);
+        fsutil::write_json_atomic(&dir.join("input.json"), &input)?;
         let mut rows = Vec::new();
         for (eval, set, est) in &evals {
             let x = classify::inputs(input, set, est_of(est).as_ref())?;
@@ -670,6 +674,7 @@ pub fn run_bench(
         &mut say,
     )?;
     drop(tr_seen);
+    fsutil::write_json_atomic(&out.join("parsing").join("input.json"), &InputKind::True)?;
     let seen_mask = |set: &RedSet, invert: bool| by_family(set, &m, &cfg.unseen_families, invert);
     let te_seen = seen_mask(&te, true);
     let te_unseen = seen_mask(&te, false);

@@ -215,6 +215,43 @@ pub enum Inference {
     Classifier(BTreeMap<String, HeadScore>),
 }
 
+/// [`infer`], with a report: `out/inference.json` holds the scores and `out/report.json` the
+/// config, versions, host and timing (both written atomically).
+#[allow(clippy::too_many_arguments)]
+pub fn infer_with_report(
+    cfg: &RedBenchConfig,
+    tool_dir: &Path,
+    data: &Path,
+    split: Split,
+    denoiser: Option<&Path>,
+    device: Device,
+    out: &Path,
+) -> Result<Inference> {
+    let mut report = RunReport::new(
+        "red infer",
+        serde_json::json!({
+            "tool": tool_dir,
+            "data": data,
+            "split": split.name(),
+            "denoiser": denoiser,
+            "config": cfg,
+        }),
+        &format!("{device:?}"),
+    );
+    let t = std::time::Instant::now();
+    let r = infer(cfg, tool_dir, data, split, denoiser, device)?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    fsutil::write_json_atomic(&out.join("inference.json"), &r)?;
+    report
+        .timings_s
+        .insert("infer".into(), t.elapsed().as_secs_f64());
+    report.metrics = serde_json::to_value(&r)?;
+    report.artifacts = vec!["inference.json".into()];
+    report.finished_utc = Some(rustworthy_core::report::utc_now());
+    report.write(&out.join("report.json"))?;
+    Ok(r)
+}
+
 /// Scores the tool in `tool_dir` (a denoiser, attribution or parsing folder written by
 /// [`train_tool`]) on `split` of the dataset in `data` (the examples `cfg` keeps). A classifier that reads estimated
 /// perturbations takes them from `denoiser`.
