@@ -585,12 +585,9 @@ pub fn run_bench(
         attr_nets.push(net);
         attr_rows.push(rows);
     }
-    let attribution_off_grid = if attr_rows.len() > 1 {
-        attr_rows.pop().unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    let attribution = attr_rows.pop().unwrap_or_default();
+    let mut attr_rows = attr_rows.into_iter();
+    let attribution = attr_rows.next().unwrap_or_default();
+    let attribution_off_grid = attr_rows.next().unwrap_or_default();
     // Shrinkage of the estimates per family predicted by the preset's attribution classifier
     // (the one that does not read float precision), fitted on the training split.
     let t = Instant::now();
