@@ -86,11 +86,11 @@ if ! .venv/bin/python -c "import importlib.util as u, gguf, yaml; assert u.find_
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt pyyaml
 fi
 # Hugging Face transformers reads the GGUF (with gguf and accelerate) and builds random Llama models
-# for the causal-LM reference fixtures (scripts/ref/llm_ref.py).
-if ! .venv/bin/python -c "import transformers, accelerate" 2>/dev/null; then
-    say "pip install transformers accelerate (constrained to torch $TORCH_VERSION)"
+# for the causal-LM reference fixtures (scripts/ref/llm_ref.py); PEFT is the LoRA reference.
+if ! .venv/bin/python -c "import transformers, accelerate, peft" 2>/dev/null; then
+    say "pip install transformers accelerate peft (constrained to torch $TORCH_VERSION)"
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt \
-        transformers==5.24.0 accelerate==1.15.0
+        transformers==5.24.0 accelerate==1.15.0 peft==0.22.0
 fi
 # rouge_score (with nltk's Porter stemmer), scipy and scikit-learn (roc_auc_score) are the
 # references of the LLM metrics.

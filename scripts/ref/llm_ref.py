@@ -155,10 +155,52 @@ def random_models(out):
     (out / "ref.json").write_text(json.dumps({"models": ref, "ids": ids.tolist(), "mask": mask.tolist()}))
 
 
+# LoRA through PEFT on one random model of each architecture: rank, alpha and PEFT's target
+# names (on GPT-2, `c_proj` matches both attn.c_proj and mlp.c_proj).
+LORA = {
+    "gpt2": dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True),
+    "llama": dict(r=4, lora_alpha=12, target_modules=["q_proj", "v_proj", "down_proj"]),
+}
+
+
+def lora_models(out):
+    from peft import LoraConfig as PeftLora, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    ref = {}
+    torch.manual_seed(0)
+    ids = torch.randint(0, 101, (2, 9))
+    for name, lcfg in LORA.items():
+        torch.manual_seed(2)
+        if name == "gpt2":
+            model = GPT2LMHeadModel(GPT2Config(vocab_size=101, n_embd=48, n_inner=80, n_layer=2,
+                                               n_head=6, n_positions=64)).eval()
+        else:
+            model = LlamaForCausalLM(LlamaConfig(vocab_size=101, hidden_size=48, intermediate_size=80,
+                                                 num_hidden_layers=2, num_attention_heads=6,
+                                                 num_key_value_heads=2, max_position_embeddings=64,
+                                                 rms_norm_eps=1e-5, tie_word_embeddings=False)).eval()
+        base = out / name / "base"
+        model.save_pretrained(str(base), safe_serialization=True)
+        peft = get_peft_model(model, PeftLora(lora_dropout=0.0, bias="none", **lcfg)).eval()
+        # PEFT starts B at zero; move every factor so the adapters change the logits.
+        with torch.no_grad():
+            for n, p in peft.named_parameters():
+                if "lora_" in n:
+                    p.add_(0.05 * torch.randn_like(p))
+            logits = peft(ids).logits.float().contiguous()
+        adapter = out / name / "adapter"
+        peft.save_pretrained(str(adapter))
+        save_file({"logits": logits}, str(out / name / "ref_logits.safetensors"))
+        ref[name] = {"base": str(base), "adapter": str(adapter),
+                     "adapted": sum(1 for n, _ in peft.named_parameters() if "lora_A" in n)}
+    (out / "ref.json").write_text(json.dumps({"models": ref, "ids": ids.tolist()}))
+
+
 def main():
     mode, out = sys.argv[1], Path(sys.argv[2])
     out.mkdir(parents=True, exist_ok=True)
-    {"smollm2": smollm2, "random": random_models}[mode](out)
+    {"smollm2": smollm2, "random": random_models, "lora": lora_models}[mode](out)
     print(out / "ref.json")
 
 

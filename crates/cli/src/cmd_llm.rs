@@ -206,8 +206,8 @@ pub struct BenchMezoArgs {
     /// Train LoRA adapters of this rank (alpha = 2 x rank) instead of every parameter.
     #[arg(long)]
     pub lora_rank: Option<i64>,
-    /// LoRA target projections, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "q_proj,v_proj")]
+    /// LoRA target projections, comma-separated (default: q_proj,v_proj; GPT-2: c_attn).
+    #[arg(long, value_delimiter = ',')]
     pub lora_targets: Vec<String>,
     /// Ask `Question: ... Answer:` instead of using the chat template (shorter sequences).
     #[arg(long)]
@@ -346,8 +346,9 @@ pub struct LoraArgs {
     /// LoRA alpha (default 2 x rank).
     #[arg(long)]
     pub lora_alpha: Option<f64>,
-    /// LoRA target modules, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "q_proj,v_proj")]
+    /// LoRA target modules, comma-separated (default: q_proj,v_proj; GPT-2: c_attn; GPT-2 also
+    /// takes c_proj for both attn.c_proj and mlp.c_proj, and c_fc).
+    #[arg(long, value_delimiter = ',')]
     pub lora_targets: Vec<String>,
 }
 
@@ -571,6 +572,42 @@ pub fn llm_score(a: ScoreArgs) -> Result<()> {
     println!(
         "per-token log-probs in {}",
         a.out.join("report.json").display()
+    );
+    Ok(())
+}
+
+/// Flags of `rustworthy llm merge-adapter`.
+#[derive(Args, Debug)]
+pub struct MergeAdapterArgs {
+    /// The base model (see `llm eval`).
+    #[arg(long, default_value = "smollm2")]
+    pub model: PathBuf,
+    /// The PEFT LoRA adapter folder (`adapter_config.json`, `adapter_model.safetensors`).
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// The output model folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace a finished run in --out.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+/// Runs `llm merge-adapter`.
+pub fn llm_merge_adapter(a: MergeAdapterArgs) -> Result<()> {
+    use rustworthy::llm::workflow::{merge_adapter_run, MergeAdapterRun};
+    let cfg = MergeAdapterRun {
+        model: a.model.clone(),
+        adapter: a.adapter.clone(),
+    };
+    let r = merge_adapter_run(&cfg, &a.out, a.overwrite)?;
+    println!(
+        "merged a rank-{} LoRA adapter (alpha {}, targets {}, {} parameters) into {}",
+        r.lora.rank,
+        r.lora.alpha,
+        r.lora.targets.join(","),
+        r.adapter_parameters,
+        a.out.display()
     );
     Ok(())
 }

@@ -93,6 +93,8 @@ enum LlmCommand {
     Generate(cmd_llm::GenerateArgs),
     /// Per-token log-probabilities and NLL of answers given their questions.
     Score(cmd_llm::ScoreArgs),
+    /// Merge a PEFT LoRA adapter into a model's weights; writes the model folder.
+    MergeAdapter(cmd_llm::MergeAdapterArgs),
     /// The TOFU metrics of a model (forget quality and PrivLeak against an oracle's report).
     Eval(cmd_llm::EvalArgs),
     /// Unlearn a forget split from a model with one method; writes the model folder.
@@ -242,6 +244,7 @@ fn main() -> ExitCode {
         Command::Diffusion(DiffusionCommand::Attack(a)) => cmd_diffusion::attack(a),
         Command::Llm(LlmCommand::Generate(a)) => cmd_llm::llm_generate(a),
         Command::Llm(LlmCommand::Score(a)) => cmd_llm::llm_score(a),
+        Command::Llm(LlmCommand::MergeAdapter(a)) => cmd_llm::llm_merge_adapter(a),
         Command::Llm(LlmCommand::Eval(a)) => cmd_llm::llm_eval(a),
         Command::Llm(LlmCommand::Unlearn(a)) => cmd_llm::llm_unlearn(a),
         Command::Llm(LlmCommand::Finetune(a)) => cmd_llm::llm_finetune(a),

@@ -466,6 +466,8 @@ struct Gpt2Block {
     ln2: (Tensor, Tensor),
     c_fc: (Tensor, Tensor),
     mlp_proj: (Tensor, Tensor),
+    /// LoRA factors `(A [r, in], B [out, r])` per Conv1D, in [`GPT2_LORA_TARGETS`] order.
+    lora: Vec<Option<(Tensor, Tensor)>>,
 }
 
 /// The projections LoRA can adapt, by their Hugging Face names.
@@ -479,15 +481,31 @@ pub const LORA_TARGETS: [&str; 7] = [
     "down_proj",
 ];
 
+/// The Conv1D modules of a GPT-2 block LoRA can adapt, by their Hugging Face names below
+/// `transformer.h.N.`. A target `c_proj` names both `attn.c_proj` and `mlp.c_proj`, as PEFT's
+/// suffix match does; `c_attn` adapts the fused q/k/v projection as one (PEFT's default for
+/// GPT-2).
+pub const GPT2_LORA_TARGETS: [&str; 4] = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"];
+
+/// Whether LoRA `target` names GPT-2 module `module` (one of [`GPT2_LORA_TARGETS`]): the whole
+/// name or its last dot-separated part(s).
+fn gpt2_target_matches(target: &str, module: &str) -> bool {
+    module == target || module.ends_with(&format!(".{target}"))
+}
+
 /// LoRA adapters: `W x + (α/r)·B A x` on the target projections, `A` initialized as PEFT does
-/// (Kaiming-uniform) and `B` at zero, so an adapted model starts as the base model.
+/// (Kaiming-uniform) and `B` at zero, so an adapted model starts as the base model. On GPT-2's
+/// Conv1D weights (`[in, out]`) the update is the same, `x Aᵀ Bᵀ`, and merging adds `(B A)ᵀ`, as
+/// PEFT's `fan_in_fan_out` does.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LoraConfig {
     /// Rank `r`.
     pub rank: i64,
     /// Scale numerator `α`.
     pub alpha: f64,
-    /// Target projections (names of [`LORA_TARGETS`]).
+    /// Target projections: names of [`LORA_TARGETS`] for Llama-family models, of
+    /// [`GPT2_LORA_TARGETS`] (or their last part: `c_attn`, `c_proj`, `c_fc`) for GPT-2. Empty:
+    /// PEFT's default for the architecture (`q_proj`, `v_proj`; GPT-2: `c_attn`).
     pub targets: Vec<String>,
 }
 
@@ -501,27 +519,37 @@ impl LoraConfig {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks the settings for a model of `arch` and fills in the default targets.
+    fn resolve(mut self, arch: Arch) -> Result<LoraConfig> {
         if self.rank <= 0 || !(self.alpha > 0.0 && self.alpha.is_finite()) {
             return Err(Error::config("lora", "rank and alpha must be positive"));
         }
         if self.targets.is_empty() {
-            return Err(Error::config(
-                "lora.targets",
-                "name at least one projection",
-            ));
+            self.targets = match arch {
+                Arch::Llama => vec!["q_proj".into(), "v_proj".into()],
+                Arch::Gpt2 => vec!["c_attn".into()],
+            };
         }
-        if let Some(t) = self
-            .targets
-            .iter()
-            .find(|t| !LORA_TARGETS.contains(&t.as_str()))
-        {
-            return Err(Error::config(
-                "lora.targets",
-                format!("`{t}` is not a projection ({})", LORA_TARGETS.join(", ")),
-            ));
+        for t in &self.targets {
+            let known = match arch {
+                Arch::Llama => LORA_TARGETS.contains(&t.as_str()),
+                Arch::Gpt2 => GPT2_LORA_TARGETS.iter().any(|m| gpt2_target_matches(t, m)),
+            };
+            if !known {
+                let (what, names) = match arch {
+                    Arch::Llama => ("a Llama projection", LORA_TARGETS.join(", ")),
+                    Arch::Gpt2 => (
+                        "a GPT-2 module",
+                        format!("{}, c_attn, c_proj, c_fc", GPT2_LORA_TARGETS.join(", ")),
+                    ),
+                };
+                return Err(Error::config(
+                    "lora.targets",
+                    format!("`{t}` is not {what} ({names})"),
+                ));
+            }
         }
-        Ok(())
+        Ok(self)
     }
 }
 
@@ -679,6 +707,7 @@ impl CausalLm {
                 ln2: ln(&h / "ln_2")?,
                 c_fc: conv(&h / "mlp" / "c_fc", d, f)?,
                 mlp_proj: conv(&h / "mlp" / "c_proj", f, d)?,
+                lora: (0..GPT2_LORA_TARGETS.len()).map(|_| None).collect(),
             });
         }
         let (norm, norm_b) = ln(&tr / "ln_f")?;
@@ -713,13 +742,7 @@ impl CausalLm {
     /// Adds LoRA adapters (drawn from libtorch's generator: call `tch::manual_seed` first). The
     /// base parameters are frozen; [`CausalLm::trainable`] is then the adapters' store.
     pub fn add_lora(&mut self, cfg: LoraConfig) -> Result<()> {
-        cfg.validate()?;
-        if self.config.arch == Arch::Gpt2 {
-            return Err(Error::config(
-                "lora",
-                "LoRA adapters are built for Llama-family models; train GPT-2's weights directly",
-            ));
-        }
+        let cfg = cfg.resolve(self.config.arch)?;
         if self.lora.is_some() {
             return Err(Error::invalid("the model already has LoRA adapters"));
         }
@@ -727,6 +750,39 @@ impl CausalLm {
         let root = lvs.root();
         let c = &self.config;
         let (d, hd) = (c.hidden_size, c.head_dim);
+        // A (Kaiming-uniform with a = sqrt(5): bound 1/sqrt(fan_in)) and B (zeros) under `p`.
+        let factors = |p: nn::Path, fan_in: i64, out: i64| -> Result<(Tensor, Tensor)> {
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            let a = (&p / "lora_A").f_var(
+                "weight",
+                &[cfg.rank, fan_in],
+                nn::Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            )?;
+            let b = (&p / "lora_B").f_var("weight", &[out, cfg.rank], nn::Init::Const(0.0))?;
+            Ok((a, b))
+        };
+        for (i, blk) in self.gpt2.iter_mut().enumerate() {
+            let f = c.intermediate_size;
+            for (j, module) in GPT2_LORA_TARGETS.iter().enumerate() {
+                if !cfg.targets.iter().any(|t| gpt2_target_matches(t, module)) {
+                    continue;
+                }
+                let (fan_in, out) = match *module {
+                    "attn.c_attn" => (d, 3 * d),
+                    "attn.c_proj" => (d, d),
+                    "mlp.c_fc" => (d, f),
+                    _ => (f, d),
+                };
+                let mut p = &root / "transformer" / "h" / i as i64;
+                for part in module.split('.') {
+                    p = &p / part;
+                }
+                blk.lora[j] = Some(factors(p, fan_in, out)?);
+            }
+        }
         let dims = |name: &str| -> (i64, i64) {
             match name {
                 "q_proj" => (d, c.num_attention_heads * hd),
@@ -743,18 +799,7 @@ impl CausalLm {
                 }
                 let (fan_in, out) = dims(name);
                 let p = &root / "model" / "layers" / i as i64 / *name;
-                // Kaiming-uniform with a = sqrt(5): bound 1/sqrt(fan_in).
-                let bound = 1.0 / (fan_in as f64).sqrt();
-                let a = (&p / "lora_A").f_var(
-                    "weight",
-                    &[cfg.rank, fan_in],
-                    nn::Init::Uniform {
-                        lo: -bound,
-                        up: bound,
-                    },
-                )?;
-                let b = (&p / "lora_B").f_var("weight", &[out, cfg.rank], nn::Init::Const(0.0))?;
-                blk.lora[j] = Some((a, b));
+                blk.lora[j] = Some(factors(p, fan_in, out)?);
             }
         }
         self.vs.freeze();
@@ -780,11 +825,15 @@ impl CausalLm {
 
     /// A projection, with its LoRA update when adapted.
     fn proj(&self, blk: &Block, j: usize, h: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
-        let y = h.linear(w, b);
-        match (&blk.lora[j], &self.lora) {
+        self.with_lora(h.linear(w, b), h, &blk.lora[j])
+    }
+
+    /// `y` plus the LoRA update `(α/r) x Aᵀ Bᵀ` of `factors`, when adapted.
+    fn with_lora(&self, y: Tensor, x: &Tensor, factors: &Option<(Tensor, Tensor)>) -> Tensor {
+        match (factors, &self.lora) {
             (Some((a, bb)), Some((c, _))) => {
                 let scale = c.alpha / c.rank as f64;
-                y + h.linear::<&Tensor>(a, None).linear::<&Tensor>(bb, None) * scale
+                y + x.linear::<&Tensor>(a, None).linear::<&Tensor>(bb, None) * scale
             }
             _ => y,
         }
@@ -964,23 +1013,35 @@ impl CausalLm {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut vars: BTreeMap<String, Tensor> = self.vs.variables().into_iter().collect();
         // LoRA adapters are merged into the weights they adapt: W + (α/r)·B·A.
+        // On GPT-2's Conv1D weights (`[in, out]`) the update is transposed.
         if let Some((cfg, _)) = &self.lora {
             let scale = cfg.alpha / cfg.rank as f64;
+            let mut adapted: Vec<(String, &(Tensor, Tensor), bool)> = Vec::new();
             for (i, blk) in self.blocks.iter().enumerate() {
                 for (j, name) in LORA_TARGETS.iter().enumerate() {
-                    if let Some((a, b)) = &blk.lora[j] {
+                    if let Some(f) = &blk.lora[j] {
                         let part = if j < 4 { "self_attn" } else { "mlp" };
-                        let key = format!("model.layers.{i}.{part}.{name}.weight");
-                        let w = vars.get(&key).ok_or_else(|| {
-                            Error::invalid(format!("no weight `{key}` to merge an adapter into"))
-                        })?;
-                        let merged = tch::no_grad(|| {
-                            w.to_kind(Kind::Float)
-                                + b.to_kind(Kind::Float).matmul(&a.to_kind(Kind::Float)) * scale
-                        });
-                        vars.insert(key, merged);
+                        adapted.push((format!("model.layers.{i}.{part}.{name}.weight"), f, false));
                     }
                 }
+            }
+            for (i, blk) in self.gpt2.iter().enumerate() {
+                for (j, module) in GPT2_LORA_TARGETS.iter().enumerate() {
+                    if let Some(f) = &blk.lora[j] {
+                        adapted.push((format!("transformer.h.{i}.{module}.weight"), f, true));
+                    }
+                }
+            }
+            for (key, (a, b), transposed) in adapted {
+                let w = vars.get(&key).ok_or_else(|| {
+                    Error::invalid(format!("no weight `{key}` to merge an adapter into"))
+                })?;
+                let merged = tch::no_grad(|| {
+                    let delta = b.to_kind(Kind::Float).matmul(&a.to_kind(Kind::Float)) * scale;
+                    let delta = if transposed { delta.tr() } else { delta };
+                    w.to_kind(Kind::Float) + delta
+                });
+                vars.insert(key, merged);
             }
         }
         let named: Vec<(String, Tensor)> = vars
@@ -1173,9 +1234,14 @@ impl CausalLm {
             let ln = |x: &Tensor, (w, bias): &(Tensor, Tensor)| {
                 x.layer_norm([d], Some(w), Some(bias), eps, false)
             };
-            let conv = |x: &Tensor, (w, bias): &(Tensor, Tensor)| x.matmul(w) + bias;
+            // A Conv1D (`x W + b`, W `[in, out]`) with its LoRA update, by slot of
+            // `GPT2_LORA_TARGETS`.
+            let conv =
+                |x: &Tensor, (w, bias): &(Tensor, Tensor), lora: &Option<(Tensor, Tensor)>| {
+                    self.with_lora(x.matmul(w) + bias, x, lora)
+                };
             for (l, blk) in self.gpt2.iter().enumerate() {
-                let qkv = conv(&ln(&x, &blk.ln1), &blk.c_attn).split(d, -1);
+                let qkv = conv(&ln(&x, &blk.ln1), &blk.c_attn, &blk.lora[0]).split(d, -1);
                 let heads = |t: &Tensor| t.view([b, t.size()[1], hn, hd]).transpose(1, 2);
                 let a = attend(
                     l,
@@ -1184,9 +1250,9 @@ impl CausalLm {
                     heads(&qkv[2]),
                     cache.as_deref_mut(),
                 )?;
-                x = &x + conv(&a, &blk.attn_proj);
-                let m = conv(&ln(&x, &blk.ln2), &blk.c_fc).gelu("tanh");
-                x = &x + conv(&m, &blk.mlp_proj);
+                x = &x + conv(&a, &blk.attn_proj, &blk.lora[1]);
+                let m = conv(&ln(&x, &blk.ln2), &blk.c_fc, &blk.lora[2]).gelu("tanh");
+                x = &x + conv(&m, &blk.mlp_proj, &blk.lora[3]);
                 if stop_after == Some(l) {
                     return Ok(x);
                 }
@@ -1262,6 +1328,237 @@ impl CausalLm {
             .iter()
             .map(Tensor::numel)
             .sum::<usize>() as i64
+    }
+
+    /// Adds the LoRA adapters a PEFT `save_pretrained` folder holds (`adapter_config.json` and
+    /// `adapter_model.safetensors`), with their trained factors: the same adapted model PEFT
+    /// computes, here trainable further or merged by [`CausalLm::save_hf_dir`]. Settings this
+    /// stack does not implement (rsLoRA, DoRA, trained biases, per-module ranks, extra saved
+    /// modules, a subset of layers, regular-expression targets) are refused by name.
+    pub fn load_peft_adapter(&mut self, dir: &Path) -> Result<()> {
+        let cfg_path = dir.join("adapter_config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::corrupt(&cfg_path, format!("does not parse: {e}")))?;
+        let bad = |msg: String| Error::corrupt(&cfg_path, msg);
+        let peft_type = v["peft_type"].as_str().unwrap_or("");
+        if peft_type != "LORA" {
+            return Err(bad(format!(
+                "peft_type is `{peft_type}`; only LoRA adapters (LORA) are read"
+            )));
+        }
+        let set = |k: &str| match &v[k] {
+            serde_json::Value::Null | serde_json::Value::Bool(false) => false,
+            serde_json::Value::Object(m) => !m.is_empty(),
+            serde_json::Value::Array(a) => !a.is_empty(),
+            serde_json::Value::String(s) => s != "none",
+            _ => true,
+        };
+        for (k, what) in [
+            ("use_rslora", "rank-stabilized scaling"),
+            ("use_dora", "DoRA"),
+            ("bias", "trained biases"),
+            ("lora_bias", "trained biases"),
+            ("rank_pattern", "per-module ranks"),
+            ("alpha_pattern", "per-module alphas"),
+            ("modules_to_save", "fully trained extra modules"),
+            ("layers_to_transform", "adapters on a subset of layers"),
+            ("trainable_token_indices", "trained token embeddings"),
+            ("target_parameters", "adapters on parameters"),
+            ("layer_replication", "layer replication"),
+        ] {
+            if set(k) {
+                return Err(bad(format!(
+                    "`{k}` asks for {what}, which is not supported"
+                )));
+            }
+        }
+        let rank = v["r"]
+            .as_i64()
+            .ok_or_else(|| bad("no integer rank `r`".into()))?;
+        let alpha = v["lora_alpha"]
+            .as_f64()
+            .ok_or_else(|| bad("no number `lora_alpha`".into()))?;
+        let targets: Vec<String> = match &v["target_modules"] {
+            serde_json::Value::Array(a) => a
+                .iter()
+                .map(|t| {
+                    t.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| bad(format!("target module {t} is not a name")))
+                })
+                .collect::<Result<_>>()?,
+            serde_json::Value::String(s) => {
+                return Err(bad(format!(
+                    "target_modules `{s}` is a pattern; only a list of module names is read"
+                )))
+            }
+            _ => return Err(bad("no `target_modules` list".into())),
+        };
+        // Llama targets may be named with their parent (`self_attn.q_proj`); the adapters are
+        // keyed by the projection.
+        let targets = match self.config.arch {
+            Arch::Llama => targets
+                .iter()
+                .map(|t| t.rsplit('.').next().unwrap_or(t).to_string())
+                .collect(),
+            Arch::Gpt2 => targets,
+        };
+        let weights = dir.join("adapter_model.safetensors");
+        if !weights.exists() {
+            return Err(Error::corrupt(
+                dir,
+                "no adapter_model.safetensors (adapters saved as .bin are not read; save them \
+                 with safe_serialization=True)",
+            ));
+        }
+        let tensors = Tensor::read_safetensors(&weights)
+            .map_err(|e| Error::corrupt(&weights, format!("safetensors: {e}")))?;
+        self.add_lora(LoraConfig {
+            rank,
+            alpha,
+            targets,
+        })
+        .map_err(|e| e.in_file(&cfg_path))?;
+        // PEFT's names: `base_model.model.` + the module path (+ `.default` in some versions);
+        // ours leave Llama's `self_attn.` / `mlp.` out.
+        let mut given: HashMap<String, Tensor> = HashMap::new();
+        for (name, t) in tensors {
+            let n = name.strip_prefix("base_model.model.").unwrap_or(&name);
+            let n = n.replace(".default.", ".");
+            let n = match self.config.arch {
+                Arch::Llama => n.replace(".self_attn.", ".").replace(".mlp.", "."),
+                Arch::Gpt2 => n,
+            };
+            if given.insert(n, t).is_some() {
+                return Err(Error::corrupt(
+                    &weights,
+                    format!("tensor `{name}` is given twice"),
+                ));
+            }
+        }
+        let filled = self.fill_adapters(given, &weights);
+        if filled.is_err() {
+            // Nothing half-loaded: the model goes back to having no adapters.
+            self.drop_lora();
+        }
+        filled
+    }
+
+    /// Writes the LoRA adapters as PEFT's `save_pretrained` does (`adapter_config.json` and
+    /// `adapter_model.safetensors`, float32, PEFT's tensor names), each atomically, so PEFT
+    /// (and [`CausalLm::load_peft_adapter`]) reads them onto the same base model.
+    pub fn save_peft_adapter(&self, dir: &Path) -> Result<()> {
+        let Some((cfg, lvs)) = &self.lora else {
+            return Err(Error::invalid("the model has no LoRA adapters to save"));
+        };
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut named: Vec<(String, Tensor)> = lvs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| {
+                // Our Llama names leave the projection's parent out.
+                let n = match self.config.arch {
+                    Arch::Llama => {
+                        // model.layers.I.PROJ.lora_X.weight: q/k/v/o under `self_attn`, the
+                        // rest under `mlp`.
+                        let mut parts: Vec<&str> = n.split('.').collect();
+                        if let Some(proj) = parts.get(3) {
+                            let attn = LORA_TARGETS[..4].contains(proj);
+                            parts.insert(3, if attn { "self_attn" } else { "mlp" });
+                        }
+                        parts.join(".")
+                    }
+                    Arch::Gpt2 => n,
+                };
+                (
+                    format!("base_model.model.{n}"),
+                    t.to_kind(Kind::Float).to_device(Device::Cpu).contiguous(),
+                )
+            })
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        atomic_write_with(&dir.join("adapter_model.safetensors"), |tmp| {
+            Tensor::write_safetensors(&named, tmp).map_err(Error::from)
+        })?;
+        let config = serde_json::json!({
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "r": cfg.rank,
+            "lora_alpha": cfg.alpha,
+            "target_modules": cfg.targets,
+            "lora_dropout": 0.0,
+            "bias": "none",
+            "fan_in_fan_out": self.config.arch == Arch::Gpt2,
+            "use_rslora": false,
+            "use_dora": false,
+            "modules_to_save": null,
+            "layers_to_transform": null,
+            "init_lora_weights": true,
+            "inference_mode": true,
+            "base_model_name_or_path": null,
+        });
+        atomic_write(
+            &dir.join("adapter_config.json"),
+            &serde_json::to_vec_pretty(&config)?,
+        )
+    }
+
+    /// Removes LoRA adapters and unfreezes the base parameters.
+    fn drop_lora(&mut self) {
+        for blk in &mut self.blocks {
+            blk.lora.iter_mut().for_each(|f| *f = None);
+        }
+        for blk in &mut self.gpt2 {
+            blk.lora.iter_mut().for_each(|f| *f = None);
+        }
+        self.lora = None;
+        self.vs.unfreeze();
+    }
+
+    /// Copies `given` (our adapter names) into the adapters: every factor with its exact shape,
+    /// finite, and nothing else.
+    fn fill_adapters(&mut self, mut given: HashMap<String, Tensor>, weights: &Path) -> Result<()> {
+        let Some((_, lvs)) = &self.lora else {
+            return Err(Error::invalid("the adapters were not added"));
+        };
+        let vars = lvs.variables();
+        let mut names: Vec<&String> = vars.keys().collect();
+        names.sort();
+        for name in names {
+            let var = &vars[name];
+            let src = given.remove(name.as_str()).ok_or_else(|| {
+                Error::corrupt(weights, format!("the adapter has no factor for `{name}`"))
+            })?;
+            if src.size() != var.size() {
+                return Err(Error::corrupt(
+                    weights,
+                    format!(
+                        "`{name}` has shape {:?}, the model needs {:?}",
+                        src.size(),
+                        var.size()
+                    ),
+                ));
+            }
+            let src = src.to_kind(var.kind()).to_device(var.device());
+            if src.isfinite().all().int64_value(&[]) == 0 {
+                return Err(Error::corrupt(
+                    weights,
+                    format!("`{name}` holds NaN or infinite values"),
+                ));
+            }
+            tch::no_grad(|| var.shallow_clone().copy_(&src));
+        }
+        if let Some(extra) = given.keys().min() {
+            return Err(Error::corrupt(
+                weights,
+                format!(
+                    "the adapter has {} tensor(s) the targets do not, e.g. `{extra}`",
+                    given.len()
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -531,6 +531,55 @@ pub fn score_run(cfg: &ScoreRun, out: &Path, overwrite: bool) -> Result<ScoreRes
     Ok(r)
 }
 
+/// `llm merge-adapter`: a model folder with a PEFT LoRA adapter merged into its weights.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MergeAdapterRun {
+    /// The base model read.
+    pub model: PathBuf,
+    /// The PEFT adapter folder (`adapter_config.json`, `adapter_model.safetensors`).
+    pub adapter: PathBuf,
+}
+
+/// What `llm merge-adapter` did.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MergeAdapterResult {
+    /// The adapter's settings, as read.
+    pub lora: LoraConfig,
+    /// Parameters of the adapter.
+    pub adapter_parameters: i64,
+}
+
+/// Runs `llm merge-adapter`, writing the merged model folder and `report.json` to `out`.
+pub fn merge_adapter_run(
+    cfg: &MergeAdapterRun,
+    out: &Path,
+    overwrite: bool,
+) -> Result<MergeAdapterResult> {
+    check_out(out, overwrite)?;
+    let (t0, env) = (Instant::now(), environment());
+    let mut b = LmBundle::load(&cfg.model, Device::Cpu)?;
+    b.model.load_peft_adapter(&cfg.adapter)?;
+    let lora = b
+        .model
+        .lora_config()
+        .cloned()
+        .ok_or_else(|| Error::invalid("the adapter added no LoRA factors"))?;
+    let adapter_parameters = b
+        .model
+        .trainable()
+        .trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum();
+    b.save(out)?;
+    let r = MergeAdapterResult {
+        lora,
+        adapter_parameters,
+    };
+    write_report(out, "merge-adapter", cfg, env, t0, &r)?;
+    Ok(r)
+}
+
 /// `llm relearn`: the relearning attack on a model.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RelearnRun {

@@ -120,6 +120,111 @@ fn random_llamas_match_transformers() {
     }
 }
 
+/// LoRA adapters trained with PEFT (random factors on a random GPT-2 and Llama, every target
+/// kind) give PEFT's logits once loaded here, and stay the same model merged and reread;
+/// adapter folders we do not implement are refused by name, leaving the model unadapted.
+#[test]
+fn peft_lora_adapters_match_peft() {
+    let _torch = torch_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let Some(r) = reference("lora", dir.path()) else {
+        return;
+    };
+    let ids = ids_tensor(&r["ids"]);
+    for (name, m) in r["models"].as_object().unwrap() {
+        let base = Path::new(m["base"].as_str().unwrap());
+        let adapter = Path::new(m["adapter"].as_str().unwrap());
+        let mut model = CausalLm::from_hf_dir(base, Device::Cpu, Kind::Float).unwrap();
+        let plain = tch::no_grad(|| model.forward(&ids, None, None, None).unwrap());
+        model.load_peft_adapter(adapter).unwrap();
+        // Every adapted module of PEFT has its A and B here.
+        let adapted = m["adapted"].as_u64().unwrap() as usize;
+        assert_eq!(
+            model.trainable().trainable_variables().len(),
+            2 * adapted,
+            "{name}"
+        );
+        let want = read_one(&adapter.parent().unwrap().join("ref_logits.safetensors"));
+        let got = tch::no_grad(|| model.forward(&ids, None, None, None).unwrap());
+        let max = (&got - &want).abs().max().double_value(&[]);
+        assert!(
+            max < 1e-4,
+            "{name}: adapted logits differ from PEFT's by {max}"
+        );
+        let moved = (&plain - &want).abs().max().double_value(&[]);
+        assert!(
+            moved > 1e-2,
+            "{name}: the adapters barely change the logits ({moved})"
+        );
+        // Saved as a PEFT adapter: PEFT's tensor names and values, and read back the same.
+        let ours = dir.path().join(format!("{name}-adapter"));
+        model.save_peft_adapter(&ours).unwrap();
+        let mut theirs: Vec<(String, Tensor)> =
+            Tensor::read_safetensors(adapter.join("adapter_model.safetensors")).unwrap();
+        let mut mine = Tensor::read_safetensors(ours.join("adapter_model.safetensors")).unwrap();
+        theirs.sort_by(|a, b| a.0.cmp(&b.0));
+        mine.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            theirs.iter().map(|t| &t.0).collect::<Vec<_>>(),
+            mine.iter().map(|t| &t.0).collect::<Vec<_>>(),
+            "{name}"
+        );
+        for ((n, a), (_, b)) in theirs.iter().zip(&mine) {
+            assert!(a.equal(b), "{name}: {n} differs");
+        }
+        let mut reread = CausalLm::from_hf_dir(base, Device::Cpu, Kind::Float).unwrap();
+        reread.load_peft_adapter(&ours).unwrap();
+        let out = tch::no_grad(|| reread.forward(&ids, None, None, None).unwrap());
+        assert!(
+            out.equal(&got),
+            "{name}: our adapter file reads back differently"
+        );
+        // Merged into the weights and read back: the same model.
+        let merged_dir = dir.path().join(format!("{name}-merged"));
+        model.save_hf_dir(&merged_dir).unwrap();
+        let merged = CausalLm::from_hf_dir(&merged_dir, Device::Cpu, Kind::Float).unwrap();
+        let again = tch::no_grad(|| merged.forward(&ids, None, None, None).unwrap());
+        let max = (again - &want).abs().max().double_value(&[]);
+        assert!(
+            max < 1e-4,
+            "{name}: merged logits differ from PEFT's by {max}"
+        );
+        // Settings we do not implement, a missing factor and a wrong shape are refused, and
+        // the model stays unadapted.
+        let cfg_text = std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap();
+        let cfg: serde_json::Value = serde_json::from_str(&cfg_text).unwrap();
+        let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+            ("use_dora", true.into(), "DoRA"),
+            ("use_rslora", true.into(), "rank-stabilized"),
+            ("bias", "all".into(), "biases"),
+            ("target_modules", "all-linear".into(), "pattern"),
+            ("peft_type", "IA3".into(), "IA3"),
+            ("r", 5.into(), "shape"),
+        ];
+        for (key, value, says) in cases {
+            let bad = dir.path().join(format!("{name}-bad-{key}"));
+            std::fs::create_dir_all(&bad).unwrap();
+            let mut c = cfg.clone();
+            c[key] = value;
+            std::fs::write(bad.join("adapter_config.json"), c.to_string()).unwrap();
+            std::fs::copy(
+                adapter.join("adapter_model.safetensors"),
+                bad.join("adapter_model.safetensors"),
+            )
+            .unwrap();
+            let mut fresh = CausalLm::from_hf_dir(base, Device::Cpu, Kind::Float).unwrap();
+            let e = fresh.load_peft_adapter(&bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{name}, {key}: {e}");
+            assert!(fresh.lora_config().is_none(), "{name}, {key}: left adapted");
+            let out = tch::no_grad(|| fresh.forward(&ids, None, None, None).unwrap());
+            assert!(out.equal(&plain), "{name}, {key}: the model changed");
+        }
+        let mut fresh = CausalLm::from_hf_dir(base, Device::Cpu, Kind::Float).unwrap();
+        let e = fresh.load_peft_adapter(base).unwrap_err().to_string();
+        assert!(e.contains("adapter_config.json"), "{e}");
+    }
+}
+
 #[test]
 fn checkpoints_that_do_not_fit_are_refused() {
     let _torch = torch_lock();

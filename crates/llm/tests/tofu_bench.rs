@@ -3,6 +3,7 @@
 //! micro configuration.
 
 use rustworthy_llm::bench::{self, ModelSource, TofuBenchConfig};
+use rustworthy_llm::llama::LoraConfig;
 use rustworthy_llm::relearn::{RelearnConfig, RelearnOptimizer, RelearnSource};
 use rustworthy_llm::tofu::{generate, Benchmark, SynthConfig};
 use rustworthy_llm::tune::FinetuneConfig;
@@ -283,6 +284,50 @@ fn the_benchmark_procedure_runs_end_to_end() {
     );
     let nll: f64 = -ts.items[3].logprobs.iter().sum::<f64>();
     assert!((nll - ts.items[3].nll).abs() < 1e-9);
+    // A PEFT adapter on the target, merged into a model folder: the adapted model.
+    let adapter = dir.path().join("target-adapter");
+    let mut adapted = workflow::LmBundle::load(&target, tch::Device::Cpu).unwrap();
+    tch::manual_seed(3);
+    adapted
+        .model
+        .add_lora(LoraConfig {
+            rank: 2,
+            alpha: 4.0,
+            targets: vec!["q_proj".into(), "down_proj".into()],
+        })
+        .unwrap();
+    tch::no_grad(|| {
+        for (_, t) in adapted.model.trainable().variables() {
+            let _ = t.shallow_clone().g_add_(&(t.randn_like() * 0.05));
+        }
+    });
+    adapted.model.save_peft_adapter(&adapter).unwrap();
+    let merged = workflow::merge_adapter_run(
+        &workflow::MergeAdapterRun {
+            model: target.clone(),
+            adapter: adapter.clone(),
+        },
+        &dir.path().join("target-merged"),
+        false,
+    )
+    .unwrap();
+    assert_eq!(merged.lora.rank, 2);
+    assert!(merged.adapter_parameters > 0);
+    assert!(dir.path().join("target-merged/report.json").exists());
+    let back =
+        workflow::LmBundle::load(&dir.path().join("target-merged"), tch::Device::Cpu).unwrap();
+    let ids = tch::Tensor::from_slice(&[1i64, 5, 9, 2, 7, 3]).view([1, 6]);
+    let (a, b) = tch::no_grad(|| {
+        (
+            adapted.model.forward(&ids, None, None, None).unwrap(),
+            back.model.forward(&ids, None, None, None).unwrap(),
+        )
+    });
+    let err = (&a - &b).abs().max().double_value(&[]);
+    assert!(
+        err < 1e-4,
+        "merged folder differs from the adapted model by {err}"
+    );
     // Unlearning a model folder, then attacking the result.
     let mut ga = method(LlmMethod::Ga);
     ga.seed = 0;

@@ -2,7 +2,7 @@
 //! MeZO's update against the same update computed by hand, bit-identical weights from one seed,
 //! the loss going down, LoRA starting as the base model and training only its adapters.
 
-use rustworthy_llm::llama::{CausalLm, LlamaConfig, LoraConfig};
+use rustworthy_llm::llama::{Arch, CausalLm, LlamaConfig, LoraConfig};
 use rustworthy_llm::score::{batch_logits, label_logprobs, pooled_nll, scored_logprobs, QaBatch};
 use rustworthy_llm::zo_bench::{sentiment_task, weights_digest, yes_no_task};
 use rustworthy_llm::zo_tune::{zo_tune, ZoOptimizer, ZoTuneConfig};
@@ -206,6 +206,101 @@ fn lora_starts_as_the_base_model_and_trains_only_its_adapters() {
     };
     let e = tiny(2).add_lora(bad).err().unwrap().to_string();
     assert!(e.contains("qq_proj"), "{e}");
+}
+
+fn tiny_gpt2(seed: i64) -> CausalLm {
+    tch::manual_seed(seed);
+    CausalLm::new(
+        LlamaConfig {
+            vocab_size: 40,
+            hidden_size: 32,
+            intermediate_size: 48,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 4,
+            head_dim: 8,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            max_position_embeddings: 32,
+            tie_word_embeddings: true,
+            qkv_bias: true,
+            o_bias: true,
+            arch: Arch::Gpt2,
+        },
+        Device::Cpu,
+    )
+    .unwrap()
+}
+
+/// GPT-2's Conv1D modules take LoRA adapters: PEFT's default (`c_attn`) when no target is named,
+/// `c_proj` naming both projections, training only the adapters, and unknown names refused.
+#[test]
+fn gpt2_takes_lora_adapters_on_its_conv1d_modules() {
+    let _t = torch_lock();
+    let base = tiny_gpt2(5);
+    let b = batch(0);
+    let mut m = tiny_gpt2(5);
+    tch::manual_seed(9);
+    m.add_lora(LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        targets: vec![],
+    })
+    .unwrap();
+    assert_eq!(m.lora_config().unwrap().targets, vec!["c_attn".to_string()]);
+    assert_eq!(m.trainable().trainable_variables().len(), 4);
+    let mut all = tiny_gpt2(5);
+    all.add_lora(LoraConfig {
+        rank: 2,
+        alpha: 4.0,
+        targets: vec!["c_proj".into(), "mlp.c_fc".into()],
+    })
+    .unwrap();
+    let names: Vec<String> = all.trainable().variables().into_keys().collect();
+    assert_eq!(names.len(), 12, "{names:?}");
+    for part in ["attn.c_proj.lora_A", "mlp.c_proj.lora_B", "mlp.c_fc.lora_A"] {
+        assert!(names.iter().any(|n| n.contains(part)), "{part}: {names:?}");
+    }
+    assert!(!names.iter().any(|n| n.contains("c_attn")), "{names:?}");
+    let l0 = tch::no_grad(|| batch_logits(&m, &b).unwrap());
+    assert!(l0.equal(&tch::no_grad(|| batch_logits(&base, &b).unwrap())));
+    let mut opt = {
+        use tch::nn::OptimizerConfig;
+        tch::nn::Adam::default().build(m.trainable(), 1e-2).unwrap()
+    };
+    let start = loss(&m, &b);
+    for _ in 0..60 {
+        let l = pooled_nll(&batch_logits(&m, &b).unwrap(), &b.labels);
+        opt.zero_grad();
+        l.backward();
+        opt.step();
+    }
+    let end = loss(&m, &b);
+    assert!(end < 0.9 * start, "GPT-2 LoRA training: {start} -> {end}");
+    for (n, t) in m.named_parameters() {
+        assert!(t.equal(&base.named_parameters()[&n]), "{n} moved");
+    }
+    // Merged on save (Conv1D weights are [in, out]): the same logits.
+    let adapted = tch::no_grad(|| batch_logits(&m, &b).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    m.save_hf_dir(dir.path()).unwrap();
+    let merged = CausalLm::from_hf_dir(dir.path(), Device::Cpu, tch::Kind::Float).unwrap();
+    let err = (tch::no_grad(|| batch_logits(&merged, &b).unwrap()) - adapted)
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(err < 1e-4, "merged GPT-2 weights differ by {err}");
+    let e = tiny_gpt2(5)
+        .add_lora(LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            targets: vec!["q_proj".into()],
+        })
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("q_proj") && e.contains("GPT-2"), "{e}");
 }
 
 #[test]
