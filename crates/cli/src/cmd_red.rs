@@ -178,9 +178,18 @@ pub struct InferArgs {
     /// The split to score: train, test, ood-strength, transfer.
     #[arg(long, default_value = "test")]
     pub split: String,
-    /// A denoiser folder (for a classifier of estimated perturbations).
+    /// A denoiser folder (for a classifier of estimated perturbations, or for the attribution
+    /// classifier of --shrink).
     #[arg(long)]
     pub denoiser: Option<PathBuf>,
+    /// Shrink a denoiser's estimates with this factors file (`shrinkage.json` or
+    /// `shrinkage-grid.json`, written beside each denoiser by `bench red`); needs --attribution.
+    #[arg(long, requires = "attribution")]
+    pub shrink: Option<PathBuf>,
+    /// The attribution folder whose predicted family and norm pick each factor of --shrink
+    /// (the `attribution` folder of the same `bench red` run).
+    #[arg(long, requires = "shrink")]
+    pub attribution: Option<PathBuf>,
     /// Folder of the scores and the report (default: `<tool>/infer-<split>`).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -200,6 +209,13 @@ pub fn infer(a: InferArgs) -> Result<()> {
         &a.data,
         split,
         a.denoiser.as_deref(),
+        a.shrink
+            .as_deref()
+            .zip(a.attribution.as_deref())
+            .map(|(factors, attribution)| workflow::ShrinkWith {
+                factors,
+                attribution,
+            }),
         dev,
         &out,
     )?;

@@ -47,6 +47,13 @@ pub struct RedBenchConfig {
     /// examples, so it is scored on the same examples saved as 8-bit images too.
     #[serde(default)]
     pub attribution_off_grid: bool,
+    /// Also score the shrunk estimates projected onto the grid of `k / estimate_grid` values
+    /// (255: the 8-bit grid the clean Fashion-MNIST images lie on), with shrinkage factors
+    /// fitted through the projection; 0: not scored. It only helps on adversarial examples kept
+    /// in float precision (an 8-bit file is already on the grid), so the table shows the
+    /// projected identity beside it.
+    #[serde(default)]
+    pub estimate_grid: i64,
     /// The model parser (trained on true perturbations).
     pub parsing: ClassifyConfig,
     /// Attack families left out of the parser's training (its unseen-attack test).
@@ -161,6 +168,7 @@ pub fn preset(name: &str) -> Result<RedBenchConfig> {
         },
         attribution_input: InputKind::AdvEstimated,
         attribution_off_grid: true,
+        estimate_grid: 255,
         parsing: ClassifyConfig {
             width: 16,
             epochs: 6,
@@ -265,6 +273,14 @@ pub struct RedBenchResult {
     /// `pgd-l2`) -> factor, for the groups some training example was predicted in.
     #[serde(default)]
     pub shrinkage: BTreeMap<String, BTreeMap<String, f64>>,
+    /// The same as `estimation_shrunk` with every estimate (the identity's too) projected onto
+    /// the grid of `config.estimate_grid` (when it is set), the factors fitted through the
+    /// projection.
+    #[serde(default)]
+    pub estimation_grid: Vec<EstimateRow>,
+    /// The factors of `estimation_grid`, as `shrinkage`.
+    #[serde(default)]
+    pub shrinkage_grid: BTreeMap<String, BTreeMap<String, f64>>,
     /// Attribution accuracy per evaluation.
     pub attribution: Vec<ScoreRow>,
     /// The same with the off-grid counts (when `attribution_off_grid`).
@@ -368,6 +384,15 @@ pub fn run_bench(
         return Err(Error::config(
             "attribution_off_grid",
             "the off-grid counts join the level statistics: set attribution.levels > 0",
+        ));
+    }
+    if !(0..=65_535).contains(&cfg.estimate_grid) {
+        return Err(Error::config(
+            "estimate_grid",
+            format!(
+                "must be 0 (off) or a number of grid steps in [1, 65535], got {}",
+                cfg.estimate_grid
+            ),
         ));
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -593,67 +618,82 @@ pub fn run_bench(
     let t = Instant::now();
     say("shrink the estimates per predicted attack family");
     let attr = &attr_nets[0];
-    let head = |name: &str| {
-        attr.config
-            .heads
-            .iter()
-            .position(|(n, _)| n == name)
-            .ok_or_else(|| {
-                Error::invalid(format!("the attribution classifier has no `{name}` head"))
-            })
-    };
-    let (fam_head, norm_head) = (head("family")?, head("norm")?);
     // The group of an example: its predicted family and norm (`family * 2 + norm`).
     let predicted_group = |set: &RedSet, est: &Tensor| -> Result<Tensor> {
         let x = classify::inputs(input, set, est_of(est).as_ref())?;
-        let p = classify::predict(attr, &x);
-        Ok(&p[fam_head] * 2 + &p[norm_head])
+        classify::predicted_group(attr, &x)
     };
     let ng = 2 * m.families.len();
     let pf_tr = predicted_group(&tr, &est_cdd_tr)?;
     let est_pix_tr = denoise::estimate(Some(&d_pix), &tr.x_adv);
-    let f_pix = denoise::fit_shrinkage(&tr.x_adv, &est_pix_tr, &tr.x_clean, &pf_tr, ng)?;
-    let f_cdd = denoise::fit_shrinkage(&tr.x_adv, &est_cdd_tr, &tr.x_clean, &pf_tr, ng)?;
     let fitted: Vec<i64> = Vec::try_from(pf_tr.bincount::<Tensor>(None, ng as i64))?;
-    drop((est_pix_tr, est_cdd_tr, pf_tr));
-    let mut shrinkage = BTreeMap::new();
-    for (who, f) in [("pixel", &f_pix), ("cdd", &f_cdd)] {
-        let mut by = BTreeMap::new();
-        for (g, v) in f.iter().enumerate() {
-            if fitted[g] > 0 {
-                let norm = if g % 2 == 0 { "linf" } else { "l2" };
-                by.insert(format!("{}-{norm}", m.families[g / 2].name()), *v);
-            }
-        }
-        shrinkage.insert(who.to_string(), by);
-    }
-    let shrunk = |set: &RedSet, pix: &Tensor, cdd: &Tensor, pf: &Tensor| -> Result<_> {
-        Ok((
-            denoise::score_estimates(
-                &denoise::shrink(&set.x_adv, pix, pf, &f_pix)?,
-                set,
-                &victims,
-                "family",
-            )?,
-            denoise::score_estimates(
-                &denoise::shrink(&set.x_adv, cdd, pf, &f_cdd)?,
-                set,
-                &victims,
-                "family",
-            )?,
-        ))
-    };
     let pf_te = predicted_group(&te, &est_cdd_te)?;
-    let (sp, sc) = shrunk(&te, &est_pix_te, &est_cdd_te, &pf_te)?;
-    let mut estimation_shrunk = estimate_rows(&m, &s_id, &sp, &sc);
     let pf_ood = predicted_group(&ood, &est_cdd_ood)?;
-    let (sp, sc) = shrunk(&ood, &est_pix_ood, &est_cdd_ood, &pf_ood)?;
-    estimation_shrunk.push(EstimateRow {
-        group: "all (unseen strengths)".into(),
-        identity: estimation_ood.identity.clone(),
-        pixel: all(sp),
-        cdd: all(sc),
-    });
+    // Fits both denoisers' factors (through the grid projection, with `grid`) and scores the
+    // shrunk (and projected) estimates per family on the test split, then all at the held-out
+    // strengths. The identity column is the (projected) adversarial image.
+    let shrink_study = |grid: Option<i64>| -> Result<_> {
+        let f_pix = denoise::fit_shrinkage(&tr.x_adv, &est_pix_tr, &tr.x_clean, &pf_tr, ng, grid)?;
+        let f_cdd = denoise::fit_shrinkage(&tr.x_adv, &est_cdd_tr, &tr.x_clean, &pf_tr, ng, grid)?;
+        let mut factors = BTreeMap::new();
+        for (who, f) in [("pixel", &f_pix), ("cdd", &f_cdd)] {
+            let mut by = BTreeMap::new();
+            for (g, v) in f.iter().enumerate() {
+                if fitted[g] > 0 {
+                    let norm = if g % 2 == 0 { "linf" } else { "l2" };
+                    by.insert(format!("{}-{norm}", m.families[g / 2].name()), *v);
+                }
+            }
+            factors.insert(who.to_string(), by);
+        }
+        let project = |x: Tensor| match grid {
+            Some(l) => denoise::to_grid(&x, l),
+            None => Ok(x),
+        };
+        let score = |set: &RedSet, pix: &Tensor, cdd: &Tensor, pf: &Tensor| -> Result<_> {
+            let sc = |e: Tensor| denoise::score_estimates(&project(e)?, set, &victims, "family");
+            Ok((
+                sc(set.x_adv.shallow_clone())?,
+                sc(denoise::shrink(&set.x_adv, pix, pf, &f_pix)?)?,
+                sc(denoise::shrink(&set.x_adv, cdd, pf, &f_cdd)?)?,
+            ))
+        };
+        let (si, sp, sc) = score(&te, &est_pix_te, &est_cdd_te, &pf_te)?;
+        let mut rows = estimate_rows(&m, &si, &sp, &sc);
+        let (si, sp, sc) = score(&ood, &est_pix_ood, &est_cdd_ood, &pf_ood)?;
+        rows.push(EstimateRow {
+            group: "all (unseen strengths)".into(),
+            identity: all(si),
+            pixel: all(sp),
+            cdd: all(sc),
+        });
+        // Beside each denoiser, the factors as `red infer --shrink` reads them.
+        let file = if grid.is_some() {
+            "shrinkage-grid.json"
+        } else {
+            "shrinkage.json"
+        };
+        for (dir, f) in [("denoiser-pixel", &f_pix), ("denoiser-cdd", &f_cdd)] {
+            let sh = denoise::Shrinkage {
+                groups: denoise::Shrinkage::group_names(&m.families),
+                factors: f.clone(),
+                grid,
+            };
+            fsutil::write_json_atomic(&out.join(dir).join(file), &sh)?;
+        }
+        Ok((rows, factors))
+    };
+    let (estimation_shrunk, shrinkage) = shrink_study(None)?;
+    let (estimation_grid, shrinkage_grid) = if cfg.estimate_grid > 0 {
+        say(&format!(
+            "shrink the estimates projected onto the grid of {} steps",
+            cfg.estimate_grid
+        ));
+        shrink_study(Some(cfg.estimate_grid))?
+    } else {
+        (Vec::new(), BTreeMap::new())
+    };
+    drop((est_pix_tr, est_cdd_tr, pf_tr));
     seconds.insert("shrinkage".into(), t.elapsed().as_secs_f64());
     // Parsing: trained on true perturbations of the seen attack families.
     let t = Instant::now();
@@ -748,6 +788,8 @@ pub fn run_bench(
         estimation_ood,
         estimation_shrunk,
         shrinkage,
+        estimation_grid,
+        shrinkage_grid,
         attribution,
         attribution_off_grid,
         parsing,
@@ -842,36 +884,21 @@ pub fn markdown(res: &RedBenchResult) -> String {
             r.cdd.restored
         );
     }
-    if !res.estimation_shrunk.is_empty() {
-        s += "\n## Estimates shrunk per predicted attack family (test split)\n\n";
-        s += "Each estimated perturbation is scaled by a factor of its *predicted* family and norm (the attribution classifier's, without off-grid counts), fitted on the training split to maximise mean PSNR. Factors (pixel / CDD): ";
-        let empty = BTreeMap::new();
-        let cdd = res.shrinkage.get("cdd").unwrap_or(&empty);
-        s += &res
-            .shrinkage
-            .get("pixel")
-            .unwrap_or(&empty)
-            .iter()
-            .map(|(g, v)| {
-                let c = cdd.get(g).map_or("-".to_string(), |c| format!("{c:.3}"));
-                format!("{g} {v:.3} / {c}")
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        s += ".\n\n| family | n | PSNR identity | PSNR pixel, shrunk | PSNR CDD, shrunk | restored pixel, shrunk % | restored CDD, shrunk % |\n|---|---|---|---|---|---|---|\n";
-        for r in &res.estimation_shrunk {
-            s += &format!(
-                "| {} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} |\n",
-                r.group,
-                r.identity.n,
-                r.identity.psnr,
-                r.pixel.psnr,
-                r.cdd.psnr,
-                r.pixel.restored,
-                r.cdd.restored
-            );
-        }
-    }
+    s += &shrunk_table(
+        &res.estimation_shrunk,
+        &res.shrinkage,
+        "Estimates shrunk per predicted attack family (test split)",
+        "",
+    );
+    s += &shrunk_table(
+        &res.estimation_grid,
+        &res.shrinkage_grid,
+        &format!(
+            "Shrunk estimates projected onto the grid of k/{} (test split)",
+            res.config.estimate_grid
+        ),
+        "Every estimate, the identity's too, is rounded to the nearest grid value, where the clean images lie; the factors are fitted through the rounding. This only changes images kept in float precision: an adversarial image saved as an 8-bit file is on the grid already, and its projected identity is the identity. ",
+    );
     for (title, rows) in [
         ("level statistics", &res.attribution),
         (
@@ -948,6 +975,47 @@ pub fn markdown(res: &RedBenchResult) -> String {
     s
 }
 
+/// A Markdown section of shrunk estimates with their factors (empty without rows).
+fn shrunk_table(
+    rows: &[EstimateRow],
+    factors: &BTreeMap<String, BTreeMap<String, f64>>,
+    title: &str,
+    lead: &str,
+) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut s = format!("\n## {title}\n\n{lead}");
+    s += "Each estimated perturbation is scaled by a factor of its *predicted* family and norm (the attribution classifier's, without off-grid counts), fitted on the training split to maximise mean PSNR. Factors (pixel / CDD): ";
+    let empty = BTreeMap::new();
+    let cdd = factors.get("cdd").unwrap_or(&empty);
+    s += &factors
+        .get("pixel")
+        .unwrap_or(&empty)
+        .iter()
+        .map(|(g, v)| {
+            let c = cdd.get(g).map_or("-".to_string(), |c| format!("{c:.3}"));
+            format!("{g} {v:.3} / {c}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    s += ".\n\n| family | n | PSNR identity | PSNR pixel, shrunk | PSNR CDD, shrunk | restored identity % | restored pixel, shrunk % | restored CDD, shrunk % |\n|---|---|---|---|---|---|---|---|\n";
+    for r in rows {
+        s += &format!(
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} |\n",
+            r.group,
+            r.identity.n,
+            r.identity.psnr,
+            r.pixel.psnr,
+            r.cdd.psnr,
+            r.identity.restored,
+            r.pixel.restored,
+            r.cdd.restored
+        );
+    }
+    s
+}
+
 fn attack_family_names(res: &RedBenchResult) -> Vec<&'static str> {
     res.config
         .data
@@ -979,15 +1047,24 @@ pub fn csv(res: &RedBenchResult) -> String {
             }
         }
     }
-    for r in &res.estimation_shrunk {
-        for (who, sc) in [("pixel-shrunk", &r.pixel), ("cdd-shrunk", &r.cdd)] {
-            for (metric, v) in [
-                ("psnr", sc.psnr),
-                ("cosine", sc.cosine),
-                ("restored", sc.restored),
-            ] {
-                s += &format!("estimation,{},test,{who},{metric},{v}\n", r.group);
-            }
+    let shrunk = res
+        .estimation_shrunk
+        .iter()
+        .flat_map(|r| [(r, "pixel-shrunk", &r.pixel), (r, "cdd-shrunk", &r.cdd)]);
+    let grid = res.estimation_grid.iter().flat_map(|r| {
+        [
+            (r, "identity-grid", &r.identity),
+            (r, "pixel-shrunk-grid", &r.pixel),
+            (r, "cdd-shrunk-grid", &r.cdd),
+        ]
+    });
+    for (r, who, sc) in shrunk.chain(grid) {
+        for (metric, v) in [
+            ("psnr", sc.psnr),
+            ("cosine", sc.cosine),
+            ("restored", sc.restored),
+        ] {
+            s += &format!("estimation,{},test,{who},{metric},{v}\n", r.group);
         }
     }
     for (section, rows) in [

@@ -332,6 +332,21 @@ pub fn predict(net: &MultiHead, x: &Tensor) -> Vec<Tensor> {
     })
 }
 
+/// The predicted (attack family, norm) group of each example, `2 * family + norm`, from an
+/// attribution network with `family` and `norm` heads (the groups of [`crate::denoise::Shrinkage`]).
+pub fn predicted_group(net: &MultiHead, x: &Tensor) -> Result<Tensor> {
+    let head = |name: &str| {
+        net.config
+            .heads
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| Error::invalid(format!("the attribution network has no `{name}` head")))
+    };
+    let (fam, norm) = (head("family")?, head("norm")?);
+    let p = predict(net, x);
+    Ok(&p[fam] * 2 + &p[norm])
+}
+
 /// Accuracy of one head.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct HeadScore {

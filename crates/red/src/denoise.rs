@@ -394,9 +394,88 @@ pub fn shrink(x_adv: &Tensor, est: &Tensor, group: &Tensor, factors: &[f64]) -> 
     Ok(x_adv - s * (x_adv - est))
 }
 
+/// `x` rounded to the nearest of `levels + 1` evenly spaced values in `[0, 1]` (`levels` 255:
+/// the 8-bit grid `k/255`). Clean images read from 8-bit files lie on that grid, so an estimate
+/// of one can be projected onto it. Values within half a step of a grid value land on it; this
+/// helps where an adversarial image was kept in float precision and its perturbation is small
+/// (minimum-norm attacks such as C&W) and does nothing to an image already on the grid.
+pub fn to_grid(x: &Tensor, levels: i64) -> Result<Tensor> {
+    check_grid(levels)?;
+    let l = levels as f64;
+    Ok((x.clamp(0.0, 1.0) * l).round() / l)
+}
+
+fn check_grid(levels: i64) -> Result<()> {
+    if !(1..=65_535).contains(&levels) {
+        return Err(Error::invalid(format!(
+            "grid projection: levels must be in [1, 65535], got {levels}"
+        )));
+    }
+    Ok(())
+}
+
+/// Shrinkage factors as a file: one factor per predicted (attack family, norm) group, the
+/// groups named `family-norm` in label order (`fgsm-linf`, `fgsm-l2`, `pgd-linf`, ...: group
+/// `2 * family + norm`), and the grid the shrunk estimates are projected onto (if any).
+/// `bench red` writes one beside each denoiser (`shrinkage.json`, and `shrinkage-grid.json`
+/// with the grid); `red infer --shrink` applies it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Shrinkage {
+    /// The group names, in group order.
+    pub groups: Vec<String>,
+    /// The factor per group, in `[0, 1]`.
+    pub factors: Vec<f64>,
+    /// Levels of the grid the shrunk estimates are rounded to (`None`: not projected).
+    pub grid: Option<i64>,
+}
+
+impl Shrinkage {
+    /// The group names of a dataset's attack families: `family-linf`, `family-l2` per family.
+    pub fn group_names(families: &[crate::family::AttackFamily]) -> Vec<String> {
+        families
+            .iter()
+            .flat_map(|f| [format!("{}-linf", f.name()), format!("{}-l2", f.name())])
+            .collect()
+    }
+
+    /// Checks the factors against a dataset's attack families.
+    pub fn check(&self, families: &[crate::family::AttackFamily]) -> Result<()> {
+        let want = Self::group_names(families);
+        if self.groups != want {
+            return Err(Error::invalid(format!(
+                "shrinkage groups {:?} are not this dataset's {:?}",
+                self.groups, want
+            )));
+        }
+        if self.factors.len() != want.len() || self.factors.iter().any(|f| !(0.0..=1.0).contains(f))
+        {
+            return Err(Error::invalid(format!(
+                "shrinkage needs {} factors in [0, 1], got {:?}",
+                want.len(),
+                self.factors
+            )));
+        }
+        if let Some(l) = self.grid {
+            check_grid(l)?;
+        }
+        Ok(())
+    }
+
+    /// [`shrink`] with these factors, then [`to_grid`] when a grid is set.
+    pub fn apply(&self, x_adv: &Tensor, est: &Tensor, group: &Tensor) -> Result<Tensor> {
+        let e = shrink(x_adv, est, group, &self.factors)?;
+        match self.grid {
+            Some(l) => to_grid(&e, l),
+            None => Ok(e),
+        }
+    }
+}
+
 /// Fits the factors of [`shrink`]: per group `g` in `0..groups`, the factor in `[0, 1]` (to
 /// `1/SHRINK_STEPS`) that maximises the mean per-example PSNR to the clean images of the
-/// examples in `g` (ties go to the smaller factor, the one nearer the identity).
+/// examples in `g` (ties go to the smaller factor, the one nearer the identity). With `grid`,
+/// the PSNR is that of the shrunk estimate projected by [`to_grid`] with those levels, the
+/// estimate that is then reported.
 /// A group with no example keeps the denoiser's estimate (factor 1).
 ///
 /// The groups are meant to be predicted ones (an attribution classifier's family), so that a
@@ -409,7 +488,11 @@ pub fn fit_shrinkage(
     clean: &Tensor,
     group: &Tensor,
     groups: usize,
+    grid: Option<i64>,
 ) -> Result<Vec<f64>> {
+    if let Some(l) = grid {
+        check_grid(l)?;
+    }
     if clean.size() != x_adv.size() {
         return Err(Error::invalid(format!(
             "shrinkage: clean images {:?} for adversarial images {:?}",
@@ -431,9 +514,12 @@ pub fn fit_shrinkage(
         );
         let d = &xa - &e;
         let mean_psnr = |k: i64| {
-            psnr(&(&xa - &d * (k as f64 / SHRINK_STEPS as f64)), &c)
-                .mean(Kind::Double)
-                .double_value(&[])
+            let e = &xa - &d * (k as f64 / SHRINK_STEPS as f64);
+            let e = match grid {
+                Some(l) => (e.clamp(0.0, 1.0) * l as f64).round() / l as f64,
+                None => e,
+            };
+            psnr(&e, &c).mean(Kind::Double).double_value(&[])
         };
         let coarse = SHRINK_STEPS / 20;
         let mut best = (f64::NEG_INFINITY, SHRINK_STEPS);

@@ -215,6 +215,18 @@ pub enum Inference {
     Classifier(BTreeMap<String, HeadScore>),
 }
 
+/// Shrinkage of a denoiser's estimates at inference: the factors file (`shrinkage.json` or
+/// `shrinkage-grid.json`, see [`denoise::Shrinkage`]) and the attribution folder whose
+/// predicted family and norm pick each example's factor (the `attribution` folder of the
+/// `bench red` run that fitted them).
+#[derive(Clone, Copy, Debug)]
+pub struct ShrinkWith<'a> {
+    /// The factors file.
+    pub factors: &'a Path,
+    /// The attribution classifier's folder.
+    pub attribution: &'a Path,
+}
+
 /// [`infer`], with a report: `out/inference.json` holds the scores and `out/report.json` the
 /// config, versions, host and timing (both written atomically).
 #[allow(clippy::too_many_arguments)]
@@ -224,6 +236,7 @@ pub fn infer_with_report(
     data: &Path,
     split: Split,
     denoiser: Option<&Path>,
+    shrink: Option<ShrinkWith>,
     device: Device,
     out: &Path,
 ) -> Result<Inference> {
@@ -234,12 +247,16 @@ pub fn infer_with_report(
             "data": data,
             "split": split.name(),
             "denoiser": denoiser,
+            "shrink": shrink.map(|s| serde_json::json!({
+                "factors": s.factors,
+                "attribution": s.attribution,
+            })),
             "config": cfg,
         }),
         &format!("{device:?}"),
     );
     let t = std::time::Instant::now();
-    let r = infer(cfg, tool_dir, data, split, denoiser, device)?;
+    let r = infer(cfg, tool_dir, data, split, denoiser, shrink, device)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     fsutil::write_json_atomic(&out.join("inference.json"), &r)?;
     report
@@ -253,21 +270,45 @@ pub fn infer_with_report(
 }
 
 /// Scores the tool in `tool_dir` (a denoiser, attribution or parsing folder written by
-/// [`train_tool`]) on `split` of the dataset in `data` (the examples `cfg` keeps). A classifier that reads estimated
-/// perturbations takes them from `denoiser`.
+/// [`train_tool`]) on `split` of the dataset in `data` (the examples `cfg` keeps). A classifier
+/// that reads estimated perturbations takes them from `denoiser`. A denoiser's estimates are
+/// shrunk (and projected onto a grid) with `shrink`; its attribution classifier reads estimates
+/// of `denoiser`, or of the tool itself when none is given.
 pub fn infer(
     cfg: &RedBenchConfig,
     tool_dir: &Path,
     data: &Path,
     split: Split,
     denoiser: Option<&Path>,
+    shrink: Option<ShrinkWith>,
     device: Device,
 ) -> Result<Inference> {
     let m = Manifest::read(data)?;
     let set = cfg.usable(load_split(data, split)?);
+    if shrink.is_some() && !tool_dir.join("denoiser.json").exists() {
+        return Err(Error::invalid(format!(
+            "shrinkage applies to a denoiser's estimates; {} holds no denoiser",
+            tool_dir.display()
+        )));
+    }
     if tool_dir.join("denoiser.json").exists() {
         let d = Denoiser::load(tool_dir, device)?;
-        let est = denoise::estimate(Some(&d), &set.x_adv);
+        let mut est = denoise::estimate(Some(&d), &set.x_adv);
+        if let Some(sw) = shrink {
+            let sh: denoise::Shrinkage = read_json(sw.factors)?;
+            sh.check(&m.families).map_err(|e| e.in_file(sw.factors))?;
+            let net = MultiHead::load(sw.attribution, "attribution", device)?;
+            let input: InputKind = read_json(&sw.attribution.join("input.json"))?;
+            let cls_est = estimates_for(
+                input,
+                Some(denoiser.unwrap_or(tool_dir)),
+                &set.x_adv,
+                device,
+            )?;
+            let x = classify::inputs(input, &set, cls_est.as_ref())?;
+            let group = classify::predicted_group(&net, &x)?;
+            est = sh.apply(&set.x_adv, &est, &group)?;
+        }
         let victims = victims_by_label(data, &m, device)?;
         let s = denoise::score_estimates(&est, &set, &victims, "family")?;
         return Ok(Inference::Denoiser(

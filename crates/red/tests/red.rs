@@ -11,6 +11,7 @@ use rustworthy_red::family::{
 };
 use rustworthy_red::generate::{self, load_split, read_shard, GenConfig, Manifest, Split};
 use rustworthy_red::nets::{DenoiserConfig, HeadsConfig, MultiHead, LEVEL_STEPS, OFF_GRID_WIDTH};
+use rustworthy_red::workflow::{self, Tool};
 use rustworthy_robust::Norm;
 use rustworthy_testkit::torch_lock;
 use std::path::Path;
@@ -177,6 +178,85 @@ fn generator_writes_labelled_shards_and_resumes_without_duplicates() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("another config"), "{e}");
+
+    // Inference with shrinkage factors: factor 1 is the denoiser's estimate, factor 0 the
+    // identity, and a grid rounds the result; factors of other groups are refused.
+    let mut rb = rustworthy_red::bench::preset("fmnist-red-mini").unwrap();
+    rb.denoise.epochs = 1;
+    rb.attribution.epochs = 1;
+    let den = dir.path().join("den");
+    let attr = dir.path().join("attr");
+    let train_tool = |tool, out: &Path, denoiser: Option<&Path>| {
+        workflow::train_tool(
+            &rb,
+            tool,
+            dir.path(),
+            out,
+            denoiser,
+            None,
+            Device::Cpu,
+            |_| {},
+        )
+        .unwrap()
+    };
+    train_tool(Tool::DenoisePixel, &den, None);
+    train_tool(Tool::Attribution, &attr, Some(&den));
+    let groups = denoise::Shrinkage::group_names(&m.families);
+    let infer_all = |factors: Option<denoise::Shrinkage>| {
+        let file = dir.path().join("shrink.json");
+        let with = factors.map(|f| {
+            std::fs::write(&file, serde_json::to_vec(&f).unwrap()).unwrap();
+            workflow::ShrinkWith {
+                factors: &file,
+                attribution: &attr,
+            }
+        });
+        match workflow::infer(&rb, &den, dir.path(), Split::Test, None, with, Device::Cpu) {
+            Ok(workflow::Inference::Denoiser(s)) => Ok(s["all"].psnr),
+            Ok(_) => panic!("a denoiser gives estimate scores"),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let flat = |v: f64, grid| denoise::Shrinkage {
+        groups: groups.clone(),
+        factors: vec![v; groups.len()],
+        grid,
+    };
+    let te = rb.usable(load_split(dir.path(), Split::Test).unwrap());
+    let mean_psnr = |x: &Tensor| {
+        denoise::psnr(x, &te.x_clean)
+            .mean(Kind::Double)
+            .double_value(&[])
+    };
+    let raw = infer_all(None).unwrap();
+    assert_eq!(infer_all(Some(flat(1.0, None))).unwrap(), raw);
+    let identity = infer_all(Some(flat(0.0, None))).unwrap();
+    assert!((identity - mean_psnr(&te.x_adv)).abs() < 1e-9, "{identity}");
+    assert_ne!(identity, raw);
+    let rounded = infer_all(Some(flat(0.0, Some(255)))).unwrap();
+    let want = mean_psnr(&denoise::to_grid(&te.x_adv, 255).unwrap());
+    assert!((rounded - want).abs() < 1e-9, "{rounded} vs {want}");
+    let mut wrong = flat(0.5, None);
+    wrong.groups.swap(0, 1);
+    assert!(infer_all(Some(wrong)).unwrap_err().contains("groups"));
+    assert!(infer_all(Some(flat(1.5, None)))
+        .unwrap_err()
+        .contains("in [0, 1]"));
+    let e = workflow::infer(
+        &rb,
+        &attr,
+        dir.path(),
+        Split::Test,
+        Some(&den),
+        Some(workflow::ShrinkWith {
+            factors: &dir.path().join("shrink.json"),
+            attribution: &attr,
+        }),
+        Device::Cpu,
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("holds no denoiser"), "{e}");
 }
 
 fn write_named(path: &Path, named: Vec<(&str, Tensor)>) {
@@ -393,7 +473,7 @@ fn shrinkage_fits_the_factor_that_undoes_an_overshoot() {
         .to_kind(Kind::Int64);
     let g0 = group.eq(0).to_kind(Kind::Float).view([-1, 1, 1, 1]);
     let est = &x_adv - &delta * (&g0 + 1.0);
-    let f = denoise::fit_shrinkage(&x_adv, &est, &clean, &group, 3).unwrap();
+    let f = denoise::fit_shrinkage(&x_adv, &est, &clean, &group, 3, None).unwrap();
     assert_eq!(f, vec![0.5, 1.0, 1.0]);
     let shrunk = denoise::shrink(&x_adv, &est, &group, &f).unwrap();
     let err = (&shrunk - &clean).abs().max().double_value(&[]);
@@ -403,15 +483,59 @@ fn shrinkage_fits_the_factor_that_undoes_an_overshoot() {
     );
     // An estimate worse than the identity in every group is shrunk to the identity (factor 0).
     let bad = &x_adv + &delta;
-    let f0 = denoise::fit_shrinkage(&x_adv, &bad, &clean, &group, 2).unwrap();
+    let f0 = denoise::fit_shrinkage(&x_adv, &bad, &clean, &group, 2, None).unwrap();
     assert_eq!(f0, vec![0.0, 0.0]);
     // A group outside the factors and mismatched shapes are refused by name.
     let e = denoise::shrink(&x_adv, &est, &(&group + 2), &f).unwrap_err();
     assert!(e.to_string().contains("group 3"), "{e}");
     let e = denoise::shrink(&x_adv, &est.narrow(0, 0, 10), &group, &f).unwrap_err();
     assert!(e.to_string().contains("disagree"), "{e}");
-    let e = denoise::fit_shrinkage(&x_adv, &est, &clean.narrow(0, 0, 5), &group, 3).unwrap_err();
+    let e =
+        denoise::fit_shrinkage(&x_adv, &est, &clean.narrow(0, 0, 5), &group, 3, None).unwrap_err();
     assert!(e.to_string().contains("clean images"), "{e}");
+}
+
+/// Projection onto the 8-bit grid recovers 8-bit clean images from small float perturbations,
+/// leaves 8-bit images alone, and the shrinkage fitted through it prefers the projected
+/// identity where the denoiser's estimate is worse.
+#[test]
+fn grid_projection_recovers_small_float_perturbations() {
+    let _g = torch_lock();
+    tch::manual_seed(5);
+    let clean = (Tensor::rand([30, 1, 8, 8], (Kind::Float, Device::Cpu)) * 255.0).round() / 255.0;
+    // Perturbations within 0.4 of a grid step: every pixel rounds back to its clean value.
+    let small = (Tensor::rand([30, 1, 8, 8], (Kind::Float, Device::Cpu)) - 0.5) * (0.8 / 255.0);
+    let x_adv = (&clean + &small).clamp(0.0, 1.0);
+    let back = denoise::to_grid(&x_adv, 255).unwrap();
+    assert_eq!(
+        (&back - &clean).abs().max().double_value(&[]),
+        0.0,
+        "rounding to the grid must give back the clean images"
+    );
+    assert_eq!(
+        (denoise::to_grid(&clean, 255).unwrap() - &clean)
+            .abs()
+            .max()
+            .double_value(&[]),
+        0.0
+    );
+    // A denoiser estimate off by 2 steps: unprojected, the identity (factor 0) wins, and
+    // projected, factor 0 gives the clean image exactly.
+    let est = &x_adv - 2.0 / 255.0;
+    let group = Tensor::zeros([30], (Kind::Int64, Device::Cpu));
+    let f = denoise::fit_shrinkage(&x_adv, &est, &clean, &group, 1, Some(255)).unwrap();
+    assert_eq!(f, vec![0.0]);
+    let p = denoise::psnr(
+        &denoise::to_grid(&denoise::shrink(&x_adv, &est, &group, &f).unwrap(), 255).unwrap(),
+        &clean,
+    );
+    assert!(p.min().double_value(&[]) >= 99.9, "{p}");
+    for bad in [0, -1, 70_000] {
+        let e = denoise::to_grid(&x_adv, bad).unwrap_err();
+        assert!(e.to_string().contains("levels"), "{e}");
+        let e = denoise::fit_shrinkage(&x_adv, &est, &clean, &group, 1, Some(bad)).unwrap_err();
+        assert!(e.to_string().contains("levels"), "{e}");
+    }
 }
 
 fn toy_set() -> generate::RedSet {
