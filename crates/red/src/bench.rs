@@ -288,8 +288,48 @@ pub struct RedBenchResult {
     pub attribution_off_grid: Vec<ScoreRow>,
     /// Parsing accuracy per evaluation.
     pub parsing: Vec<ScoreRow>,
-    /// Seconds per stage.
+    /// Seconds per stage, as the run that computed it took (a rerun that reads a finished
+    /// stage back reports the time it first took, kept in `stage_seconds.json`).
     pub seconds: BTreeMap<String, f64>,
+    /// Seconds per stage in this run (reading a finished stage back is quick).
+    #[serde(default)]
+    pub seconds_this_run: BTreeMap<String, f64>,
+}
+
+/// Whether a denoiser stage in `dir` is finished.
+fn denoiser_done(dir: &Path) -> bool {
+    dir.join("denoiser.json").exists() && dir.join("history.json").exists()
+}
+
+/// Whether a classifier stage `name` in `dir` is finished.
+fn classifier_done(dir: &Path, name: &str) -> bool {
+    dir.join(format!("{name}.json")).exists() && dir.join(format!("{name}-history.json")).exists()
+}
+
+/// The seconds to report per stage: this run's for the stages it computed (recorded in
+/// `file`), the recorded ones for the stages it read back (this run's when none is recorded,
+/// as for a folder written before the record was kept).
+fn stage_seconds(
+    file: &Path,
+    this_run: &BTreeMap<String, f64>,
+    reused: &std::collections::BTreeSet<String>,
+) -> Result<BTreeMap<String, f64>> {
+    let mut first: BTreeMap<String, f64> = if file.exists() {
+        read_json(file)?
+    } else {
+        BTreeMap::new()
+    };
+    let mut out = BTreeMap::new();
+    for (stage, secs) in this_run {
+        let kept = first.get(stage).copied().filter(|_| reused.contains(stage));
+        let v = kept.unwrap_or(*secs);
+        if kept.is_none() && !reused.contains(stage) {
+            first.insert(stage.clone(), *secs);
+        }
+        out.insert(stage.clone(), v);
+    }
+    fsutil::write_json_atomic(file, &first)?;
+    Ok(out)
 }
 
 /// Every trained victim of the dataset in `dir`, by its `victim` label.
@@ -318,7 +358,7 @@ pub fn denoiser_stage(
     device: Device,
     say: impl FnMut(&str),
 ) -> Result<Denoiser> {
-    if dir.join("denoiser.json").exists() && dir.join("history.json").exists() {
+    if denoiser_done(dir) {
         return Denoiser::load(dir, device);
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -341,9 +381,7 @@ pub fn classifier_stage(
     device: Device,
     say: impl FnMut(&str),
 ) -> Result<MultiHead> {
-    if dir.join(format!("{name}.json")).exists()
-        && dir.join(format!("{name}-history.json")).exists()
-    {
+    if classifier_done(dir, name) {
         return MultiHead::load(dir, name, device);
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -418,6 +456,8 @@ pub fn run_bench(
         .insert("attribution".into(), cfg.attribution.seed);
     report.seeds.insert("parsing".into(), cfg.parsing.seed);
     let mut seconds = BTreeMap::new();
+    // Stages a rerun found finished and read back (their time is not this run's work).
+    let mut reused = std::collections::BTreeSet::new();
     let (train, test) = load_dataset("fashion-mnist", data_dir)?;
     let (train, test) = (train.to_device(device), test.to_device(device));
     let data = out.join("data");
@@ -425,6 +465,9 @@ pub fn run_bench(
     say("generate the RED dataset");
     let gen = generate::generate(&cfg.data, &data, &train, &test, device, &mut say)?;
     seconds.insert("generate".into(), t.elapsed().as_secs_f64());
+    if gen.written.values().sum::<usize>() == 0 {
+        reused.insert("generate".to_string());
+    }
     let m = Manifest::read(&data)?;
     let t = Instant::now();
     let surrogate = if cfg.align_with_victims {
@@ -465,6 +508,11 @@ pub fn run_bench(
     }
     let t = Instant::now();
     say("denoiser: pixel loss");
+    for name in ["denoiser-pixel", "denoiser-cdd"] {
+        if denoiser_done(&out.join(name)) {
+            reused.insert(name.to_string());
+        }
+    }
     let d_pix = denoiser_stage(
         &out.join("denoiser-pixel"),
         &cfg.denoise,
@@ -584,6 +632,9 @@ pub fn run_bench(
         // Saved as `attribution` with its input kind, as `red train` writes it, so that
         // `red infer` reads either folder.
         let dir = out.join(name);
+        if classifier_done(&dir, "attribution") {
+            reused.insert(name.to_string());
+        }
         let net = classifier_stage(
             &dir,
             "attribution",
@@ -699,6 +750,9 @@ pub fn run_bench(
     let t = Instant::now();
     say("model parser (input: true perturbations, seen attack families)");
     let tr_seen = by_family(&tr, &m, &cfg.unseen_families, true);
+    if classifier_done(&out.join("parsing"), "parsing") {
+        reused.insert("parsing".to_string());
+    }
     let parser = classifier_stage(
         &out.join("parsing"),
         "parsing",
@@ -793,7 +847,8 @@ pub fn run_bench(
         attribution,
         attribution_off_grid,
         parsing,
-        seconds: seconds.clone(),
+        seconds: stage_seconds(&out.join("stage_seconds.json"), &seconds, &reused)?,
+        seconds_this_run: seconds.clone(),
     };
     fsutil::atomic_write(&out.join("red.md"), markdown(&res).as_bytes())?;
     fsutil::atomic_write(&out.join("red.csv"), csv(&res).as_bytes())?;
@@ -964,14 +1019,23 @@ pub fn markdown(res: &RedBenchResult) -> String {
             s += &format!("| {k} | {v:.1} |\n");
         }
     }
-    s += "\nSeconds: ";
-    s += &res
-        .seconds
-        .iter()
-        .map(|(k, v)| format!("{k} {v:.0}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    s += "\n";
+    let line = |m: &BTreeMap<String, f64>| {
+        m.iter()
+            .map(|(k, v)| format!("{k} {v:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    s += &format!(
+        "\nSeconds per stage, as first computed: {}.\n",
+        line(&res.seconds)
+    );
+    if !res.seconds_this_run.is_empty() && res.seconds_this_run != res.seconds {
+        s += &format!(
+            "\nThis run read finished stages back: {} (total {:.0} s).\n",
+            line(&res.seconds_this_run),
+            res.seconds_this_run.values().sum::<f64>()
+        );
+    }
     s
 }
 
@@ -1086,4 +1150,36 @@ pub fn csv(res: &RedBenchResult) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rerun reports the recorded time of the stages it read back and records the ones it
+    /// computed; a folder without a record reports this run's times.
+    #[test]
+    fn reruns_report_stage_times_as_first_computed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("stage_seconds.json");
+        let times = |a: f64, b: f64| BTreeMap::from([("a".to_string(), a), ("b".to_string(), b)]);
+        let none = std::collections::BTreeSet::new();
+        assert_eq!(
+            stage_seconds(&file, &times(100.0, 20.0), &none).unwrap(),
+            times(100.0, 20.0)
+        );
+        let a_reused = std::collections::BTreeSet::from(["a".to_string()]);
+        assert_eq!(
+            stage_seconds(&file, &times(1.0, 25.0), &a_reused).unwrap(),
+            times(100.0, 25.0)
+        );
+        let rec: BTreeMap<String, f64> = read_json(&file).unwrap();
+        assert_eq!(rec, times(100.0, 25.0));
+        // Without a record, a stage read back can only report this run's time.
+        let other = dir.path().join("none.json");
+        assert_eq!(
+            stage_seconds(&other, &times(1.0, 25.0), &a_reused).unwrap(),
+            times(1.0, 25.0)
+        );
+    }
 }
