@@ -886,43 +886,7 @@ impl CausalLm {
                 }
             }
         }
-        let vars = self.vs.variables();
-        let mut names: Vec<&String> = vars.keys().collect();
-        names.sort();
-        for name in names {
-            let var = &vars[name];
-            let src = given.remove(name.as_str()).ok_or_else(|| {
-                Error::corrupt(source, format!("checkpoint has no tensor `{name}`"))
-            })?;
-            if src.size() != var.size() {
-                return Err(Error::corrupt(
-                    source,
-                    format!(
-                        "`{name}` has shape {:?}, the config needs {:?}",
-                        src.size(),
-                        var.size()
-                    ),
-                ));
-            }
-            let src = src.to_kind(var.kind()).to_device(var.device());
-            if src.isfinite().all().int64_value(&[]) == 0 {
-                return Err(Error::corrupt(
-                    source,
-                    format!("`{name}` holds NaN or infinite values"),
-                ));
-            }
-            tch::no_grad(|| var.shallow_clone().copy_(&src));
-        }
-        if let Some(extra) = given.keys().min() {
-            return Err(Error::corrupt(
-                source,
-                format!(
-                    "checkpoint has {} tensor(s) the model does not, e.g. `{extra}`",
-                    given.len()
-                ),
-            ));
-        }
-        Ok(())
+        copy_exact(&self.vs.variables(), given, source, "checkpoint")
     }
 
     /// Loads a Hugging Face model folder: `config.json` and `model.safetensors`, or the shards
@@ -1437,7 +1401,10 @@ impl CausalLm {
                 ));
             }
         }
-        let filled = self.fill_adapters(given, &weights);
+        let filled = match &self.lora {
+            Some((_, lvs)) => copy_exact(&lvs.variables(), given, &weights, "adapter"),
+            None => Err(Error::invalid("the adapters were not added")),
+        };
         if filled.is_err() {
             // Nothing half-loaded: the model goes back to having no adapters.
             self.drop_lora();
@@ -1515,51 +1482,53 @@ impl CausalLm {
         self.lora = None;
         self.vs.unfreeze();
     }
+}
 
-    /// Copies `given` (our adapter names) into the adapters: every factor with its exact shape,
-    /// finite, and nothing else.
-    fn fill_adapters(&mut self, mut given: HashMap<String, Tensor>, weights: &Path) -> Result<()> {
-        let Some((_, lvs)) = &self.lora else {
-            return Err(Error::invalid("the adapters were not added"));
-        };
-        let vars = lvs.variables();
-        let mut names: Vec<&String> = vars.keys().collect();
-        names.sort();
-        for name in names {
-            let var = &vars[name];
-            let src = given.remove(name.as_str()).ok_or_else(|| {
-                Error::corrupt(weights, format!("the adapter has no factor for `{name}`"))
-            })?;
-            if src.size() != var.size() {
-                return Err(Error::corrupt(
-                    weights,
-                    format!(
-                        "`{name}` has shape {:?}, the model needs {:?}",
-                        src.size(),
-                        var.size()
-                    ),
-                ));
-            }
-            let src = src.to_kind(var.kind()).to_device(var.device());
-            if src.isfinite().all().int64_value(&[]) == 0 {
-                return Err(Error::corrupt(
-                    weights,
-                    format!("`{name}` holds NaN or infinite values"),
-                ));
-            }
-            tch::no_grad(|| var.shallow_clone().copy_(&src));
-        }
-        if let Some(extra) = given.keys().min() {
+/// Copies `given` into `vars` by name: every variable must be given, with its exact shape and
+/// finite values, and nothing else may be (`what` names the source in errors: `checkpoint`,
+/// `adapter`).
+fn copy_exact(
+    vars: &HashMap<String, Tensor>,
+    mut given: HashMap<String, Tensor>,
+    source: &Path,
+    what: &str,
+) -> Result<()> {
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &vars[name];
+        let src = given
+            .remove(name.as_str())
+            .ok_or_else(|| Error::corrupt(source, format!("{what} has no tensor `{name}`")))?;
+        if src.size() != var.size() {
             return Err(Error::corrupt(
-                weights,
+                source,
                 format!(
-                    "the adapter has {} tensor(s) the targets do not, e.g. `{extra}`",
-                    given.len()
+                    "`{name}` has shape {:?}, the model needs {:?}",
+                    src.size(),
+                    var.size()
                 ),
             ));
         }
-        Ok(())
+        let src = src.to_kind(var.kind()).to_device(var.device());
+        if src.isfinite().all().int64_value(&[]) == 0 {
+            return Err(Error::corrupt(
+                source,
+                format!("`{name}` holds NaN or infinite values"),
+            ));
+        }
+        tch::no_grad(|| var.shallow_clone().copy_(&src));
     }
+    if let Some(extra) = given.keys().min() {
+        return Err(Error::corrupt(
+            source,
+            format!(
+                "{what} has {} tensor(s) the model does not, e.g. `{extra}`",
+                given.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Reads every tensor of a Hugging Face folder's safetensors checkpoint (single file or shards

@@ -145,6 +145,27 @@ fn zeroth_order_runs_repeat_bit_for_bit_and_lower_the_loss() {
     assert!(zo_tune(&mut m, &mut |s| Ok(batch(s)), &bad, 1, None).is_err());
 }
 
+/// Adam on the adapters for `steps` steps: the loss falls by 10% or more and no base weight
+/// moves (compared with `base`).
+fn train_adapters_only(m: &CausalLm, base: &CausalLm, b: &QaBatch, steps: usize) {
+    let mut opt = {
+        use tch::nn::OptimizerConfig;
+        tch::nn::Adam::default().build(m.trainable(), 1e-2).unwrap()
+    };
+    let start = loss(m, b);
+    for _ in 0..steps {
+        let l = pooled_nll(&batch_logits(m, b).unwrap(), &b.labels);
+        opt.zero_grad();
+        l.backward();
+        opt.step();
+    }
+    let end = loss(m, b);
+    assert!(end < 0.9 * start, "LoRA training: {start} -> {end}");
+    for (n, t) in m.named_parameters() {
+        assert!(t.equal(&base.named_parameters()[&n]), "{n} moved");
+    }
+}
+
 #[test]
 fn lora_starts_as_the_base_model_and_trains_only_its_adapters() {
     let _t = torch_lock();
@@ -163,23 +184,8 @@ fn lora_starts_as_the_base_model_and_trains_only_its_adapters() {
     // 2 blocks x 3 targets x (A, B).
     assert_eq!(m.trainable().trainable_variables().len(), 12);
     let frozen = m.frozen_copy().unwrap();
-    let mut opt = {
-        use tch::nn::OptimizerConfig;
-        tch::nn::Adam::default().build(m.trainable(), 1e-2).unwrap()
-    };
-    let start = loss(&m, &b);
-    for _ in 0..100 {
-        let l = pooled_nll(&batch_logits(&m, &b).unwrap(), &b.labels);
-        opt.zero_grad();
-        l.backward();
-        opt.step();
-    }
-    let end = loss(&m, &b);
-    assert!(end < 0.9 * start, "LoRA training: {start} -> {end}");
-    // The base weights did not move; the frozen copy kept the adapters it was given.
-    for (n, t) in m.named_parameters() {
-        assert!(t.equal(&base.named_parameters()[&n]), "{n} moved");
-    }
+    train_adapters_only(&m, &base, &b, 100);
+    // The frozen copy kept the adapters it was given.
     assert!(frozen
         .forward(&b.ids, Some(&b.mask), None, None)
         .unwrap()
@@ -265,22 +271,7 @@ fn gpt2_takes_lora_adapters_on_its_conv1d_modules() {
     assert!(!names.iter().any(|n| n.contains("c_attn")), "{names:?}");
     let l0 = tch::no_grad(|| batch_logits(&m, &b).unwrap());
     assert!(l0.equal(&tch::no_grad(|| batch_logits(&base, &b).unwrap())));
-    let mut opt = {
-        use tch::nn::OptimizerConfig;
-        tch::nn::Adam::default().build(m.trainable(), 1e-2).unwrap()
-    };
-    let start = loss(&m, &b);
-    for _ in 0..60 {
-        let l = pooled_nll(&batch_logits(&m, &b).unwrap(), &b.labels);
-        opt.zero_grad();
-        l.backward();
-        opt.step();
-    }
-    let end = loss(&m, &b);
-    assert!(end < 0.9 * start, "GPT-2 LoRA training: {start} -> {end}");
-    for (n, t) in m.named_parameters() {
-        assert!(t.equal(&base.named_parameters()[&n]), "{n} moved");
-    }
+    train_adapters_only(&m, &base, &b, 60);
     // Merged on save (Conv1D weights are [in, out]): the same logits.
     let adapted = tch::no_grad(|| batch_logits(&m, &b).unwrap());
     let dir = tempfile::tempdir().unwrap();
