@@ -9,29 +9,29 @@ use rustworthy_llm::zo_tune::{zo_tune, ZoOptimizer, ZoTuneConfig};
 use rustworthy_testkit::torch_lock;
 use tch::{Device, Tensor};
 
+fn tiny_config() -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 40,
+        hidden_size: 32,
+        intermediate_size: 48,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 8,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope_scaling: None,
+        max_position_embeddings: 32,
+        tie_word_embeddings: false,
+        qkv_bias: false,
+        o_bias: false,
+        arch: Default::default(),
+    }
+}
+
 fn tiny(seed: i64) -> CausalLm {
     tch::manual_seed(seed);
-    CausalLm::new(
-        LlamaConfig {
-            vocab_size: 40,
-            hidden_size: 32,
-            intermediate_size: 48,
-            num_hidden_layers: 2,
-            num_attention_heads: 4,
-            num_key_value_heads: 2,
-            head_dim: 8,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10000.0,
-            rope_scaling: None,
-            max_position_embeddings: 32,
-            tie_word_embeddings: false,
-            qkv_bias: false,
-            o_bias: false,
-            arch: Default::default(),
-        },
-        Device::Cpu,
-    )
-    .unwrap()
+    CausalLm::new(tiny_config(), Device::Cpu).unwrap()
 }
 
 /// A fixed task: after the prompt `[1, k]` the answer is `[k + 10, 2]`.
@@ -216,27 +216,15 @@ fn lora_starts_as_the_base_model_and_trains_only_its_adapters() {
 
 fn tiny_gpt2(seed: i64) -> CausalLm {
     tch::manual_seed(seed);
-    CausalLm::new(
-        LlamaConfig {
-            vocab_size: 40,
-            hidden_size: 32,
-            intermediate_size: 48,
-            num_hidden_layers: 2,
-            num_attention_heads: 4,
-            num_key_value_heads: 4,
-            head_dim: 8,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10000.0,
-            rope_scaling: None,
-            max_position_embeddings: 32,
-            tie_word_embeddings: true,
-            qkv_bias: true,
-            o_bias: true,
-            arch: Arch::Gpt2,
-        },
-        Device::Cpu,
-    )
-    .unwrap()
+    let cfg = LlamaConfig {
+        arch: Arch::Gpt2,
+        num_key_value_heads: 4,
+        tie_word_embeddings: true,
+        qkv_bias: true,
+        o_bias: true,
+        ..tiny_config()
+    };
+    CausalLm::new(cfg, Device::Cpu).unwrap()
 }
 
 /// GPT-2's Conv1D modules take LoRA adapters: PEFT's default (`c_attn`) when no target is named,
