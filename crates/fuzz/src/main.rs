@@ -166,6 +166,34 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
         }
         (configs, weights)
     };
+    // A PEFT LoRA adapter on the GPT-2 seed (its config and factors), read onto that model.
+    let peft_base = lm_dir.join("1");
+    let peft = {
+        use rustworthy::llm::llama::{CausalLm, LoraConfig};
+        let a = lm_dir.join("adapter");
+        CausalLm::from_hf_dir(&peft_base, tch::Device::Cpu, tch::Kind::Float)
+            .and_then(|mut m| {
+                m.add_lora(LoraConfig {
+                    rank: 2,
+                    alpha: 4.0,
+                    targets: vec!["c_attn".into(), "c_proj".into()],
+                })?;
+                m.save_peft_adapter(&a)
+            })
+            .unwrap_or_else(|e| panic!("writing the PEFT fuzz seed: {e}"));
+        (
+            std::fs::read(a.join("adapter_config.json")).unwrap(),
+            std::fs::read(a.join("adapter_model.safetensors")).unwrap(),
+        )
+    };
+    let read_peft = move |p: &Path| -> Result<()> {
+        let mut m = rustworthy::llm::llama::CausalLm::from_hf_dir(
+            &peft_base,
+            tch::Device::Cpu,
+            tch::Kind::Float,
+        )?;
+        m.load_peft_adapter(p.parent().unwrap_or(Path::new(".")))
+    };
     let tokenizer = written(d, "tokenizer.json", |p| {
         rustworthy::llm::tokenizer::Tokenizer::word_level(["Who wrote it ? Jane did ."])?.save(p)
     });
@@ -300,6 +328,25 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
             text,
             repack: false,
             read: Box::new(read_hf_dir),
+        });
+    }
+    for (name, file, seeds, text) in [
+        ("peft-adapter-config", "adapter_config.json", &peft.0, true),
+        (
+            "peft-adapter-weights",
+            "adapter_model.safetensors",
+            &peft.1,
+            false,
+        ),
+    ] {
+        let read = read_peft.clone();
+        list.push(Target {
+            name,
+            file,
+            seeds: vec![seeds.clone()],
+            text,
+            repack: false,
+            read: Box::new(read),
         });
     }
     list.extend(vec![
@@ -563,6 +610,12 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
                 std::fs::write(dir.join("model-e0001.safetensors"), &ck_model).unwrap();
                 std::fs::write(dir.join("optim-e0001.safetensors"), &ck_optim).unwrap();
                 std::fs::write(dir.join("checkpoint.json"), &ck_sidecar_unsummed).unwrap();
+            }
+            if t.name == "peft-adapter-config" {
+                std::fs::write(dir.join("adapter_model.safetensors"), &peft.1).unwrap();
+            }
+            if t.name == "peft-adapter-weights" {
+                std::fs::write(dir.join("adapter_config.json"), &peft.0).unwrap();
             }
             if t.name == "ddpm-config" {
                 std::fs::write(dir.join("model.safetensors"), &ddpm_weights).unwrap();
