@@ -206,6 +206,26 @@ fn estimates_for(
     Ok(Some(denoise::estimate(Some(&d), x_adv)))
 }
 
+/// The inputs of `input` kind for the `name` network, refused by name when the network reads
+/// another number of channels.
+fn checked_inputs(
+    net: &MultiHead,
+    name: &str,
+    input: InputKind,
+    set: &crate::generate::RedSet,
+    est: Option<&tch::Tensor>,
+) -> Result<tch::Tensor> {
+    let x = classify::inputs(input, set, est)?;
+    let want = net.config.channels;
+    if x.size()[1] != want {
+        return Err(Error::invalid(format!(
+            "the {name} network reads {want} channels, the input has {}",
+            x.size()[1]
+        )));
+    }
+    Ok(x)
+}
+
 /// What `red infer` measured.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Inference {
@@ -305,7 +325,7 @@ pub fn infer(
                 &set.x_adv,
                 device,
             )?;
-            let x = classify::inputs(input, &set, cls_est.as_ref())?;
+            let x = checked_inputs(&net, "attribution", input, &set, cls_est.as_ref())?;
             let group = classify::predicted_group(&net, &x)?;
             est = sh.apply(&set.x_adv, &est, &group)?;
         }
@@ -329,14 +349,7 @@ pub fn infer(
             let net = MultiHead::load(tool_dir, name, device)?;
             let input: InputKind = read_json(&tool_dir.join("input.json"))?;
             let est = estimates_for(input, denoiser, &set.x_adv, device)?;
-            let x = classify::inputs(input, &set, est.as_ref())?;
-            let want = net.config.channels;
-            if x.size()[1] != want {
-                return Err(Error::invalid(format!(
-                    "the {name} network reads {want} channels, the input has {}",
-                    x.size()[1]
-                )));
-            }
+            let x = checked_inputs(&net, name, input, &set, est.as_ref())?;
             return Ok(Inference::Classifier(classify::score(&net, &x, &set)?));
         }
     }

@@ -257,6 +257,10 @@ fn generator_writes_labelled_shards_and_resumes_without_duplicates() {
     .err()
     .unwrap();
     assert!(e.to_string().contains("holds no denoiser"), "{e}");
+    // An attribution folder whose input kind does not fit its network is refused by name.
+    std::fs::write(attr.join("input.json"), "\"adv\"").unwrap();
+    let e = infer_all(Some(flat(0.5, None))).unwrap_err();
+    assert!(e.contains("reads 2 channels"), "{e}");
 }
 
 fn write_named(path: &Path, named: Vec<(&str, Tensor)>) {
