@@ -14,7 +14,7 @@ use rustworthy_train::optim::{OptimConfig, Optimizer};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// The training recipe (defaults: the reference's CIFAR-10 recipe, 800k steps).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -84,25 +84,34 @@ pub fn to_unit_range(x: &Tensor) -> Tensor {
 /// Scales the gradients of `params` so that their global L2 norm is at most `max` (PyTorch's
 /// `clip_grad_norm_`: factor `max / (norm + 1e-6)` when below 1); returns the norm before.
 pub fn clip_grad_norm(params: &[Tensor], max: f64) -> f64 {
+    clip_grad_norm_on_device(params, max).double_value(&[])
+}
+
+/// [`clip_grad_norm`] without reading anything back to the host: the norm before clipping comes
+/// back as a float64 scalar tensor on the gradients' device, and the factor is applied there
+/// (clamped at 1, so gradients below the bound are multiplied by exactly 1: the same values as
+/// when they are left alone).
+pub fn clip_grad_norm_on_device(params: &[Tensor], max: f64) -> Tensor {
     let grads: Vec<Tensor> = params
         .iter()
         .map(|p| p.grad())
         .filter(|g| g.defined())
         .collect();
     if grads.is_empty() {
-        return 0.0;
+        return Tensor::zeros([], (Kind::Double, Device::Cpu));
     }
     let norms: Vec<Tensor> = grads.iter().map(|g| g.norm().unsqueeze(0)).collect();
-    let total = Tensor::cat(&norms, 0).norm().double_value(&[]);
+    let total = Tensor::cat(&norms, 0).norm().to_kind(Kind::Double);
     if max > 0.0 {
-        let coef = max / (total + 1e-6);
-        if coef < 1.0 {
-            tch::no_grad(|| {
-                for g in &grads {
-                    let _ = g.shallow_clone().f_mul_scalar_(coef);
-                }
-            });
-        }
+        // In float64 as the host computation was, then applied as float32.
+        let coef = (Tensor::full([], max, (Kind::Double, total.device())) / (&total + 1e-6))
+            .clamp_max(1.0)
+            .to_kind(grads[0].kind());
+        tch::no_grad(|| {
+            for g in &grads {
+                let _ = g.shallow_clone().f_mul_(&coef);
+            }
+        });
     }
     total
 }
@@ -377,7 +386,13 @@ pub fn train_ddpm(
     let per_epoch = (n / bs).max(1) as u64;
     let t0 = Instant::now();
     let mut history = before.history.clone();
-    let (mut acc, mut acc_g, mut cnt) = (0.0, 0.0, 0u64);
+    // The loss and gradient-norm sums stay on the device and are read when a loss point or a
+    // checkpoint is due (and at the end), so a step does not wait for the host. A non-finite
+    // loss is caught there, before anything is logged or saved.
+    let dev = params.first().map_or(Device::Cpu, |p| p.device());
+    let zero = || Tensor::zeros([], (Kind::Double, dev));
+    let (mut acc, mut acc_g, mut cnt) = (zero(), zero(), 0u64);
+    let mut checked = start;
     let log_every = log_every.max(1);
     for step in start..cfg.steps {
         check_interrupt()?;
@@ -391,36 +406,45 @@ pub fn train_ddpm(
         let e = x.randn_like();
         opt.zero_grad();
         let loss = ddpm_loss(model, &sched, &x, &t, &e, &y, cfg.cond_drop, true)?;
-        let lv = loss.double_value(&[]);
-        if !lv.is_finite() {
-            return Err(Error::Numerical(format!(
-                "DDPM training loss is {lv} at step {step}; lower train.lr (now {}) or check the data",
-                cfg.lr
-            )));
-        }
+        acc += loss.detach().to_kind(Kind::Double);
         loss.backward();
-        let gn = clip_grad_norm(&params, cfg.grad_clip);
+        acc_g += clip_grad_norm_on_device(&params, cfg.grad_clip);
         opt.step(cfg.lr)?;
         if cfg.ema_rate > 0.0 {
             ema_update(ema, model, cfg.ema_rate);
         }
-        acc += lv;
-        acc_g += gn;
         cnt += 1;
         let done = step + 1;
-        if done % log_every == 0 || done == cfg.steps {
-            let p = LossPoint {
-                step: done,
-                loss: acc / cnt as f64,
-                grad_norm: acc_g / cnt as f64,
-            };
-            on_log(&p);
-            history.push(p);
-            (acc, acc_g, cnt) = (0.0, 0.0, 0);
+        let log_due = done % log_every == 0 || done == cfg.steps;
+        let every = cfg.checkpoint_every;
+        let save_due =
+            ckpt_dir.is_some() && ((every > 0 && done % every == 0) || done == cfg.steps);
+        if log_due || save_due {
+            // One read for both sums.
+            let sums: Vec<f64> = Vec::try_from(Tensor::stack(&[&acc, &acc_g], 0))?;
+            if !sums[0].is_finite() {
+                return Err(Error::Numerical(format!(
+                    "DDPM training loss became {} between steps {} and {done}; lower train.lr \
+                     (now {}) or check the data",
+                    sums[0],
+                    checked + 1,
+                    cfg.lr
+                )));
+            }
+            checked = done;
+            if log_due {
+                let p = LossPoint {
+                    step: done,
+                    loss: sums[0] / cnt as f64,
+                    grad_norm: sums[1] / cnt as f64,
+                };
+                on_log(&p);
+                history.push(p);
+                (acc, acc_g, cnt) = (zero(), zero(), 0);
+            }
         }
         if let Some(dir) = ckpt_dir {
-            let every = cfg.checkpoint_every;
-            if (every > 0 && done % every == 0) || done == cfg.steps {
+            if save_due {
                 // The progress first: a checkpoint never has less history than its step.
                 let p = Progress {
                     history: history.clone(),

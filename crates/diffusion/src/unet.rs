@@ -495,7 +495,12 @@ impl CondUNet {
             });
         }
         if labels.numel() > 0 {
-            let (lo, hi) = (labels.min().int64_value(&[]), labels.max().int64_value(&[]));
+            // One copy to the host for both ends (on a GPU, the one synchronization left in a
+            // training step).
+            let ends: Vec<i64> = Vec::try_from(
+                Tensor::stack(&[labels.min(), labels.max()], 0).to_kind(Kind::Int64),
+            )?;
+            let (lo, hi) = (ends[0], ends[1]);
             if lo < 0 || hi >= n {
                 return Err(Error::invalid(format!(
                     "class label out of range: labels span {lo}..={hi}, the model has {n} classes"

@@ -39,6 +39,30 @@ fn bits(m: &CondUNet) -> BTreeMap<String, Vec<u32>> {
     tensor_bits(m.named_parameters())
 }
 
+/// No scalar read-back per training step: the loss and gradient-norm sums are read once per loss
+/// point, so 3 steps and 9 steps with one point each count the same synchronizing operators
+/// (`.item()` and the like, counted on the CPU, where libtorch dispatches the same operators).
+/// What this count cannot see: copies to the host. The U-Net's label range check still copies
+/// its two ends to the host once per step (a D2H copy on a GPU).
+#[test]
+fn training_steps_do_not_wait_for_the_host() {
+    let _t = torch_lock();
+    let d = data();
+    let mut counts = Vec::new();
+    for steps in [3, 9] {
+        let (mut m, mut e) = (model(1), model(2));
+        let cfg = DdpmTrainConfig {
+            checkpoint_every: 0,
+            ..recipe(steps)
+        };
+        let w = rustworthy_accel::SyncWatch::start();
+        let o = train_ddpm(&mut m, &mut e, &d, &cfg, None, 1000, |_| {}).unwrap();
+        counts.push(w.stop());
+        assert_eq!(o.history.len(), 1);
+    }
+    assert_eq!(counts[0], counts[1], "{counts:?}");
+}
+
 #[test]
 fn training_learns_and_resumes_bit_exactly() {
     let _t = torch_lock();

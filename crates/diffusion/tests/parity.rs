@@ -122,8 +122,10 @@ fn unet_loss_and_samplers_match_pytorch() {
     let d1 = max_diff(&ddim, &r["ddim"]) / scale;
     assert!(d1 < 1e-4, "DDIM trajectory differs by {d1}");
     let ddpm = run(Sampler::Ddpm { steps }, &ddpm_noise);
-    let d2 = max_diff(&ddpm, &r["ddpm"]);
-    assert!(d2 < 1e-4, "DDPM trajectory differs by {d2}");
+    // The same relative bound as DDIM's: a random model's DDPM path is unclipped too.
+    let scale = r["ddpm"].abs().max().double_value(&[]).max(1.0);
+    let d2 = max_diff(&ddpm, &r["ddpm"]) / scale;
+    assert!(d2 < 1e-4, "DDPM trajectory differs by {d2} (relative)");
     // The samplers moved far from their start: the comparison is not of two copies of x_T.
     assert!(max_diff(&ddim, &x_t) > 0.5 && max_diff(&ddpm, &ddim) > 1e-2);
 }
