@@ -5,7 +5,9 @@
 
 use crate::sample::{ddim_step, timesteps};
 use crate::schedule::{ddpm_loss, keep_mask, sum_mse, Schedule};
-use crate::train::{adam_for, clip_grad_norm, model_batch, to_model_range, zero_grads};
+use crate::train::{
+    adam_for, clip_grad_norm, clip_grad_norm_on_device, model_batch, to_model_range, zero_grads,
+};
 use crate::unet::CondUNet;
 use rustworthy_core::progress::check_interrupt;
 use rustworthy_core::seed::derive;
@@ -494,7 +496,11 @@ pub fn erase(
     let (bf, br) = (cfg.batch_size.min(nf), cfg.batch_size.min(nr));
     let (pf, pr) = ((nf / bf).max(1) as u64, (nr / br).max(1) as u64);
     let mut history = Vec::new();
-    let (mut af, mut ar, mut cnt) = (0.0, 0.0, 0u64);
+    // The loss sums stay on the device and are read once per log point, with the
+    // non-finite check, so a step does not wait for the host.
+    let zero = || Tensor::zeros([], (Kind::Double, dev));
+    let (mut af, mut ar, mut cnt) = (zero(), zero(), 0u64);
+    let mut checked = 0u64;
     for step in 0..cfg.steps {
         check_interrupt()?;
         tch::manual_seed(derive(cfg.seed, "erase-step", step) as i64);
@@ -547,41 +553,46 @@ pub fn erase(
         };
         // ESD as published has no retain term; the others add SalUn's.
         let (loss, rl) = if esd {
-            (forget_loss.shallow_clone(), 0.0)
+            (forget_loss.shallow_clone(), zero())
         } else {
             let (x, y) = model_batch(retain, ri, cfg.hflip)?;
             let t = sched.antithetic_t(br as i64, dev);
             let e = x.randn_like();
             let r = ddpm_loss(model, &sched, &x, &t, &e, &y, cfg.cond_drop, true)?;
             let r = if cfg.normalized { r / pixels } else { r };
-            let rv = r.double_value(&[]);
+            let rv = r.detach().to_kind(Kind::Double);
             (&forget_loss + r * cfg.alpha, rv)
         };
-        let fl = forget_loss.double_value(&[]);
-        if !fl.is_finite() || !rl.is_finite() {
-            return Err(Error::Numerical(format!(
-                "{}: loss is not finite at step {step} (forget {fl}, retain {rl}); lower lr (now {})",
-                method.name(),
-                cfg.lr
-            )));
-        }
+        af += forget_loss.detach().to_kind(Kind::Double);
+        ar += rl;
         loss.backward();
         // ESD clips nothing (esd_sd.py); SalUn clips over all parameters before masking.
         if !esd {
-            clip_grad_norm(&tensors, cfg.grad_clip);
+            let _ = clip_grad_norm_on_device(&tensors, cfg.grad_clip);
         }
         opt.step(cfg.lr)?;
-        af += fl;
-        ar += rl;
         cnt += 1;
         let done = step + 1;
         if done % log_every.max(1) == 0 || done == cfg.steps {
+            let sums: Vec<f64> = Vec::try_from(Tensor::stack(&[&af, &ar], 0))?;
+            if !sums[0].is_finite() || !sums[1].is_finite() {
+                return Err(Error::Numerical(format!(
+                    "{}: loss became non-finite between steps {} and {done} (forget sum {}, \
+                     retain sum {}); lower lr (now {})",
+                    method.name(),
+                    checked + 1,
+                    sums[0],
+                    sums[1],
+                    cfg.lr
+                )));
+            }
+            checked = done;
             history.push(EraseLog {
                 step: done,
-                forget_loss: af / cnt as f64,
-                retain_loss: ar / cnt as f64,
+                forget_loss: sums[0] / cnt as f64,
+                retain_loss: sums[1] / cnt as f64,
             });
-            (af, ar, cnt) = (0.0, 0.0, 0);
+            (af, ar, cnt) = (zero(), zero(), 0);
         }
     }
     Ok(EraseOutcome {

@@ -42,8 +42,9 @@ fn bits(m: &CondUNet) -> BTreeMap<String, Vec<u32>> {
 /// No scalar read-back per training step: the loss and gradient-norm sums are read once per loss
 /// point, so 3 steps and 9 steps with one point each count the same synchronizing operators
 /// (`.item()` and the like, counted on the CPU, where libtorch dispatches the same operators).
-/// What this count cannot see: copies to the host. The U-Net's label range check still copies
-/// its two ends to the host once per step (a D2H copy on a GPU).
+/// The same for class erasure (its loss sums are read per log point too). What this count
+/// cannot see: copies to the host. The U-Net's label range check still copies its two ends to
+/// the host once per forward pass (a D2H copy on a GPU).
 #[test]
 fn training_steps_do_not_wait_for_the_host() {
     let _t = torch_lock();
@@ -61,6 +62,30 @@ fn training_steps_do_not_wait_for_the_host() {
         assert_eq!(o.history.len(), 1);
     }
     assert_eq!(counts[0], counts[1], "{counts:?}");
+    // The same for class erasure (RL with its retain term, and ESD-u).
+    let (mut m, mut e) = (model(1), model(2));
+    train_ddpm(&mut m, &mut e, &d, &recipe(4), None, 4, |_| {}).unwrap();
+    let forget = class_subset(&d, 2, false).unwrap();
+    let retain = class_subset(&d, 2, true).unwrap();
+    for method in [EraseMethod::Rl, EraseMethod::EsdU] {
+        let mut counts = Vec::new();
+        for steps in [3, 9] {
+            let cfg = EraseConfig {
+                forget_class: 2,
+                steps,
+                batch_size: 8,
+                lr: 1e-3,
+                ..Default::default()
+            };
+            let mut s = model(5);
+            s.copy_from(&m).unwrap();
+            let w = rustworthy_accel::SyncWatch::start();
+            let o = erase(&mut s, method, &forget, &retain, None, &cfg, 1000).unwrap();
+            counts.push(w.stop());
+            assert_eq!(o.history.len(), 1);
+        }
+        assert_eq!(counts[0], counts[1], "{}: {counts:?}", method.name());
+    }
 }
 
 #[test]
