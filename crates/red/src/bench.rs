@@ -424,14 +424,13 @@ pub fn run_bench(
             "the off-grid counts join the level statistics: set attribution.levels > 0",
         ));
     }
-    if !(0..=65_535).contains(&cfg.estimate_grid) {
-        return Err(Error::config(
-            "estimate_grid",
-            format!(
-                "must be 0 (off) or a number of grid steps in [1, 65535], got {}",
-                cfg.estimate_grid
-            ),
-        ));
+    if cfg.estimate_grid != 0 {
+        denoise::check_grid(cfg.estimate_grid).map_err(|e| {
+            Error::config(
+                "estimate_grid",
+                format!("must be 0 (off) or a grid size: {e}"),
+            )
+        })?;
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let cfg_path = out.join("bench_config.json");
@@ -573,9 +572,8 @@ pub fn run_bench(
     let classes = m.head_classes();
     // Attribution: the classifier of the preset, and optionally the one with off-grid counts.
     let input = cfg.attribution_input;
-    let needs_est = matches!(input, InputKind::Estimated | InputKind::AdvEstimated);
     let est_of = |e: &Tensor| {
-        if needs_est {
+        if input.reads_estimates() {
             Some(e.shallow_clone())
         } else {
             None
@@ -683,38 +681,44 @@ pub fn run_bench(
     // Fits both denoisers' factors (through the grid projection, with `grid`) and scores the
     // shrunk (and projected) estimates per family on the test split, then all at the held-out
     // strengths. The identity column is the (projected) adversarial image.
+    let groups = denoise::Shrinkage::group_names(&m.families);
     let shrink_study = |grid: Option<i64>| -> Result<_> {
-        let f_pix = denoise::fit_shrinkage(&tr.x_adv, &est_pix_tr, &tr.x_clean, &pf_tr, ng, grid)?;
-        let f_cdd = denoise::fit_shrinkage(&tr.x_adv, &est_cdd_tr, &tr.x_clean, &pf_tr, ng, grid)?;
+        let fit = |est: &Tensor| -> Result<denoise::Shrinkage> {
+            Ok(denoise::Shrinkage {
+                groups: groups.clone(),
+                factors: denoise::fit_shrinkage(&tr.x_adv, est, &tr.x_clean, &pf_tr, ng, grid)?,
+                grid,
+            })
+        };
+        let (sh_pix, sh_cdd) = (fit(&est_pix_tr)?, fit(&est_cdd_tr)?);
         let mut factors = BTreeMap::new();
-        for (who, f) in [("pixel", &f_pix), ("cdd", &f_cdd)] {
-            let mut by = BTreeMap::new();
-            for (g, v) in f.iter().enumerate() {
-                if fitted[g] > 0 {
-                    let norm = if g % 2 == 0 { "linf" } else { "l2" };
-                    by.insert(format!("{}-{norm}", m.families[g / 2].name()), *v);
-                }
-            }
+        for (who, sh) in [("pixel", &sh_pix), ("cdd", &sh_cdd)] {
+            let by = (0..ng)
+                .filter(|&g| fitted[g] > 0)
+                .map(|g| (groups[g].clone(), sh.factors[g]))
+                .collect();
             factors.insert(who.to_string(), by);
         }
-        let project = |x: Tensor| match grid {
-            Some(l) => denoise::to_grid(&x, l),
-            None => Ok(x),
+        // The identity without a grid was scored with the unshrunk estimates already.
+        let identity = |set: &RedSet, scored: &BTreeMap<i64, EstimateScore>| match grid {
+            Some(l) => {
+                denoise::score_estimates(&denoise::to_grid(&set.x_adv, l)?, set, &victims, "family")
+            }
+            None => Ok(scored.clone()),
         };
         let score = |set: &RedSet, pix: &Tensor, cdd: &Tensor, pf: &Tensor| -> Result<_> {
-            let sc = |e: Tensor| denoise::score_estimates(&project(e)?, set, &victims, "family");
-            Ok((
-                sc(set.x_adv.shallow_clone())?,
-                sc(denoise::shrink(&set.x_adv, pix, pf, &f_pix)?)?,
-                sc(denoise::shrink(&set.x_adv, cdd, pf, &f_cdd)?)?,
-            ))
+            let sc = |sh: &denoise::Shrinkage, e: &Tensor| {
+                denoise::score_estimates(&sh.apply(&set.x_adv, e, pf)?, set, &victims, "family")
+            };
+            Ok((sc(&sh_pix, pix)?, sc(&sh_cdd, cdd)?))
         };
-        let (si, sp, sc) = score(&te, &est_pix_te, &est_cdd_te, &pf_te)?;
-        let mut rows = estimate_rows(&m, &si, &sp, &sc);
-        let (si, sp, sc) = score(&ood, &est_pix_ood, &est_cdd_ood, &pf_ood)?;
+        let (sp, sc) = score(&te, &est_pix_te, &est_cdd_te, &pf_te)?;
+        let mut rows = estimate_rows(&m, &identity(&te, &s_id)?, &sp, &sc);
+        let (sp, sc) = score(&ood, &est_pix_ood, &est_cdd_ood, &pf_ood)?;
+        let ood_identity = BTreeMap::from([(i64::MIN, estimation_ood.identity.clone())]);
         rows.push(EstimateRow {
             group: "all (unseen strengths)".into(),
-            identity: all(si),
+            identity: all(identity(&ood, &ood_identity)?),
             pixel: all(sp),
             cdd: all(sc),
         });
@@ -724,13 +728,8 @@ pub fn run_bench(
         } else {
             "shrinkage.json"
         };
-        for (dir, f) in [("denoiser-pixel", &f_pix), ("denoiser-cdd", &f_cdd)] {
-            let sh = denoise::Shrinkage {
-                groups: denoise::Shrinkage::group_names(&m.families),
-                factors: f.clone(),
-                grid,
-            };
-            fsutil::write_json_atomic(&out.join(dir).join(file), &sh)?;
+        for (dir, sh) in [("denoiser-pixel", &sh_pix), ("denoiser-cdd", &sh_cdd)] {
+            fsutil::write_json_atomic(&out.join(dir).join(file), sh)?;
         }
         Ok((rows, factors))
     };

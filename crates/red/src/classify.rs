@@ -77,6 +77,11 @@ impl InputKind {
         }
     }
 
+    /// Whether the input includes a denoiser's estimates.
+    pub fn reads_estimates(self) -> bool {
+        matches!(self, InputKind::Estimated | InputKind::AdvEstimated)
+    }
+
     /// Channels per image channel the input has.
     pub fn channel_factor(self) -> i64 {
         if self == InputKind::AdvEstimated {

@@ -401,11 +401,17 @@ pub fn shrink(x_adv: &Tensor, est: &Tensor, group: &Tensor, factors: &[f64]) -> 
 /// (minimum-norm attacks such as C&W) and does nothing to an image already on the grid.
 pub fn to_grid(x: &Tensor, levels: i64) -> Result<Tensor> {
     check_grid(levels)?;
-    let l = levels as f64;
-    Ok((x.clamp(0.0, 1.0) * l).round() / l)
+    Ok(round_to_grid(x, levels))
 }
 
-fn check_grid(levels: i64) -> Result<()> {
+/// [`to_grid`] for levels already checked.
+fn round_to_grid(x: &Tensor, levels: i64) -> Tensor {
+    let l = levels as f64;
+    (x.clamp(0.0, 1.0) * l).round() / l
+}
+
+/// Refuses a grid size outside `[1, 65535]`.
+pub fn check_grid(levels: i64) -> Result<()> {
     if !(1..=65_535).contains(&levels) {
         return Err(Error::invalid(format!(
             "grid projection: levels must be in [1, 65535], got {levels}"
@@ -516,7 +522,7 @@ pub fn fit_shrinkage(
         let mean_psnr = |k: i64| {
             let e = &xa - &d * (k as f64 / SHRINK_STEPS as f64);
             let e = match grid {
-                Some(l) => (e.clamp(0.0, 1.0) * l as f64).round() / l as f64,
+                Some(l) => round_to_grid(&e, l),
                 None => e,
             };
             psnr(&e, &c).mean(Kind::Double).double_value(&[])

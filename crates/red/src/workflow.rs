@@ -193,7 +193,7 @@ fn estimates_for(
     x_adv: &tch::Tensor,
     device: Device,
 ) -> Result<Option<tch::Tensor>> {
-    if !matches!(input, InputKind::Estimated | InputKind::AdvEstimated) {
+    if !input.reads_estimates() {
         return Ok(None);
     }
     let dir = denoiser.ok_or_else(|| {
@@ -239,7 +239,7 @@ pub enum Inference {
 /// `shrinkage-grid.json`, see [`denoise::Shrinkage`]) and the attribution folder whose
 /// predicted family and norm pick each example's factor (the `attribution` folder of the
 /// `bench red` run that fitted them).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize)]
 pub struct ShrinkWith<'a> {
     /// The factors file.
     pub factors: &'a Path,
@@ -267,10 +267,7 @@ pub fn infer_with_report(
             "data": data,
             "split": split.name(),
             "denoiser": denoiser,
-            "shrink": shrink.map(|s| serde_json::json!({
-                "factors": s.factors,
-                "attribution": s.attribution,
-            })),
+            "shrink": shrink,
             "config": cfg,
         }),
         &format!("{device:?}"),
@@ -305,13 +302,14 @@ pub fn infer(
 ) -> Result<Inference> {
     let m = Manifest::read(data)?;
     let set = cfg.usable(load_split(data, split)?);
-    if shrink.is_some() && !tool_dir.join("denoiser.json").exists() {
+    let is_denoiser = tool_dir.join("denoiser.json").exists();
+    if shrink.is_some() && !is_denoiser {
         return Err(Error::invalid(format!(
             "shrinkage applies to a denoiser's estimates; {} holds no denoiser",
             tool_dir.display()
         )));
     }
-    if tool_dir.join("denoiser.json").exists() {
+    if is_denoiser {
         let d = Denoiser::load(tool_dir, device)?;
         let mut est = denoise::estimate(Some(&d), &set.x_adv);
         if let Some(sw) = shrink {
@@ -319,12 +317,11 @@ pub fn infer(
             sh.check(&m.families).map_err(|e| e.in_file(sw.factors))?;
             let net = MultiHead::load(sw.attribution, "attribution", device)?;
             let input: InputKind = read_json(&sw.attribution.join("input.json"))?;
-            let cls_est = estimates_for(
-                input,
-                Some(denoiser.unwrap_or(tool_dir)),
-                &set.x_adv,
-                device,
-            )?;
+            // The classifier reads `denoiser`'s estimates, or these (no second pass) without one.
+            let cls_est = match denoiser {
+                Some(_) => estimates_for(input, denoiser, &set.x_adv, device)?,
+                None => input.reads_estimates().then(|| est.shallow_clone()),
+            };
             let x = checked_inputs(&net, "attribution", input, &set, cls_est.as_ref())?;
             let group = classify::predicted_group(&net, &x)?;
             est = sh.apply(&set.x_adv, &est, &group)?;
