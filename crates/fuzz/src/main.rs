@@ -305,48 +305,63 @@ fn targets(work: &Path) -> Vec<(Target, PathBuf)> {
         Tensor::write_safetensors(&named, p).map_err(Into::into)
     });
     let mut list: Vec<Target> = Vec::new();
-    for (name, file, seeds, text) in [
-        ("hf-llama-config", "config.json", &lm_config.0[0], true),
+    // Model folders: Hugging Face (config beside weights) and PEFT adapters on the GPT-2 seed.
+    for (name, file, seeds, text, peft_dir) in [
+        (
+            "hf-llama-config",
+            "config.json",
+            &lm_config.0[0],
+            true,
+            false,
+        ),
         (
             "hf-llama-weights",
             "model.safetensors",
             &lm_config.1[0],
             false,
+            false,
         ),
-        ("hf-gpt2-config", "config.json", &lm_config.0[1], true),
+        (
+            "hf-gpt2-config",
+            "config.json",
+            &lm_config.0[1],
+            true,
+            false,
+        ),
         (
             "hf-gpt2-weights",
             "model.safetensors",
             &lm_config.1[1],
             false,
+            false,
         ),
-    ] {
-        list.push(Target {
-            name,
-            file,
-            seeds: vec![seeds.clone()],
-            text,
-            repack: false,
-            read: Box::new(read_hf_dir),
-        });
-    }
-    for (name, file, seeds, text) in [
-        ("peft-adapter-config", "adapter_config.json", &peft.0, true),
+        (
+            "peft-adapter-config",
+            "adapter_config.json",
+            &peft.0,
+            true,
+            true,
+        ),
         (
             "peft-adapter-weights",
             "adapter_model.safetensors",
             &peft.1,
             false,
+            true,
         ),
     ] {
-        let read = read_peft.clone();
+        let read: Reader = if peft_dir {
+            Box::new(read_peft.clone())
+        } else {
+            Box::new(read_hf_dir)
+        };
         list.push(Target {
             name,
             file,
             seeds: vec![seeds.clone()],
             text,
             repack: false,
-            read: Box::new(read),
+            read,
         });
     }
     list.extend(vec![

@@ -481,6 +481,15 @@ pub const LORA_TARGETS: [&str; 7] = [
     "down_proj",
 ];
 
+/// The module a Llama projection sits in: `self_attn` for q/k/v/o, `mlp` for the rest.
+fn llama_parent(proj: &str) -> &'static str {
+    if LORA_TARGETS[..4].contains(&proj) {
+        "self_attn"
+    } else {
+        "mlp"
+    }
+}
+
 /// The Conv1D modules of a GPT-2 block LoRA can adapt, by their Hugging Face names below
 /// `transformer.h.N.`. A target `c_proj` names both `attn.c_proj` and `mlp.c_proj`, as PEFT's
 /// suffix match does; `c_attn` adapts the fused q/k/v projection as one (PEFT's default for
@@ -984,7 +993,7 @@ impl CausalLm {
             for (i, blk) in self.blocks.iter().enumerate() {
                 for (j, name) in LORA_TARGETS.iter().enumerate() {
                     if let Some(f) = &blk.lora[j] {
-                        let part = if j < 4 { "self_attn" } else { "mlp" };
+                        let part = llama_parent(name);
                         adapted.push((format!("model.layers.{i}.{part}.{name}.weight"), f, false));
                     }
                 }
@@ -1431,8 +1440,7 @@ impl CausalLm {
                         // rest under `mlp`.
                         let mut parts: Vec<&str> = n.split('.').collect();
                         if let Some(proj) = parts.get(3) {
-                            let attn = LORA_TARGETS[..4].contains(proj);
-                            parts.insert(3, if attn { "self_attn" } else { "mlp" });
+                            parts.insert(3, llama_parent(proj));
                         }
                         parts.join(".")
                     }
